@@ -1,0 +1,128 @@
+// Command sendense is the Sendense capture CLI: it backs up and replicates
+// VMware vSphere disks through nbdkit and the sendense plugin.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/spf13/cobra"
+)
+
+// Exit codes (documented in docs/sendense.md, EXIT STATUS).
+const (
+	exitOK          = 0
+	exitError       = 1   // the command failed
+	exitUsage       = 2   // bad flags, arguments or configuration
+	exitVerify      = 3   // verify found a mismatch
+	exitInterrupted = 130 // SIGINT/SIGTERM
+)
+
+// codedError carries a specific exit code through cobra's RunE.
+type codedError struct {
+	code int
+	err  error
+}
+
+func (e *codedError) Error() string { return e.err.Error() }
+func (e *codedError) Unwrap() error { return e.err }
+
+// usageErrorf reports bad input from the user (exit status 2).
+func usageErrorf(format string, a ...any) error {
+	return &codedError{exitUsage, fmt.Errorf(format, a...)}
+}
+
+// globalOptions are the flags every subcommand accepts.
+type globalOptions struct {
+	JSON    bool
+	Verbose bool
+	Quiet   bool
+}
+
+var gopts globalOptions
+
+var rootCmd = &cobra.Command{
+	Use:   "sendense",
+	Short: "Back up and replicate VMware vSphere disks over NBD",
+	Long: `sendense backs up and replicates VMware vSphere virtual machines.
+
+It reads snapshot disks through nbdkit and the sendense plugin (VDDK for the
+data, Changed Block Tracking for what changed) and copies them, extent by
+extent, into a QCOW2 backup repository or an NBD replication target.`,
+	SilenceUsage:      true,
+	SilenceErrors:     true,
+	DisableAutoGenTag: true,
+	PersistentPreRun: func(cmd *cobra.Command, args []string) {
+		level := slog.LevelWarn
+		if gopts.Verbose {
+			level = slog.LevelDebug
+		}
+		slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})))
+	},
+}
+
+func init() {
+	f := rootCmd.PersistentFlags()
+	f.BoolVar(&gopts.JSON, "json", false, "write machine-readable JSON lines on stdout")
+	f.BoolVarP(&gopts.Verbose, "verbose", "v", false, "log debug messages on stderr")
+	f.BoolVarP(&gopts.Quiet, "quiet", "q", false, "print only errors")
+	rootCmd.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
+		return &codedError{exitUsage, fmt.Errorf("%w (see '%s --help')", err, cmd.CommandPath())}
+	})
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// run executes the command line and maps the result to an exit status.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	rootCmd.SetArgs(args)
+	rootCmd.SetOut(stdout)
+	rootCmd.SetErr(stderr)
+	err := rootCmd.ExecuteContext(ctx)
+	if err == nil {
+		return exitOK
+	}
+	code := exitError
+	var ce *codedError
+	switch {
+	case errors.As(err, &ce):
+		code = ce.code
+	case ctx.Err() != nil:
+		code = exitInterrupted
+	case isUsageError(err):
+		code = exitUsage
+	}
+	if gopts.JSON {
+		_ = json.NewEncoder(stdout).Encode(struct {
+			MessageType string `json:"message_type"`
+			Code        int    `json:"code"`
+			Message     string `json:"message"`
+		}{"exit_error", code, err.Error()})
+	}
+	fmt.Fprintf(stderr, "sendense: %v\n", err)
+	return code
+}
+
+// isUsageError recognises cobra's own argument errors.
+func isUsageError(err error) bool {
+	msg := err.Error()
+	for _, p := range []string{"unknown command", "accepts ", "requires at least", "requires at most", "unknown flag", "unknown shorthand flag"} {
+		if strings.Contains(msg, p) {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,46 @@
+# Common shell functions for tests/test-*.sh, in the spirit of nbdkit's
+# tests/functions.sh. Source it, then use `set -e -x`.
+#
+#   requires CMD ARGS...   skip the test (exit 77) unless CMD ARGS... succeeds
+#   cleanup_fn CMD ARGS... run CMD ARGS... when the test exits, in reverse order
+#   fail MESSAGE           print MESSAGE and fail the test
+#   tmpdir                 a fresh private directory removed at exit ($tmp)
+
+top_srcdir=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+builddir=$top_srcdir/build
+plugin=$builddir/nbdkit-sendense-plugin.so
+sendense=$builddir/sendense
+fakevddk=$builddir/fakevddk
+export PATH="$builddir:$PATH"
+export LC_ALL=C
+
+_cleanup_fns=()
+cleanup_fn () { _cleanup_fns+=("$(printf '%q ' "$@")"); }
+_run_cleanup () {
+    local status=$? i
+    set +e
+    for (( i=${#_cleanup_fns[@]}-1; i>=0; i-- )); do eval "${_cleanup_fns[i]}"; done
+    exit $status
+}
+trap _run_cleanup EXIT
+trap 'exit 130' INT TERM
+
+requires () {
+    "$@" >/dev/null 2>&1 || { echo "$0: test prerequisite is missing or not working: $*"; exit 77; }
+}
+
+fail () { echo "FAIL: $*" >&2; exit 1; }
+
+for f in "$plugin" "$builddir/sendense-plugin-go.so" "$fakevddk/lib64/libvixDiskLib.so.8"; do
+    [ -e "$f" ] || fail "$f is missing: run make first"
+done
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/sendense-test.XXXXXX")
+cleanup_fn rm -rf "$tmp"
+
+# wait_for COMMAND...: retry COMMAND for up to 10 s.
+wait_for () {
+    local i
+    for i in $(seq 100); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
+    fail "timed out waiting for: $*"
+}
