@@ -11,7 +11,9 @@ builddir=$top_srcdir/build
 plugin=$builddir/nbdkit-sendense-plugin.so
 sendense=$builddir/sendense
 fakevddk=$builddir/fakevddk
-export PATH="$builddir:$PATH"
+# Debian's python3 first: nbdsh runs "python3 -m nbd" and python3-libnbd is
+# installed for the system interpreter, not for any pyenv one.
+export PATH="$builddir:/usr/bin:$PATH"
 export LC_ALL=C
 
 _cleanup_fns=()
@@ -44,3 +46,19 @@ wait_for () {
     for i in $(seq 100); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
     fail "timed out waiting for: $*"
 }
+
+# make_disk FILE SIZE [OFFSET LENGTH]...: a sparse file of SIZE bytes with
+# random data written at each OFFSET for LENGTH bytes (byte counts).
+make_disk () {
+    local file=$1 size=$2
+    shift 2
+    rm -f "$file"
+    truncate -s "$size" "$file"
+    while [ $# -ge 2 ]; do
+        head -c "$2" /dev/urandom | dd of="$file" bs=64K seek="$1" oflag=seek_bytes conv=notrunc status=none
+        shift 2
+    done
+}
+
+# Common plugin arguments for a local disk read through the fake VDDK.
+plugin_args () { echo "$plugin libdir=$fakevddk"; }

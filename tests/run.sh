@@ -3,13 +3,16 @@
 # command line) and summarise. Exit status 77 from a test means skipped.
 set -u
 cd "$(dirname "$0")"
-tests=("$@")
-[ ${#tests[@]} -gt 0 ] || tests=(test-*.sh)
+# Arguments are test names or glob patterns, relative to tests/.
+tests=()
+for a in "${@:-test-*.sh}"; do
+    # shellcheck disable=SC2206 # intended glob expansion
+    tests+=( ${a#tests/} )
+done
 pass=0 failed=() skipped=()
 logdir=${TEST_LOGDIR:-../build/test-logs}
 mkdir -p "$logdir"
 for t in "${tests[@]}"; do
-    t=${t#tests/}
     log=$logdir/${t%.sh}.log
     start=$SECONDS
     timeout --foreground 600 bash "./$t" >"$log" 2>&1
