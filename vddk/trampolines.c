@@ -1,0 +1,167 @@
+/* Sendense capture — one C trampoline per VixDiskLib function (cgo cannot
+ * call function pointers).  Each returns the VixError together with VDDK's
+ * text for it, fetched and freed inside the same C call and thread.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "vixdisklib.h"
+#include "_cgo_export.h"
+
+#define VIX_E_NOT_SUPPORTED 6
+
+/* An optional function that this VDDK lacks. */
+static struct vdk_ret
+absent (const char *name)
+{
+  struct vdk_ret r = { VIX_E_NOT_SUPPORTED, NULL, NULL };
+  size_t n = strlen (name) + 40;
+
+  r.text = malloc (n);
+  if (r.text)
+    snprintf (r.text, n, "%s is not in this VDDK", name);
+  return r;
+}
+
+static struct vdk_ret
+result (const struct vdk_lib *l, VixError err)
+{
+  struct vdk_ret r = { err, NULL, NULL };
+
+  if (err != VDK_VIX_OK && err != VDK_VIX_ASYNC) {
+    char *t = l->GetErrorText (err, NULL);
+    if (t) {
+      r.text = strdup (t);
+      l->FreeErrorText (t);
+    }
+  }
+  return r;
+}
+
+/* The log, warning and panic functions given to InitEx: format the
+ * message here (VDDK passes printf-style fmt + va_list) and hand it to Go.
+ */
+static void
+dispatch (int level, const char *fmt, va_list ap)
+{
+  char buf[2048], *msg = buf;
+  va_list aq;
+  int n;
+
+  va_copy (aq, ap);
+  n = vsnprintf (buf, sizeof buf, fmt, aq);
+  va_end (aq);
+  if (n < 0)
+    return;
+  if ((size_t) n >= sizeof buf) {
+    msg = malloc (n + 1);
+    if (msg == NULL)
+      msg = buf;                /* keep the truncated one */
+    else {
+      va_copy (aq, ap);
+      vsnprintf (msg, n + 1, fmt, aq);
+      va_end (aq);
+    }
+  }
+  n = strlen (msg);
+  while (n > 0 && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
+    msg[--n] = '\0';
+  sendenseVddkLog (level, msg);
+  if (msg != buf)
+    free (msg);
+}
+
+static void log_info (const char *fmt, va_list ap) { dispatch (0, fmt, ap); }
+static void log_warn (const char *fmt, va_list ap) { dispatch (1, fmt, ap); }
+static void log_panic (const char *fmt, va_list ap) { dispatch (2, fmt, ap); }
+
+struct vdk_ret
+vdk_InitEx (const struct vdk_lib *l, const char *libDir, const char *configFile)
+{
+  return result (l, l->InitEx (6, 5, log_info, log_warn, log_panic,
+                               libDir, configFile));
+}
+
+struct vdk_ret
+vdk_Exit (const struct vdk_lib *l)
+{
+  l->Exit ();
+  return result (l, VDK_VIX_OK);
+}
+
+struct vdk_ret
+vdk_ConnectEx (const struct vdk_lib *l, const VixDiskLibConnectParams *p,
+               const char *snapshotRef, const char *transports,
+               VixDiskLibConnection *out)
+{
+  return result (l, l->ConnectEx (p, 1, snapshotRef, transports, out));
+}
+
+struct vdk_ret
+vdk_Disconnect (const struct vdk_lib *l, VixDiskLibConnection c)
+{
+  return result (l, l->Disconnect (c));
+}
+
+struct vdk_ret
+vdk_Open (const struct vdk_lib *l, VixDiskLibConnection c, const char *path,
+          uint32_t flags, VixDiskLibHandle *out)
+{
+  return result (l, l->Open (c, path, flags, out));
+}
+
+struct vdk_ret
+vdk_Close (const struct vdk_lib *l, VixDiskLibHandle h)
+{
+  return result (l, l->Close (h));
+}
+
+struct vdk_ret
+vdk_GetInfo (const struct vdk_lib *l, VixDiskLibHandle h, VixDiskLibInfo **out)
+{
+  return result (l, l->GetInfo (h, out));
+}
+
+struct vdk_ret
+vdk_FreeInfo (const struct vdk_lib *l, VixDiskLibInfo *info)
+{
+  l->FreeInfo (info);
+  return result (l, VDK_VIX_OK);
+}
+
+struct vdk_ret
+vdk_Read (const struct vdk_lib *l, VixDiskLibHandle h, uint64_t start,
+          uint64_t num, void *buf)
+{
+  return result (l, l->Read (h, start, num, buf));
+}
+
+struct vdk_ret
+vdk_GetTransportMode (const struct vdk_lib *l, VixDiskLibHandle h)
+{
+  struct vdk_ret r = { VDK_VIX_OK, NULL, NULL };
+
+  if (l->GetTransportMode == NULL)
+    return absent ("VixDiskLib_GetTransportMode");
+  r.str = l->GetTransportMode (h);
+  return r;
+}
+
+struct vdk_ret
+vdk_QueryAllocatedBlocks (const struct vdk_lib *l, VixDiskLibHandle h,
+                          uint64_t start, uint64_t num, uint64_t chunk,
+                          VixDiskLibBlockList **out)
+{
+  if (l->QueryAllocatedBlocks == NULL)
+    return absent ("VixDiskLib_QueryAllocatedBlocks");
+  return result (l, l->QueryAllocatedBlocks (h, start, num, chunk, out));
+}
+
+struct vdk_ret
+vdk_FreeBlockList (const struct vdk_lib *l, VixDiskLibBlockList *list)
+{
+  if (l->FreeBlockList == NULL)
+    return absent ("VixDiskLib_FreeBlockList");
+  return result (l, l->FreeBlockList (list));
+}
