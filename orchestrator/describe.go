@@ -1,0 +1,34 @@
+package orchestrator
+
+import (
+	"context"
+
+	"github.com/sendense/capture/cbt"
+)
+
+// VMDescription is what `sendense vm info` and the agent API show of a VM.
+type VMDescription struct {
+	cbt.VM
+	CBT       cbt.CBTStatus  `json:"cbt"`
+	Snapshots []cbt.Snapshot `json:"snapshots"`
+	Disks     []cbt.Disk     `json:"disks"`
+}
+
+// DescribeVM finds a VM and reads its CBT state, snapshots and disks.
+func DescribeVM(ctx context.Context, c *cbt.Client, spec string) (*VMDescription, error) {
+	vm, err := c.FindVM(ctx, spec)
+	if err != nil {
+		return nil, err
+	}
+	d := &VMDescription{VM: *vm}
+	if d.CBT, err = c.CBTStatus(ctx, vm); err != nil {
+		return nil, err
+	}
+	if d.Snapshots, err = c.Snapshots(ctx, vm); err != nil {
+		return nil, err
+	}
+	if d.Disks, err = c.Disks(ctx, vm, ""); err != nil {
+		return nil, err
+	}
+	return d, nil
+}
