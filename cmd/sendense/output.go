@@ -4,7 +4,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"os"
 	"text/tabwriter"
+
+	"golang.org/x/term"
 )
 
 // printJSON writes v as one JSON object per line, with a message_type
@@ -28,4 +31,10 @@ func printJSON(w io.Writer, messageType string, v any) error {
 // newTable returns a tab-aligned writer for text tables.
 func newTable(w io.Writer) *tabwriter.Writer {
 	return tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+}
+
+// isTerminal reports whether w is a terminal (progress bars only then).
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
 }

@@ -1,0 +1,228 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/sendense/capture/internal/config"
+	"github.com/sendense/capture/internal/units"
+	"github.com/sendense/capture/orchestrator"
+)
+
+func init() {
+	rootCmd.AddCommand(newBackupCommand())
+}
+
+// backupOptions are the flags of `sendense backup`.
+type backupOptions struct {
+	vcenter              vcenterFlags
+	vddk                 vddkFlags
+	copy                 copyTuning
+	repo                 string
+	full                 bool
+	quiesce              bool
+	allowCrashConsistent bool
+	progress             bool
+}
+
+// copyTuning are the copy engine flags shared by backup and replicate.
+type copyTuning struct {
+	connections, requests int
+	requestSize, rate     string
+}
+
+func (f *copyTuning) register(fs *pflag.FlagSet) {
+	fs.IntVar(&f.connections, "connections", 0, "NBD `connections` per disk when both sides allow multi-conn ([copy] connections, default 4)")
+	fs.IntVar(&f.requests, "requests", 0, "`requests` in flight per connection ([copy] requests, default 64)")
+	fs.StringVar(&f.requestSize, "request-size", "", "largest request `size`, e.g. 256K ([copy] request_size)")
+	fs.StringVar(&f.rate, "rate", "", "bandwidth limit in bytes per second, e.g. 100M ([copy] rate; default unlimited)")
+}
+
+func (f *copyTuning) apply(fs *pflag.FlagSet, c *config.Config) {
+	if fs.Changed("connections") {
+		c.Copy.Connections = f.connections
+	}
+	if fs.Changed("requests") {
+		c.Copy.Requests = f.requests
+	}
+	setString(fs, "request-size", &c.Copy.RequestSize, f.requestSize)
+	setString(fs, "rate", &c.Copy.Rate, f.rate)
+}
+
+func (o *backupOptions) AddFlags(fs *pflag.FlagSet) {
+	o.vcenter.register(fs)
+	o.vddk.register(fs)
+	o.copy.register(fs)
+	fs.StringVar(&o.repo, "repo", "", "repository `directory` ([repository] path) [$SENDENSE_REPOSITORY]")
+	fs.BoolVar(&o.full, "full", false, "full backup of every disk, whatever CBT says (default: incremental when a usable previous backup exists)")
+	fs.BoolVar(&o.quiesce, "quiesce", false, "quiesce the guest through VMware Tools for an application-consistent snapshot ([backup] quiesce)")
+	fs.BoolVar(&o.allowCrashConsistent, "allow-crash-consistent", false, "when quiescing fails, take a crash-consistent snapshot instead of failing")
+	fs.BoolVar(&o.progress, "progress", false, "with --json, also write status lines while copying")
+}
+
+// services builds the shared services from the configuration and flags.
+func (o *backupOptions) config(cmd *cobra.Command) (*config.Config, error) {
+	cfg, err := loadConfig(cmd)
+	if err != nil {
+		return nil, err
+	}
+	fs := cmd.Flags()
+	o.vcenter.apply(fs, cfg)
+	o.vddk.apply(fs, cfg)
+	o.copy.apply(fs, cfg)
+	setString(fs, "repo", &cfg.Repository.Path, o.repo)
+	if fs.Changed("quiesce") {
+		cfg.Backup.Quiesce = o.quiesce
+	}
+	if err := cfg.Check(); err != nil {
+		return nil, usageErrorf("%v", err)
+	}
+	if cfg.Repository.Path == "" {
+		return nil, usageErrorf("no repository given: use --repo DIR, [repository] path or SENDENSE_REPOSITORY")
+	}
+	return cfg, nil
+}
+
+func newBackupCommand() *cobra.Command {
+	var o backupOptions
+	cmd := &cobra.Command{
+		Use:   "backup VM...",
+		Short: "Back up VMs into a repository (full, then incremental with CBT)",
+		Long: `Back up each VM into the repository: check (or enable) Changed Block
+Tracking, take a snapshot named sendense-<backup id>, copy every disk into a
+qcow2 image through nbdkit and the sendense plugin, write the backup's
+manifest once every image is flushed, and remove the snapshot.
+
+The first backup of a disk is full. Later ones are incremental: only the
+blocks CBT reports as changed since the previous backup are copied, into a
+qcow2 overlay whose backing file is that disk's previous image. A disk is
+backed up in full again when CBT cannot vouch for the changes (CBT reset or
+enabled again, disk resized or replaced, previous image missing, a failed
+changed-blocks query); the reason is printed.
+
+The snapshot is removed whatever happens (success, error, SIGINT, SIGTERM),
+and snapshots named sendense-* left by a crash are removed first. A backup
+that fails leaves the previous restore points as they were.
+
+VM is a managed object id (vm-42), an inventory path (/DC/vm/folder/name)
+or a unique name. Several VMs are backed up [backup] max_concurrent_vms at a
+time; the disks of a VM [backup] max_concurrent_disks at a time.
+
+EXAMPLES
+  sendense backup --repo /srv/backups /DC0/vm/db01
+  sendense backup --config /etc/sendense/sendense.toml --quiesce db01 web01
+  sendense backup --repo /srv/backups --full --json db01 | jq .
+
+EXIT STATUS
+  0    every VM was backed up
+  1    a backup failed (the others may have succeeded)
+  2    bad flags, arguments or configuration
+  130  interrupted (SIGINT or SIGTERM): nothing of the running backups was kept`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg, err := o.config(cmd)
+			if err != nil {
+				return err
+			}
+			return runBackup(cmd.Context(), cfg, o, args, cmd.OutOrStdout(), cmd.ErrOrStderr())
+		},
+	}
+	o.AddFlags(cmd.Flags())
+	return cmd
+}
+
+// pluginPath finds nbdkit-sendense-plugin.so: --plugin, $SENDENSE_PLUGIN,
+// next to the sendense executable (the build tree), else the installed
+// plugin by name.
+func pluginPath(flag string) string {
+	if flag != "" {
+		return flag
+	}
+	if p := os.Getenv("SENDENSE_PLUGIN"); p != "" {
+		return p
+	}
+	if exe, err := os.Executable(); err == nil {
+		if exe, err = filepath.EvalSymlinks(exe); err == nil {
+			p := filepath.Join(filepath.Dir(exe), "nbdkit-sendense-plugin.so")
+			if _, err := os.Stat(p); err == nil {
+				return p
+			}
+		}
+	}
+	return "sendense"
+}
+
+// newServices logs in to vCenter and gathers what jobs share.
+func newServices(ctx context.Context, cfg *config.Config, plugin string, rep orchestrator.Reporter) (*orchestrator.Services, error) {
+	client, cred, err := orchestrator.Connect(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &orchestrator.Services{
+		Config:   cfg,
+		Client:   client,
+		Cred:     cred,
+		Plugin:   pluginPath(plugin),
+		Reporter: rep,
+		Verbose:  gopts.Verbose,
+	}, nil
+}
+
+func runBackup(ctx context.Context, cfg *config.Config, o backupOptions, vms []string, stdout, stderr io.Writer) error {
+	pr := newJobProgress(gopts, o.progress, stdout, stderr)
+	s, err := newServices(ctx, cfg, o.vddk.plugin, pr)
+	if err != nil {
+		return err
+	}
+	defer s.Client.Close(context.WithoutCancel(ctx))
+	opt := orchestrator.BackupOptions{
+		Repo:                 cfg.Repository.Path,
+		Full:                 o.full,
+		Quiesce:              cfg.Backup.Quiesce,
+		AllowCrashConsistent: o.allowCrashConsistent,
+	}
+	sem := make(chan struct{}, max(1, cfg.Backup.MaxConcurrentVMs))
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var failed []error
+	for _, vm := range vms {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			report, err := orchestrator.Backup(ctx, s, vm, opt)
+			pr.finish(report, err)
+			if err != nil {
+				mu.Lock()
+				failed = append(failed, err)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	switch {
+	case ctx.Err() != nil:
+		return ctx.Err()
+	case len(failed) == 1:
+		return failed[0]
+	case len(failed) > 1:
+		return fmt.Errorf("%d of %d backups failed; first: %w", len(failed), len(vms), failed[0])
+	}
+	return nil
+}
+
+// backupSummaryLine is the one line per disk printed when not on a
+// terminal (and the text summary on one).
+func backupSummaryLine(r *orchestrator.BackupReport, d orchestrator.DiskReport) string {
+	return fmt.Sprintf("%s %s disk %d (%s): %s, %s of %s copied (%.1f%% less), %.1fs, %.0f MiB/s, image %s",
+		r.VM, r.BackupID, d.Key, d.Label, d.Level, units.FormatSize(d.BytesCopied), units.FormatSize(d.Capacity),
+		d.DataReduction*100, d.Seconds, d.MiBps, d.Image)
+}

@@ -1,0 +1,200 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/sendense/capture/internal/repo"
+	"github.com/sendense/capture/internal/units"
+)
+
+func init() {
+	rootCmd.AddCommand(newListCommand())
+}
+
+// repoDirFlag is the --repo flag of list, restore, verify and prune.
+type repoDirFlag struct {
+	dir string
+}
+
+func (f *repoDirFlag) register(fs *pflag.FlagSet) {
+	fs.StringVar(&f.dir, "repo", "", "repository `directory` (default: [repository] path of the --config file, else $SENDENSE_REPOSITORY)")
+}
+
+// resolve fills in a --repo not given from the configuration file or
+// $SENDENSE_REPOSITORY.
+func (f *repoDirFlag) resolve(cmd *cobra.Command) error {
+	if f.dir != "" {
+		return nil
+	}
+	cfg, err := loadConfig(cmd) // the file, over $SENDENSE_REPOSITORY
+	if err != nil {
+		return err
+	}
+	f.dir = cfg.Repository.Path
+	return f.check()
+}
+
+func (f *repoDirFlag) check() error {
+	if f.dir == "" {
+		return usageErrorf("no repository given: use --repo DIR, [repository] path in the configuration, or SENDENSE_REPOSITORY")
+	}
+	return nil
+}
+
+// openRepo opens the repository named by --repo.
+func (f *repoDirFlag) open(ctx context.Context) (*repo.Repo, error) {
+	if err := f.check(); err != nil {
+		return nil, err
+	}
+	return repo.OpenContext(ctx, f.dir)
+}
+
+// listOptions are the flags of "sendense list".
+type listOptions struct {
+	repo repoDirFlag
+}
+
+func (o *listOptions) AddFlags(fs *pflag.FlagSet) { o.repo.register(fs) }
+
+const listLong = `List the restore points (backups) in the repository: every VM's, or
+those of VM (its name, moref, instance UUID or directory in the repository),
+oldest first.
+
+Columns: VM directory, backup id, level (full, incremental, or mixed when
+its disks differ), start time (UTC), number of disks, their total size,
+the bytes copied by that backup and the space its images take.
+
+With --json each backup is one "backup" object per line (the manifest's
+fields, without chunk lists), then a "summary". The format is in
+docs/repository.md.
+
+EXAMPLES
+  List everything:
+    sendense list --repo /backups
+
+  One VM, for a script:
+    SENDENSE_REPOSITORY=/backups sendense list --json web01
+
+EXIT STATUS
+  0    the backups were listed
+  1    the repository cannot be opened, or a manifest is corrupt (the
+       others are listed; the error names the file)
+  2    bad flags or arguments`
+
+func newListCommand() *cobra.Command {
+	var opts listOptions
+	cmd := &cobra.Command{
+		Use:   "list [flags] [VM]",
+		Short: "List the restore points in a repository",
+		Long:  listLong,
+		Args:  cobra.MaximumNArgs(1),
+		PreRunE: func(cmd *cobra.Command, args []string) error {
+			return opts.repo.resolve(cmd)
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runList(cmd.Context(), opts, gopts, cmd.OutOrStdout(), cmd.ErrOrStderr(), args)
+		},
+	}
+	opts.AddFlags(cmd.Flags())
+	return cmd
+}
+
+// listedBackup is one "backup" line of list --json.
+type listedBackup struct {
+	VMDir       string           `json:"vm_dir"`
+	VM          repo.VMRef       `json:"vm"`
+	ID          string           `json:"id"`
+	Parent      string           `json:"parent"`
+	Level       string           `json:"level"`
+	Started     time.Time        `json:"started"`
+	Finished    time.Time        `json:"finished"`
+	Snapshot    repo.SnapshotRef `json:"snapshot"`
+	Disks       []listedDisk     `json:"disks"`
+	Capacity    uint64           `json:"capacity"`
+	BytesCopied uint64           `json:"bytes_copied"`
+	StoredBytes int64            `json:"stored_bytes"`
+	Manifest    string           `json:"manifest"`
+	Merged      []string         `json:"merged,omitempty"`
+}
+
+type listedDisk struct {
+	Key         int32  `json:"key"`
+	Label       string `json:"label,omitempty"`
+	Capacity    uint64 `json:"capacity"`
+	Level       string `json:"level"`
+	Reason      string `json:"reason,omitempty"`
+	Image       string `json:"image"`
+	Backing     string `json:"backing"`
+	ChangeID    string `json:"change_id"`
+	BytesCopied uint64 `json:"bytes_copied"`
+	Chunks      int    `json:"chunks"`
+}
+
+// runList lists the backups of args[0] (or all).
+func runList(ctx context.Context, opts listOptions, gopts globalOptions, stdout, stderr io.Writer, args []string) error {
+	vm := ""
+	if len(args) > 0 {
+		vm = args[0]
+	}
+	r, err := opts.repo.open(ctx)
+	if err != nil {
+		return err
+	}
+	res, err := r.List(ctx, vm)
+	if err != nil {
+		return err
+	}
+	vms := map[string]bool{}
+	if gopts.JSON {
+		for _, p := range res.Points {
+			vms[p.VMDir] = true
+			lb := listedBackup{VMDir: p.VMDir, VM: p.VM, ID: p.ID, Parent: p.Parent, Level: p.Level(), Started: p.Started,
+				Finished: p.Finished, Snapshot: p.Snapshot, Capacity: p.Capacity(), BytesCopied: p.BytesCopied(),
+				StoredBytes: p.StoredBytes, Manifest: p.Path, Merged: p.Merged}
+			for _, d := range p.Disks {
+				lb.Disks = append(lb.Disks, listedDisk{Key: d.Key, Label: d.Label, Capacity: d.Capacity, Level: d.Level, Reason: d.Reason,
+					Image: d.Image, Backing: d.Backing, ChangeID: d.ChangeID, BytesCopied: d.BytesCopied, Chunks: len(d.Chunks)})
+			}
+			if err := printJSON(stdout, "backup", lb); err != nil {
+				return err
+			}
+		}
+		for _, e := range res.Errors {
+			printJSON(stdout, "error", struct {
+				Message string `json:"message"`
+			}{e.Error()})
+		}
+		printJSON(stdout, "summary", struct {
+			Backups int `json:"backups"`
+			VMs     int `json:"vms"`
+			Errors  int `json:"errors"`
+		}{len(res.Points), len(vms), len(res.Errors)})
+	} else {
+		if len(res.Points) == 0 && len(res.Errors) == 0 {
+			if !gopts.Quiet {
+				fmt.Fprintf(stdout, "no backups in repository %s\n", r.Dir)
+			}
+			return nil
+		}
+		tw := newTable(stdout)
+		fmt.Fprintln(tw, "VM\tBACKUP\tLEVEL\tSTARTED (UTC)\tDISKS\tSIZE\tCOPIED\tSTORED")
+		for _, p := range res.Points {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", p.VMDir, p.ID, p.Level(), p.Started.UTC().Format("2006-01-02 15:04:05"),
+				len(p.Disks), units.FormatSize(p.Capacity()), units.FormatSize(p.BytesCopied()), units.FormatSize(uint64(p.StoredBytes)))
+		}
+		tw.Flush()
+		for _, e := range res.Errors {
+			fmt.Fprintf(stderr, "sendense: %v\n", e)
+		}
+	}
+	if n := len(res.Errors); n > 0 {
+		return fmt.Errorf("%d manifest(s) could not be read (see above); the other backups are listed", n)
+	}
+	return nil
+}

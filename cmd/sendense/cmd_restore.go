@@ -1,0 +1,146 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/sendense/capture/internal/repo"
+	"github.com/sendense/capture/internal/units"
+)
+
+func init() {
+	rootCmd.AddCommand(newRestoreCommand())
+}
+
+// restoreOptions are the flags of "sendense restore".
+type restoreOptions struct {
+	repo   repoDirFlag
+	Backup string
+	To     string
+	Format string
+	Force  bool
+	Disks  []int
+}
+
+func (o *restoreOptions) AddFlags(fs *pflag.FlagSet) {
+	o.repo.register(fs)
+	fs.StringVar(&o.Backup, "backup", "", "backup `ID` to restore (see 'sendense list'); default: the latest")
+	fs.StringVar(&o.To, "to", "", "write the disk images into `DIR` (created if needed); required")
+	fs.StringVar(&o.Format, "format", "raw", "output `format`: raw (sparse) or qcow2 (standalone, no backing file)")
+	fs.BoolVar(&o.Force, "force", false, "replace output files that exist")
+	fs.IntSliceVar(&o.Disks, "disk", nil, "restore only the disk with device `KEY` (repeatable; default: every disk)")
+}
+
+// Check validates the options.
+func (o *restoreOptions) Check() error {
+	if o.To == "" {
+		return usageErrorf("no output directory: use --to DIR")
+	}
+	if o.Format != "raw" && o.Format != "qcow2" {
+		return usageErrorf("--format must be raw or qcow2, not %q", o.Format)
+	}
+	return nil
+}
+
+const restoreLong = `Restore one backup (restore point) of VM: every disk's image, followed
+through its backing chain, becomes one standalone image in DIR,
+
+  DIR/<vm-dir>-disk<key>.raw     (--format raw, the default: sparse)
+  DIR/<vm-dir>-disk<key>.qcow2   (--format qcow2: no backing file)
+
+written under a temporary name and renamed once complete. VM is the VM's
+name, moref, instance UUID or directory in the repository. Without
+--backup the latest backup is restored.
+
+Nothing is written when an output file exists (unless --force), when an
+image or a backing file of the chain is missing, or when a manifest is
+missing or corrupt: the error names the file. See
+docs/restore-verify-prune.md.
+
+EXAMPLES
+  Restore the latest backup of web01 as raw disks:
+    sendense restore --repo /backups web01 --to /restore
+
+  Restore one disk of an older backup as qcow2:
+    sendense restore --repo /backups vm-42 --backup 20240501T120000Z \
+        --disk 2000 --format qcow2 --to /restore
+
+EXIT STATUS
+  0    every disk was restored
+  1    the restore failed (missing image, backing file or manifest, an
+       output file exists, qemu-img failed)
+  2    bad flags or arguments
+  130  interrupted by SIGINT or SIGTERM (no partial output is left)`
+
+func newRestoreCommand() *cobra.Command {
+	var opts restoreOptions
+	cmd := &cobra.Command{
+		Use:   "restore [flags] VM --to DIR",
+		Short: "Restore a backup's disks as standalone raw or qcow2 images",
+		Long:  restoreLong,
+		Args:  cobra.ExactArgs(1),
+		PreRunE: func(cmd *cobra.Command, args []string) error {
+			if err := opts.repo.resolve(cmd); err != nil {
+				return err
+			}
+			return opts.Check()
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runRestore(cmd.Context(), opts, gopts, cmd.OutOrStdout(), cmd.ErrOrStderr(), args)
+		},
+	}
+	opts.AddFlags(cmd.Flags())
+	return cmd
+}
+
+// runRestore restores a backup of args[0].
+func runRestore(ctx context.Context, opts restoreOptions, gopts globalOptions, stdout, stderr io.Writer, args []string) error {
+	if len(args) != 1 {
+		return usageErrorf("restore needs the VM (see 'sendense restore --help')")
+	}
+	if err := opts.Check(); err != nil {
+		return err
+	}
+	r, err := opts.repo.open(ctx)
+	if err != nil {
+		return err
+	}
+	var disks []int32
+	for _, k := range opts.Disks {
+		disks = append(disks, int32(k))
+	}
+	out, err := r.Restore(ctx, repo.RestoreOptions{
+		VM: args[0], Backup: opts.Backup, To: opts.To, Format: opts.Format, Force: opts.Force, Disks: disks,
+		OnDisk: func(d repo.RestoredDisk) {
+			switch {
+			case gopts.JSON:
+				printJSON(stdout, "restored", d)
+			case !gopts.Quiet:
+				fmt.Fprintf(stdout, "restored disk %d of %s backup %s to %s (%s, %.1f s)\n",
+					d.Disk, d.VM, d.Backup, d.Path, units.FormatSize(d.Capacity), d.Seconds)
+			}
+		},
+	})
+	if err != nil {
+		return err
+	}
+	if gopts.JSON && len(out) > 0 {
+		var total uint64
+		for _, d := range out {
+			total += d.Capacity
+		}
+		return printJSON(stdout, "summary", struct {
+			VM       string `json:"vm"`
+			Backup   string `json:"backup"`
+			Disks    int    `json:"disks"`
+			Capacity uint64 `json:"capacity"`
+			To       string `json:"to"`
+			Format   string `json:"format"`
+		}{out[0].VM, out[0].Backup, len(out), total, opts.To, opts.Format})
+	}
+	return nil
+}

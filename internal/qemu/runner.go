@@ -1,0 +1,224 @@
+package qemu
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Runner runs the QEMU tools. LocalRunner runs them on this machine; a
+// remote implementation (the control plane, over SSH) runs them where the
+// images are, so every file system path handed to a Runner is a path on
+// that machine.
+type Runner interface {
+	// Run runs name with args to completion and returns its standard
+	// output. A failure to start returns an error matching exec.ErrNotFound
+	// when the program is missing; a bad exit returns an *ExitError that
+	// carries the standard error.
+	Run(ctx context.Context, name string, args ...string) ([]byte, error)
+	// Start starts a long-running program (a server). Its standard error
+	// is kept for error reports.
+	Start(name string, args ...string) (Process, error)
+	// MkdirTemp creates a new directory, mode 0700, under dir (the default
+	// temporary directory when dir is "").
+	MkdirTemp(dir, pattern string) (string, error)
+	// RemoveAll removes path and anything under it.
+	RemoveAll(path string) error
+	// DialUnix connects to a unix socket.
+	DialUnix(ctx context.Context, path string) (net.Conn, error)
+}
+
+// Process is a program started with Runner.Start.
+type Process interface {
+	Pid() int
+	// Signal sends sig to the process (a no-op once it has exited).
+	Signal(sig os.Signal) error
+	// Done is closed when the process has exited.
+	Done() <-chan struct{}
+	// Wait waits for the exit and returns nil for a zero exit status,
+	// else an *ExitError with the standard error.
+	Wait() error
+}
+
+// ExitError is a tool that ran and failed.
+type ExitError struct {
+	Tool   string   // program name, e.g. "qemu-img"
+	Args   []string // its arguments
+	Status string   // "exit status 1", "signal: killed"
+	Code   int      // exit status; -1 when killed by a signal
+	Stderr string   // standard error, trimmed (the last 64 KiB at most)
+}
+
+func (e *ExitError) Error() string {
+	msg := fmt.Sprintf("%s %s: %s", e.Tool, firstArg(e.Args), e.Status)
+	if s := strings.TrimSpace(e.Stderr); s != "" {
+		msg += ": " + s
+	}
+	return msg
+}
+
+// firstArg is the sub-command of a qemu-img call, or the image served by
+// qemu-nbd (its last argument).
+func firstArg(args []string) string {
+	if len(args) == 0 {
+		return ""
+	}
+	if !strings.HasPrefix(args[0], "-") {
+		return args[0]
+	}
+	return args[len(args)-1]
+}
+
+// ToolMissingError says that a QEMU program is not installed.
+type ToolMissingError struct {
+	Tool string
+	Err  error
+}
+
+func (e *ToolMissingError) Error() string {
+	return fmt.Sprintf("%s is not installed or not in $PATH: install the Debian package qemu-utils (apt-get install qemu-utils)", e.Tool)
+}
+
+func (e *ToolMissingError) Unwrap() error { return e.Err }
+
+// stderrLimit bounds the standard error kept per process.
+const stderrLimit = 64 << 10
+
+// tailBuffer keeps the last stderrLimit bytes written to it.
+type tailBuffer struct {
+	mu  sync.Mutex
+	buf []byte
+}
+
+func (t *tailBuffer) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.buf = append(t.buf, p...)
+	if over := len(t.buf) - stderrLimit; over > 0 {
+		t.buf = append(t.buf[:0], t.buf[over:]...)
+	}
+	return len(p), nil
+}
+
+func (t *tailBuffer) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return string(t.buf)
+}
+
+// LocalRunner runs the tools on this machine. Children get their own
+// process group, so a terminal's ^C reaches sendense only, which then stops
+// them in order (context cancellation sends SIGTERM, and SIGKILL after
+// KillDelay).
+type LocalRunner struct {
+	// KillDelay is how long a cancelled command may take to exit after
+	// SIGTERM (default 10 s).
+	KillDelay time.Duration
+}
+
+func (r LocalRunner) killDelay() time.Duration {
+	if r.KillDelay > 0 {
+		return r.KillDelay
+	}
+	return 10 * time.Second
+}
+
+// Run implements Runner.
+func (r LocalRunner) Run(ctx context.Context, name string, args ...string) ([]byte, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	cmd := exec.CommandContext(ctx, name, args...)
+	var stdout bytes.Buffer
+	stderr := &tailBuffer{}
+	cmd.Stdout = &stdout
+	cmd.Stderr = stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
+	cmd.WaitDelay = r.killDelay()
+	err := cmd.Run()
+	if err == nil {
+		return stdout.Bytes(), nil
+	}
+	if ctx.Err() != nil {
+		return stdout.Bytes(), fmt.Errorf("%s %s: %w", name, firstArg(args), ctx.Err())
+	}
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return stdout.Bytes(), &ExitError{Tool: name, Args: args, Status: ee.ProcessState.String(), Code: ee.ExitCode(), Stderr: stderr.String()}
+	}
+	return stdout.Bytes(), err
+}
+
+// Start implements Runner. The child gets SIGTERM if sendense dies.
+func (r LocalRunner) Start(name string, args ...string) (Process, error) {
+	cmd := exec.Command(name, args...)
+	p := &localProcess{cmd: cmd, stderr: &tailBuffer{}, done: make(chan struct{})}
+	cmd.Stderr = p.stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	go func() {
+		p.err = cmd.Wait()
+		close(p.done)
+	}()
+	return p, nil
+}
+
+// MkdirTemp implements Runner.
+func (LocalRunner) MkdirTemp(dir, pattern string) (string, error) {
+	return os.MkdirTemp(dir, pattern) // always 0700
+}
+
+// RemoveAll implements Runner.
+func (LocalRunner) RemoveAll(path string) error { return os.RemoveAll(path) }
+
+// DialUnix implements Runner.
+func (LocalRunner) DialUnix(ctx context.Context, path string) (net.Conn, error) {
+	var d net.Dialer
+	return d.DialContext(ctx, "unix", path)
+}
+
+type localProcess struct {
+	cmd    *exec.Cmd
+	stderr *tailBuffer
+	done   chan struct{}
+	err    error
+}
+
+func (p *localProcess) Pid() int              { return p.cmd.Process.Pid }
+func (p *localProcess) Done() <-chan struct{} { return p.done }
+
+func (p *localProcess) Signal(sig os.Signal) error {
+	select {
+	case <-p.done:
+		return nil
+	default:
+	}
+	err := p.cmd.Process.Signal(sig)
+	if errors.Is(err, os.ErrProcessDone) {
+		return nil
+	}
+	return err
+}
+
+func (p *localProcess) Wait() error {
+	<-p.done
+	if p.err == nil {
+		return nil
+	}
+	var ee *exec.ExitError
+	if errors.As(p.err, &ee) {
+		return &ExitError{Tool: p.cmd.Args[0], Args: p.cmd.Args[1:], Status: ee.ProcessState.String(), Code: ee.ExitCode(), Stderr: p.stderr.String()}
+	}
+	return p.err
+}

@@ -1,0 +1,332 @@
+package repo
+
+import (
+	"bytes"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Manifest formats and levels (docs/repository.md).
+const (
+	ManifestFormat  = "sendense-manifest"
+	ManifestVersion = 1
+
+	StatusComplete = "complete"
+
+	LevelFull        = "full"
+	LevelIncremental = "incremental"
+
+	KindData = "data"
+	KindZero = "zero"
+)
+
+// VMRef identifies a virtual machine.
+type VMRef struct {
+	Moref        string `json:"moref"`                    // e.g. "vm-42"
+	Name         string `json:"name"`                     // display name
+	Path         string `json:"inventory_path,omitempty"` // e.g. "/DC0/vm/web"
+	InstanceUUID string `json:"instance_uuid,omitempty"`  // config.instanceUuid
+}
+
+// String names the VM for messages.
+func (v VMRef) String() string {
+	if v.Moref == "" {
+		return v.Name
+	}
+	return fmt.Sprintf("%s (%s)", v.Name, v.Moref)
+}
+
+// same says whether a and b are the same VM: the instance UUIDs when both
+// are known, else the morefs.
+func (v VMRef) same(o VMRef) bool {
+	if v.InstanceUUID != "" && o.InstanceUUID != "" {
+		return strings.EqualFold(v.InstanceUUID, o.InstanceUUID)
+	}
+	return v.Moref != "" && v.Moref == o.Moref
+}
+
+// SnapshotRef is the vSphere snapshot a backup read.
+type SnapshotRef struct {
+	Moref    string `json:"moref"`
+	Name     string `json:"name"`
+	Quiesced bool   `json:"quiesced"`
+}
+
+// Chunk is one range the backup wrote into its image: data (with the
+// SHA-256 of those bytes, lower-case hex) or zeroes.
+type Chunk struct {
+	Offset uint64 `json:"offset"`
+	Length uint64 `json:"length"`
+	Kind   string `json:"kind"`             // "data" or "zero"
+	SHA256 string `json:"sha256,omitempty"` // data chunks only
+}
+
+// End is the first byte after the chunk.
+func (c Chunk) End() uint64 { return c.Offset + c.Length }
+
+// DiskImage is one disk of a backup and its image.
+type DiskImage struct {
+	Key          int32   `json:"key"`                      // vSphere device key
+	UUID         string  `json:"uuid"`                     // backing.uuid of the virtual disk
+	Label        string  `json:"label,omitempty"`          // "Hard disk 1"
+	File         string  `json:"file"`                     // "[datastore] vm/vm.vmdk"
+	Capacity     uint64  `json:"capacity"`                 // bytes
+	ChangeID     string  `json:"change_id"`                // the snapshot disk's changeId: base of the next incremental
+	Level        string  `json:"level"`                    // "full" or "incremental"
+	Reason       string  `json:"reason,omitempty"`         // why full
+	BaseChangeID string  `json:"base_change_id,omitempty"` // incremental: the changeId it is relative to
+	Image        string  `json:"image"`                    // file name in the VM directory
+	Backing      string  `json:"backing"`                  // backing file name ("" for a full)
+	BytesCopied  uint64  `json:"bytes_copied"`             // data written
+	BytesZeroed  uint64  `json:"bytes_zeroed"`             // zeroes written
+	Seconds      float64 `json:"seconds"`                  // copy time
+	SHA256       string  `json:"sha256,omitempty"`         // full: SHA-256 of the whole disk
+	Chunks       []Chunk `json:"chunks"`                   // what the image holds, sorted by offset
+}
+
+// Manifest describes one backup (restore point) of a VM.
+type Manifest struct {
+	Format   string      `json:"format"`  // "sendense-manifest"
+	Version  int         `json:"version"` // 1
+	ID       string      `json:"id"`      // backup id, e.g. "20240501T120000Z"
+	VM       VMRef       `json:"vm"`
+	Parent   string      `json:"parent"` // previous backup of the VM ("" for none)
+	Snapshot SnapshotRef `json:"snapshot"`
+	Started  time.Time   `json:"started"`
+	Finished time.Time   `json:"finished"`
+	Status   string      `json:"status"` // "complete"
+	// Merged lists the older backups prune merged into this one.
+	Merged []string    `json:"merged,omitempty"`
+	Disks  []DiskImage `json:"disks"`
+}
+
+// Disk returns the disk with device key key, or nil.
+func (m *Manifest) Disk(key int32) *DiskImage {
+	for i := range m.Disks {
+		if m.Disks[i].Key == key {
+			return &m.Disks[i]
+		}
+	}
+	return nil
+}
+
+// Level is "full" or "incremental" when all disks agree, else "mixed".
+func (m *Manifest) Level() string {
+	level := ""
+	for _, d := range m.Disks {
+		switch {
+		case level == "":
+			level = d.Level
+		case level != d.Level:
+			return "mixed"
+		}
+	}
+	return level
+}
+
+// Capacity is the sum of the disks' capacities.
+func (m *Manifest) Capacity() uint64 {
+	var n uint64
+	for _, d := range m.Disks {
+		n += d.Capacity
+	}
+	return n
+}
+
+// BytesCopied is the sum of the disks' bytes copied.
+func (m *Manifest) BytesCopied() uint64 {
+	var n uint64
+	for _, d := range m.Disks {
+		n += d.BytesCopied
+	}
+	return n
+}
+
+// ImageName is the file name of the image of disk key in backup id.
+func ImageName(id string, key int32) string {
+	return fmt.Sprintf("%s-disk%d.qcow2", id, key)
+}
+
+// parseImageName splits "<id>-disk<key>.qcow2".
+func parseImageName(name string) (id string, key int32, ok bool) {
+	base, found := strings.CutSuffix(name, ".qcow2")
+	if !found {
+		return "", 0, false
+	}
+	i := strings.LastIndex(base, "-disk")
+	if i < 0 {
+		return "", 0, false
+	}
+	k, err := strconv.ParseInt(base[i+len("-disk"):], 10, 32)
+	if err != nil || !validID(base[:i]) {
+		return "", 0, false
+	}
+	return base[:i], int32(k), true
+}
+
+// plainName says whether name is a file name in the VM directory (no
+// separators, no "..").
+func plainName(name string) bool {
+	return name != "" && name != "." && name != ".." && !strings.ContainsAny(name, "/\\\x00") && filepath.Base(name) == name
+}
+
+func validSHA256(s string) bool {
+	if len(s) != 64 || strings.ToLower(s) != s {
+		return false
+	}
+	_, err := hex.DecodeString(s)
+	return err == nil
+}
+
+// Validate checks the manifest's structure (not the images).
+func (m *Manifest) Validate() error {
+	switch {
+	case m.Format != ManifestFormat:
+		return fmt.Errorf("format is %q, not %q", m.Format, ManifestFormat)
+	case m.Version < 1:
+		return fmt.Errorf("version %d is not valid", m.Version)
+	case m.Version > ManifestVersion:
+		return fmt.Errorf("version %d is newer than this sendense understands (%d): upgrade sendense", m.Version, ManifestVersion)
+	case !validID(m.ID):
+		return fmt.Errorf("id %q is not a backup id (YYYYMMDDTHHMMSSZ[-N])", m.ID)
+	case m.Parent != "" && !validID(m.Parent):
+		return fmt.Errorf("parent %q is not a backup id", m.Parent)
+	case m.VM.Moref == "" && m.VM.InstanceUUID == "":
+		return errors.New("vm: moref missing")
+	case m.Status != StatusComplete:
+		return fmt.Errorf("status is %q, not %q", m.Status, StatusComplete)
+	case len(m.Disks) == 0:
+		return errors.New("no disks")
+	}
+	seen := map[int32]bool{}
+	for i := range m.Disks {
+		d := &m.Disks[i]
+		if seen[d.Key] {
+			return fmt.Errorf("disk %d is listed twice", d.Key)
+		}
+		seen[d.Key] = true
+		if err := d.validate(); err != nil {
+			return fmt.Errorf("disk %d: %w", d.Key, err)
+		}
+	}
+	return nil
+}
+
+func (d *DiskImage) validate() error {
+	switch {
+	case d.Capacity == 0:
+		return errors.New("capacity is 0")
+	case !plainName(d.Image) || !strings.HasSuffix(d.Image, ".qcow2"):
+		return fmt.Errorf("image %q is not a .qcow2 file name in the VM directory", d.Image)
+	case d.Backing != "" && !plainName(d.Backing):
+		return fmt.Errorf("backing %q is not a file name in the VM directory", d.Backing)
+	case d.Backing == d.Image:
+		return errors.New("the image is its own backing file")
+	}
+	switch d.Level {
+	case LevelFull:
+		if d.Backing != "" {
+			return fmt.Errorf("a full image has backing file %q", d.Backing)
+		}
+		if !validSHA256(d.SHA256) {
+			return fmt.Errorf("a full image needs the SHA-256 of the whole disk (sha256 %q)", d.SHA256)
+		}
+	case LevelIncremental:
+		if d.Backing == "" {
+			return errors.New("an incremental image needs a backing file")
+		}
+		if d.SHA256 != "" && !validSHA256(d.SHA256) {
+			return fmt.Errorf("sha256 %q is not a SHA-256", d.SHA256)
+		}
+	default:
+		return fmt.Errorf("level %q is neither %q nor %q", d.Level, LevelFull, LevelIncremental)
+	}
+	var end uint64
+	for i, c := range d.Chunks {
+		switch {
+		case c.Length == 0:
+			return fmt.Errorf("chunk %d at %d is empty", i, c.Offset)
+		case i > 0 && c.Offset < end:
+			return fmt.Errorf("chunk %d at %d overlaps or is out of order", i, c.Offset)
+		case c.End() > d.Capacity || c.End() < c.Offset:
+			return fmt.Errorf("chunk %d at %d+%d ends beyond the capacity %d", i, c.Offset, c.Length, d.Capacity)
+		}
+		switch c.Kind {
+		case KindData:
+			if !validSHA256(c.SHA256) {
+				return fmt.Errorf("data chunk %d at %d has no valid sha256", i, c.Offset)
+			}
+		case KindZero:
+			if c.SHA256 != "" {
+				return fmt.Errorf("zero chunk %d at %d has a sha256", i, c.Offset)
+			}
+		default:
+			return fmt.Errorf("chunk %d at %d has kind %q, not %q or %q", i, c.Offset, c.Kind, KindData, KindZero)
+		}
+		end = c.End()
+	}
+	return nil
+}
+
+// ManifestError is a manifest that cannot be read or is not valid.
+type ManifestError struct {
+	Path string
+	Err  error
+}
+
+func (e *ManifestError) Error() string {
+	return fmt.Sprintf("manifest %s is corrupt: %v (restore it from a copy, or move it away to drop that backup)", e.Path, e.Err)
+}
+
+func (e *ManifestError) Unwrap() error { return e.Err }
+
+// readManifest reads and validates the manifest at path; its id must match
+// the file name (id.json, or id.json.SUFFIX).
+func readManifest(path string) (*Manifest, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var m Manifest
+	dec := json.NewDecoder(strings.NewReader(string(b)))
+	if err := dec.Decode(&m); err != nil {
+		return nil, &ManifestError{path, fmt.Errorf("not valid JSON: %w", err)}
+	}
+	if err := m.Validate(); err != nil {
+		return nil, &ManifestError{path, err}
+	}
+	base := filepath.Base(path)
+	if i := strings.Index(base, ".json"); i < 0 || base[:i] != m.ID {
+		return nil, &ManifestError{path, fmt.Errorf("id %q does not match the file name", m.ID)}
+	}
+	return &m, nil
+}
+
+// chunkObject matches one chunk as json.MarshalIndent writes it.
+var chunkObject = regexp.MustCompile(`\{\n\s+("offset": \d+,)\n\s+("length": \d+,)\n\s+("kind": "[a-z]+")(,)?(?:\n\s+("sha256": "[0-9a-f]*"))?\n\s+\}`)
+
+// encodeManifest is the manifest's file content: indented JSON with one
+// chunk per line.
+func encodeManifest(m *Manifest) ([]byte, error) {
+	b, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	b = chunkObject.ReplaceAllFunc(b, func(obj []byte) []byte {
+		sm := chunkObject.FindSubmatch(obj)
+		line := bytes.Join([][]byte{sm[1], sm[2], sm[3]}, []byte(" "))
+		if len(sm[5]) > 0 {
+			line = append(append(line, ", "...), sm[5]...)
+		}
+		return append(append([]byte("{"), line...), '}')
+	})
+	return append(b, '\n'), nil
+}

@@ -1,0 +1,302 @@
+package repo_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sendense/capture/internal/qemu"
+	"github.com/sendense/capture/internal/repo"
+	"github.com/sendense/capture/internal/repo/repotest"
+)
+
+// listIDs returns the restore points of the chain's VM.
+func listIDs(t *testing.T, r *repo.Repo) []string {
+	t.Helper()
+	ls, err := r.List(context.Background(), "vm-42")
+	if err != nil || len(ls.Errors) > 0 {
+		t.Fatal(err, ls.Errors)
+	}
+	var out []string
+	for _, p := range ls.Points {
+		out = append(out, p.ID)
+	}
+	return out
+}
+
+// vmFiles lists the VM directory's files, lock files aside.
+func vmFiles(t *testing.T, r *repo.Repo) []string {
+	t.Helper()
+	entries, err := os.ReadDir(filepath.Join(r.Dir, "web_01"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, e := range entries {
+		if n := e.Name(); n != "lock" && n != "read.lock" && n != "state.json" {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+func TestPrune(t *testing.T) {
+	r, b := chain(t)
+	ctx := context.Background()
+	all := ids(b)
+	before := vmFiles(t, r)
+
+	reps, err := r.Prune(ctx, repo.PruneOptions{Keep: 2, DryRun: true})
+	if err != nil || len(reps) != 1 {
+		t.Fatal(reps, err)
+	}
+	if rep := reps[0]; !slices.Equal(rep.Kept, all[2:]) || !slices.Equal(rep.Dropped, all[:2]) || len(rep.Merged) != 2 || !rep.DryRun || rep.FreedBytes <= 0 {
+		t.Fatalf("dry run: %+v", rep)
+	}
+	if after := vmFiles(t, r); !slices.Equal(before, after) {
+		t.Fatalf("dry run changed files: %v → %v", before, after)
+	}
+
+	// keep 2 of 4: backup 3's disks back onto 2 and 1, which go; both
+	// disks are merged into backup 3, which becomes full.
+	reps, err = r.Prune(ctx, repo.PruneOptions{Keep: 2, VM: "web 01"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep := reps[0]
+	if !slices.Equal(rep.Kept, all[2:]) || !slices.Equal(rep.Dropped, all[:2]) || len(rep.Merged) != 2 || rep.FreedBytes < 0 {
+		t.Fatalf("prune: %+v", rep)
+	}
+	if got := rep.Merged[0]; got.Backup != all[2] || got.Disk != keyA || len(got.Images) != 3 {
+		t.Fatalf("merge: %+v", got)
+	}
+	if got := listIDs(t, r); !slices.Equal(got, all[2:]) {
+		t.Fatalf("after prune: %v", got)
+	}
+	m3, err := r.Latest("vm-42")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m3 = mustManifest(t, r, all[2])
+	if m3.Parent != "" || m3.Level() != repo.LevelFull || !slices.Equal(m3.Merged, all[:2]) || !strings.Contains(m3.Disk(keyA).Reason, "merged") {
+		t.Fatalf("merged manifest: parent %q level %s merged %v reason %q", m3.Parent, m3.Level(), m3.Merged, m3.Disk(keyA).Reason)
+	}
+	wantFiles := []string{all[2] + ".json", repo.ImageName(all[2], keyA), repo.ImageName(all[2], keyB),
+		all[3] + ".json", repo.ImageName(all[3], keyA), repo.ImageName(all[3], keyB)}
+	slices.Sort(wantFiles)
+	if got := vmFiles(t, r); !slices.Equal(got, wantFiles) {
+		t.Fatalf("files after prune:\n got %v\nwant %v", got, wantFiles)
+	}
+	for _, id := range all[2:] {
+		b.CheckRestore(id)
+	}
+	verifyOK(t, r, "", "")
+	if info, err := qemu.Info(ctx, filepath.Join(r.Dir, "web_01", repo.ImageName(all[2], keyA))); err != nil || info.BackingFilename != "" {
+		t.Fatalf("merged image: %+v %v", info, err)
+	}
+
+	// A backup after the prune continues the chain.
+	b.Backup(repotest.Disk{Key: keyA, Capacity: 4 * mib, Writes: []repotest.Write{{Off: 0, Len: 4 * kib}}},
+		repotest.Disk{Key: keyB, Capacity: 2 * mib})
+	all = ids(b)
+
+	// keep 1 of 3: backup 5 is merged with 4 (A) and 4 (B, a full).
+	if _, err := r.Prune(ctx, repo.PruneOptions{Keep: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if got := listIDs(t, r); !slices.Equal(got, all[4:]) {
+		t.Fatalf("after keep 1: %v", got)
+	}
+	b.CheckRestore(all[4])
+	verifyOK(t, r, "", "")
+	if rep, err := r.Prune(ctx, repo.PruneOptions{Keep: 1}); err != nil || len(rep[0].Dropped) != 0 {
+		t.Fatalf("prune with nothing to do: %+v %v", rep, err)
+	}
+	if _, err := r.Prune(ctx, repo.PruneOptions{Keep: 0}); err == nil || !strings.Contains(err.Error(), "--keep") {
+		t.Fatalf("keep 0: %v", err)
+	}
+}
+
+func mustManifest(t *testing.T, r *repo.Repo, id string) *repo.Manifest {
+	t.Helper()
+	res, err := r.List(context.Background(), "vm-42")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range res.Points {
+		if p.ID == id {
+			return p.Manifest
+		}
+	}
+	t.Fatalf("backup %s not listed", id)
+	return nil
+}
+
+// TestPruneCrash stops a prune after each of its steps, as a crash would,
+// and checks that the kept backups restore exactly at that moment, that
+// the next Open finishes the prune and that everything then verifies.
+func TestPruneCrash(t *testing.T) {
+	cases := []struct {
+		step string
+		nth  int
+	}{
+		{"journal", 1}, {"dropped", 1}, {"commit", 1}, {"commit", 2}, {"manifest-new", 1},
+		{"rename", 1}, {"rename", 2}, {"switch", 1}, {"delete", 1}, {"delete", 2},
+	}
+	for _, c := range cases {
+		t.Run(fmt.Sprintf("%s-%d", c.step, c.nth), func(t *testing.T) {
+			t.Parallel()
+			r, b := chain(t)
+			ctx := context.Background()
+			all := ids(b)
+			seen := 0
+			crash := errors.New("injected crash")
+			repo.SetHook(r, func(step string) error {
+				if step == c.step {
+					if seen++; seen == c.nth {
+						return crash
+					}
+				}
+				return nil
+			})
+			if _, err := r.Prune(ctx, repo.PruneOptions{Keep: 2}); !errors.Is(err, crash) {
+				t.Fatalf("prune: got %v, want the injected crash", err)
+			}
+			repo.SetHook(r, nil)
+			// At this instant the kept backups restore exactly.
+			for _, id := range all[2:] {
+				b.CheckRestore(id)
+			}
+			if got := listIDs(t, r); !slices.Equal(got, all[2:]) {
+				t.Fatalf("listed during the prune: %v", got)
+			}
+			// The next Open finishes it.
+			r2, err := repo.Open(r.Dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if exists(filepath.Join(r.Dir, "web_01", "prune-journal.json")) {
+				t.Fatal("the journal is still there after Open")
+			}
+			if got := listIDs(t, r2); !slices.Equal(got, all[2:]) {
+				t.Fatalf("after recovery: %v", got)
+			}
+			b2 := b.Clone(t, r2)
+			for _, id := range all[2:] {
+				b2.CheckRestore(id)
+			}
+			verifyOK(t, r2, "", "")
+			if got := len(vmFiles(t, r2)); got != 6 {
+				t.Fatalf("%d files left: %v", got, vmFiles(t, r2))
+			}
+		})
+	}
+}
+
+// TestPruneRecoveredByBackup: an interrupted prune is finished by the next
+// backup of the VM, which then continues the chain.
+func TestPruneRecoveredByBackup(t *testing.T) {
+	r, b := chain(t)
+	ctx := context.Background()
+	all := ids(b)
+	repo.SetHook(r, func(step string) error {
+		if step == "rename" {
+			return errors.New("crash")
+		}
+		return nil
+	})
+	if _, err := r.Prune(ctx, repo.PruneOptions{Keep: 2}); err == nil {
+		t.Fatal("prune did not fail")
+	}
+	// Meanwhile verify reports the pending prune rather than a mismatch.
+	res, err := r.Verify(ctx, repo.VerifyOptions{VM: "vm-42", Backup: all[2]})
+	if err != nil || res.OK() || res.Images[0].Problems[0].Kind != repo.ProblemPrunePending {
+		t.Fatalf("verify during an interrupted prune: %+v %v", res, err)
+	}
+	repo.SetHook(r, nil)
+	b.Backup(repotest.Disk{Key: keyA, Capacity: 4 * mib, Writes: []repotest.Write{{Off: 8 * kib, Len: 4 * kib}}},
+		repotest.Disk{Key: keyB, Capacity: 2 * mib})
+	if exists(filepath.Join(r.Dir, "web_01", "prune-journal.json")) {
+		t.Fatal("the backup did not finish the prune")
+	}
+	all = ids(b)
+	if got := listIDs(t, r); !slices.Equal(got, all[2:]) {
+		t.Fatalf("after: %v", got)
+	}
+	for _, id := range all[2:] {
+		b.CheckRestore(id)
+	}
+	verifyOK(t, r, "", "")
+}
+
+// TestPruneRefusesBrokenChain: a kept backup needing a missing image
+// stops the prune before anything changes.
+func TestPruneRefusesBrokenChain(t *testing.T) {
+	r, b := chain(t)
+	all := ids(b)
+	missing := filepath.Join(r.Dir, "web_01", repo.ImageName(all[1], keyA))
+	os.Remove(missing)
+	before := vmFiles(t, r)
+	_, err := r.Prune(context.Background(), repo.PruneOptions{Keep: 2})
+	if err == nil || !strings.Contains(err.Error(), missing) || !strings.Contains(err.Error(), "nothing was changed") {
+		t.Fatalf("prune of a broken chain: %v", err)
+	}
+	if after := vmFiles(t, r); !slices.Equal(before, after) {
+		t.Fatalf("files changed: %v → %v", before, after)
+	}
+	b.CheckRestore(all[0])
+}
+
+// TestReadersWaitForPrune: restore and verify wait while a prune holds the
+// VM's read lock (here: taken by hand), and give up when cancelled.
+func TestReadersWaitForPrune(t *testing.T) {
+	r, b := chain(t)
+	f, err := os.OpenFile(filepath.Join(r.Dir, "web_01", "read.lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if _, err := r.Verify(ctx, repo.VerifyOptions{VM: "vm-42"}); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("verify during a prune: %v", err)
+	}
+	syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+	b.CheckRestore(b.Points[0].ID)
+}
+
+// TestPruneKeep1: keeping only the newest of four merges a chain of four
+// images into it (disk A); disk B, already full there, is left alone.
+func TestPruneKeep1(t *testing.T) {
+	r, b := chain(t)
+	all := ids(b)
+	reps, err := r.Prune(context.Background(), repo.PruneOptions{Keep: 1, VM: "vm-42"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep := reps[0]; len(rep.Dropped) != 3 || len(rep.Merged) != 1 || len(rep.Merged[0].Images) != 4 || rep.Merged[0].Disk != keyA {
+		t.Fatalf("prune: %+v", rep)
+	}
+	if got := listIDs(t, r); !slices.Equal(got, all[3:]) {
+		t.Fatalf("after: %v", got)
+	}
+	m := mustManifest(t, r, all[3])
+	if m.Parent != "" || m.Disk(keyA).Level != repo.LevelFull || m.Disk(keyB).Reason != "first backup of this disk" {
+		t.Fatalf("manifest: %+v", m)
+	}
+	b.CheckRestore(all[3])
+	verifyOK(t, r, "", "")
+	if got := len(vmFiles(t, r)); got != 3 {
+		t.Fatalf("files left: %v", vmFiles(t, r))
+	}
+}

@@ -1,0 +1,442 @@
+// Package repo is the backup repository (docs/repository.md): one
+// directory per VM, one qcow2 image per disk per backup (a full is
+// standalone, an incremental has the previous image of that disk as its
+// backing file), and a JSON manifest per backup, written atomically once
+// every image is flushed. It lists, restores, verifies and prunes restore
+// points.
+//
+//	REPO/sendense-repository.json              {"format":"sendense-repository","version":1,"created":…}
+//	REPO/<vm-dir>/<backup-id>.json             one manifest per backup (restore point)
+//	REPO/<vm-dir>/<backup-id>-disk<key>.qcow2  one image per disk per backup
+//	REPO/<vm-dir>/state.json                   per-VM state the next backup reads
+//	REPO/<vm-dir>/lock, read.lock              lock files (flock)
+//	REPO/<vm-dir>/prune-journal.json           only while a prune runs or was interrupted
+//
+// A backup calls Begin, creates and fills Pending.ImagePath(key) for every
+// disk, then Pending.Commit (or Pending.Abort).
+package repo
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/sendense/capture/internal/qemu"
+)
+
+// Repository file (the marker that a directory is a repository).
+const (
+	RepoFileName = "sendense-repository.json"
+	RepoFormat   = "sendense-repository"
+	RepoVersion  = 1
+	stateName    = "state.json"
+)
+
+// Errors callers may test with errors.Is.
+var (
+	ErrNotRepository = errors.New("not a sendense repository")
+	ErrNoBackup      = errors.New("no backup")
+	ErrNoVM          = errors.New("no such VM in the repository")
+)
+
+// Repo is an open repository.
+type Repo struct {
+	// Dir is the repository's absolute path.
+	Dir string
+	// Tools runs qemu-img and qemu-nbd (default qemu.Default).
+	Tools *qemu.Tools
+
+	now  func() time.Time
+	hook func(step string) error // tests: fault injection between steps
+}
+
+type repoFile struct {
+	Format  string    `json:"format"`
+	Version int       `json:"version"`
+	Created time.Time `json:"created"`
+}
+
+func newRepo(dir string) *Repo {
+	return &Repo{Dir: dir, Tools: qemu.Default, now: time.Now}
+}
+
+// Init creates a repository in dir, which must not exist or be empty. A
+// directory that is already a repository, or that holds other files, is
+// refused.
+func Init(dir string) (*Repo, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, err
+	}
+	entries, err := os.ReadDir(abs)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		if err := os.MkdirAll(abs, 0o700); err != nil {
+			return nil, fmt.Errorf("creating repository %s: %w", abs, err)
+		}
+	case err != nil:
+		return nil, fmt.Errorf("repository %s: %w", abs, err)
+	case exists(filepath.Join(abs, RepoFileName)):
+		return nil, fmt.Errorf("%s is already a sendense repository", abs)
+	case len(entries) > 0:
+		return nil, fmt.Errorf("%s exists, is not empty and is not a sendense repository: use an empty or new directory", abs)
+	}
+	b, _ := json.MarshalIndent(repoFile{RepoFormat, RepoVersion, time.Now().UTC()}, "", "  ")
+	if err := writeFileAtomic(filepath.Join(abs, RepoFileName), append(b, '\n'), 0o600); err != nil {
+		return nil, fmt.Errorf("creating repository %s: %w", abs, err)
+	}
+	syncDir(filepath.Dir(abs))
+	return newRepo(abs), nil
+}
+
+// Open opens the repository in dir (OpenContext without cancellation).
+func Open(dir string) (*Repo, error) { return OpenContext(context.Background(), dir) }
+
+// OpenContext opens the repository in dir. It finishes any prune that was
+// interrupted (a crash, a signal) in a VM directory nobody else is using;
+// failing that it only logs a warning: the points stay restorable.
+func OpenContext(ctx context.Context, dir string) (*Repo, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, err
+	}
+	path := filepath.Join(abs, RepoFileName)
+	b, err := os.ReadFile(path)
+	if err != nil {
+		if fi, serr := os.Stat(abs); serr != nil {
+			return nil, fmt.Errorf("repository %s does not exist (a backup creates it; check --repo or $SENDENSE_REPOSITORY)", abs)
+		} else if !fi.IsDir() {
+			return nil, fmt.Errorf("repository %s is not a directory", abs)
+		}
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("%s is %w: it has no %s (check --repo or $SENDENSE_REPOSITORY)", abs, ErrNotRepository, RepoFileName)
+		}
+		return nil, fmt.Errorf("repository %s: %w", abs, err)
+	}
+	var rf repoFile
+	if err := json.Unmarshal(b, &rf); err != nil {
+		return nil, fmt.Errorf("%s is corrupt (not valid JSON: %v): restore it from a copy; its content is documented in docs/repository.md", path, err)
+	}
+	switch {
+	case rf.Format != RepoFormat:
+		return nil, fmt.Errorf("%s is %w: %s has format %q, not %q", abs, ErrNotRepository, RepoFileName, rf.Format, RepoFormat)
+	case rf.Version > RepoVersion:
+		return nil, fmt.Errorf("repository %s has version %d, newer than this sendense understands (%d): upgrade sendense", abs, rf.Version, RepoVersion)
+	case rf.Version < 1:
+		return nil, fmt.Errorf("%s is corrupt: version %d", path, rf.Version)
+	}
+	r := newRepo(abs)
+	r.recoverAll(ctx)
+	return r, nil
+}
+
+// OpenOrInit opens the repository in dir, creating it when dir does not
+// exist or is empty (what a backup does).
+func OpenOrInit(dir string) (*Repo, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, err
+	}
+	if entries, err := os.ReadDir(abs); errors.Is(err, fs.ErrNotExist) || (err == nil && len(entries) == 0) {
+		return Init(abs)
+	}
+	return Open(abs)
+}
+
+func (r *Repo) step(name string) error {
+	if r.hook != nil {
+		return r.hook(name)
+	}
+	return nil
+}
+
+// vmDir is one VM directory.
+type vmDir struct {
+	Name string // directory name
+	Path string
+	VM   VMRef // from state.json, else the newest manifest ("" fields when unknown)
+}
+
+// vmDirs lists the VM directories.
+func (r *Repo) vmDirs() ([]*vmDir, error) {
+	entries, err := os.ReadDir(r.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("repository %s: %w", r.Dir, err)
+	}
+	var out []*vmDir
+	for _, e := range entries {
+		if !e.IsDir() || strings.HasPrefix(e.Name(), ".") {
+			continue
+		}
+		vd := &vmDir{Name: e.Name(), Path: filepath.Join(r.Dir, e.Name())}
+		vd.VM = r.identity(vd)
+		out = append(out, vd)
+	}
+	return out, nil
+}
+
+// identity finds which VM a directory belongs to.
+func (r *Repo) identity(vd *vmDir) VMRef {
+	if st, err := readState(vd.Path); err == nil && st != nil && (st.VM.Moref != "" || st.VM.InstanceUUID != "") {
+		return st.VM
+	}
+	ids, _ := manifestIDs(vd.Path)
+	for i := len(ids) - 1; i >= 0; i-- {
+		if m, err := readManifest(filepath.Join(vd.Path, ids[i]+".json")); err == nil {
+			return m.VM
+		}
+	}
+	return VMRef{}
+}
+
+// safeName makes a VM name usable as a directory name.
+func safeName(name string) string {
+	var b strings.Builder
+	for _, c := range name {
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '-', c == '_', c == '.':
+			b.WriteRune(c)
+		default:
+			b.WriteByte('_')
+		}
+	}
+	s := strings.TrimLeft(b.String(), ".")
+	if len(s) > 100 {
+		s = s[:100]
+	}
+	if s == "" {
+		s = "vm"
+	}
+	return s
+}
+
+// findVM returns the directory of the VM named by s: a directory name, a
+// VM name, a moref or an instance UUID.
+func (r *Repo) findVM(s string) (*vmDir, error) {
+	dirs, err := r.vmDirs()
+	if err != nil {
+		return nil, err
+	}
+	for _, vd := range dirs {
+		if vd.Name == s {
+			return vd, nil
+		}
+	}
+	var found []*vmDir
+	for _, vd := range dirs {
+		known := vd.VM != (VMRef{})
+		if vd.VM.Name == s || vd.VM.Moref == s || (vd.VM.InstanceUUID != "" && strings.EqualFold(vd.VM.InstanceUUID, s)) ||
+			(!known && vd.Name == safeName(s)) {
+			found = append(found, vd)
+		}
+	}
+	switch len(found) {
+	case 0:
+		return nil, fmt.Errorf("%w: no backups of VM %q in repository %s (see 'sendense list')", ErrNoVM, s, r.Dir)
+	case 1:
+		return found[0], nil
+	}
+	var names []string
+	for _, vd := range found {
+		names = append(names, fmt.Sprintf("%s (directory %s)", vd.VM, vd.Name))
+	}
+	return nil, fmt.Errorf("VM %q is ambiguous in repository %s: it matches %s; name the moref or the directory instead", s, r.Dir, strings.Join(names, ", "))
+}
+
+// selectVMs returns the directory of vm, or every VM directory for "".
+func (r *Repo) selectVMs(vm string) ([]*vmDir, error) {
+	if vm == "" {
+		return r.vmDirs()
+	}
+	vd, err := r.findVM(vm)
+	if err != nil {
+		return nil, err
+	}
+	return []*vmDir{vd}, nil
+}
+
+// dirFor returns the directory of vm, creating it if needed: the one
+// already holding that VM (same instance UUID or moref), else the VM name
+// made file-system safe, else "<name>-<moref>" when another VM has that.
+func (r *Repo) dirFor(vm VMRef) (*vmDir, error) {
+	if vm.Moref == "" || vm.Name == "" {
+		return nil, fmt.Errorf("the VM needs a moref and a name (got %+v)", vm)
+	}
+	dirs, err := r.vmDirs()
+	if err != nil {
+		return nil, err
+	}
+	byName := map[string]*vmDir{}
+	for _, vd := range dirs {
+		if vd.VM.same(vm) {
+			return vd, nil
+		}
+		byName[vd.Name] = vd
+	}
+	for _, name := range []string{safeName(vm.Name), safeName(vm.Name + "-" + vm.Moref)} {
+		vd, taken := byName[name]
+		if taken && vd.VM != (VMRef{}) {
+			continue // another VM's
+		}
+		path := filepath.Join(r.Dir, name)
+		if err := os.MkdirAll(path, 0o700); err != nil {
+			return nil, fmt.Errorf("creating VM directory %s: %w", path, err)
+		}
+		syncDir(r.Dir)
+		return &vmDir{Name: name, Path: path, VM: vm}, nil
+	}
+	return nil, fmt.Errorf("no free directory name for VM %s in %s: both %s and %s belong to other VMs", vm, r.Dir, safeName(vm.Name), safeName(vm.Name+"-"+vm.Moref))
+}
+
+// manifestIDs lists the backup ids with a manifest in dir, oldest first.
+func manifestIDs(dir string) ([]string, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	var ids []string
+	for _, e := range entries {
+		id, ok := strings.CutSuffix(e.Name(), ".json")
+		if ok && validID(id) && e.Type().IsRegular() {
+			ids = append(ids, id)
+		}
+	}
+	slices.SortFunc(ids, compareIDs)
+	return ids, nil
+}
+
+// loadManifests reads the manifests of a VM directory that are restore
+// points (not being pruned), oldest first. Unreadable ones are returned as
+// errors naming the file.
+func (r *Repo) loadManifests(vd *vmDir) ([]*Manifest, []error) {
+	ids, err := manifestIDs(vd.Path)
+	if err != nil {
+		return nil, []error{fmt.Errorf("VM directory %s: %w", vd.Path, err)}
+	}
+	j, jerr := readJournal(vd.Path)
+	var errs []error
+	if jerr != nil {
+		errs = append(errs, jerr)
+	}
+	var out []*Manifest
+	for _, id := range ids {
+		if j != nil && slices.Contains(j.Drop, id) {
+			continue
+		}
+		m, err := readManifest(filepath.Join(vd.Path, id+".json"))
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // removed meanwhile (a prune)
+		}
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		out = append(out, m)
+	}
+	return out, errs
+}
+
+// Latest returns the latest complete backup of vm (a VM name, moref,
+// instance UUID or directory name), or nil when it has none (or is not in
+// the repository). A corrupt manifest of the VM is an error naming the
+// file: it is never skipped.
+func (r *Repo) Latest(vm string) (*Manifest, error) {
+	vd, err := r.findVM(vm)
+	if errors.Is(err, ErrNoVM) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	m, err := r.latestIn(vd)
+	if errors.Is(err, ErrNoBackup) {
+		return nil, nil
+	}
+	return m, err
+}
+
+func (r *Repo) latestIn(vd *vmDir) (*Manifest, error) {
+	ms, errs := r.loadManifests(vd)
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	if len(ms) == 0 {
+		return nil, fmt.Errorf("%w of VM %s in %s", ErrNoBackup, vd.Name, vd.Path)
+	}
+	return ms[len(ms)-1], nil
+}
+
+// manifestByID reads one backup's manifest.
+func (r *Repo) manifestByID(vd *vmDir, id string) (*Manifest, error) {
+	if !validID(id) {
+		return nil, fmt.Errorf("%q is not a backup id (YYYYMMDDTHHMMSSZ[-N]; see 'sendense list')", id)
+	}
+	if j, _ := readJournal(vd.Path); j != nil && slices.Contains(j.Drop, id) {
+		return nil, fmt.Errorf("%w: backup %s of VM %s is being pruned (journal %s)", ErrNoBackup, id, vd.Name, filepath.Join(vd.Path, journalName))
+	}
+	path := filepath.Join(vd.Path, id+".json")
+	m, err := readManifest(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%w: backup %s of VM %s not found (manifest %s is missing; see 'sendense list')", ErrNoBackup, id, vd.Name, path)
+	}
+	return m, err
+}
+
+// readLock takes a VM directory's read lock (shared), waiting while a
+// prune changes it.
+func readLock(ctx context.Context, vd *vmDir) (*fileLock, error) {
+	return waitLock(ctx, filepath.Join(vd.Path, readLockName), syscall.LOCK_SH,
+		"waiting for a prune of VM "+vd.Name+" to finish")
+}
+
+// recoverAll finishes interrupted prunes in VM directories nobody uses.
+func (r *Repo) recoverAll(ctx context.Context) {
+	dirs, err := r.vmDirs()
+	if err != nil {
+		return
+	}
+	for _, vd := range dirs {
+		if !exists(filepath.Join(vd.Path, journalName)) {
+			continue
+		}
+		wl, err := lockWriter(vd.Path, "prune recovery")
+		if err != nil {
+			slog.Warn("an interrupted prune is pending; it will be finished by the next prune or backup", "vm", vd.Name, "reason", err)
+			continue
+		}
+		if err := r.recoverLocked(ctx, vd); err != nil {
+			slog.Warn("could not finish an interrupted prune; the kept points stay restorable; run 'sendense prune' again", "vm", vd.Name, "error", err)
+		}
+		wl.unlock()
+	}
+}
+
+// recoverLocked finishes a pending prune journal in vd; the caller holds
+// the writer lock. It needs the read lock too and gives up (nil) when a
+// reader holds it.
+func (r *Repo) recoverLocked(ctx context.Context, vd *vmDir) error {
+	j, err := readJournal(vd.Path)
+	if err != nil || j == nil {
+		return err
+	}
+	rl, ok, err := tryLock(filepath.Join(vd.Path, readLockName), syscall.LOCK_EX)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		slog.Warn("an interrupted prune is pending but a restore or verify is reading the VM; it will be finished later", "vm", vd.Name)
+		return nil
+	}
+	defer rl.unlock()
+	slog.Warn("finishing an interrupted prune", "vm", vd.Name, "journal", filepath.Join(vd.Path, journalName))
+	return r.finishPrune(ctx, vd, j)
+}

@@ -1,0 +1,49 @@
+package orchestrator
+
+import "time"
+
+// Phase is where a disk (or a whole job) is.
+type Phase string
+
+const (
+	PhaseQueued   Phase = "queued"
+	PhasePrepare  Phase = "prepare" // CBT check, snapshot, disk discovery
+	PhaseCopying  Phase = "copying"
+	PhaseCommit   Phase = "commit" // flushing and writing the manifest
+	PhaseDone     Phase = "done"
+	PhaseFailed   Phase = "failed"
+	PhaseCanceled Phase = "canceled"
+)
+
+// DiskProgress is a progress report of one disk of a job.
+type DiskProgress struct {
+	VM      string  `json:"vm"`
+	Key     int32   `json:"key"`
+	Label   string  `json:"label,omitempty"`
+	Level   string  `json:"level,omitempty"` // full or incremental
+	Phase   Phase   `json:"phase"`
+	Done    uint64  `json:"bytes_done"`  // bytes of the disk dealt with
+	Total   uint64  `json:"bytes_total"` // disk capacity
+	Copied  uint64  `json:"bytes_copied"`
+	MiBps   float64 `json:"mib_per_sec"`
+	Seconds float64 `json:"seconds"`
+}
+
+// Reporter receives a job's progress. Implementations must be safe for
+// concurrent use: disks are copied in parallel.
+type Reporter interface {
+	// Disk reports a disk's progress (rate-limited by the caller).
+	Disk(p DiskProgress)
+	// Notice reports something the user should know (CBT enabled, a disk
+	// forced to full and why, a stale snapshot removed…).
+	Notice(vm, msg string)
+}
+
+// nopReporter discards progress.
+type nopReporter struct{}
+
+func (nopReporter) Disk(DiskProgress)     {}
+func (nopReporter) Notice(string, string) {}
+
+// progressInterval is how often disks report progress while copying.
+const progressInterval = 250 * time.Millisecond
