@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -17,6 +18,7 @@ import (
 	"github.com/sendense/capture/internal/extent"
 	"github.com/sendense/capture/internal/qemu"
 	"github.com/sendense/capture/internal/repo"
+	"github.com/sendense/capture/vddk"
 )
 
 // SnapshotPrefix starts the name of every snapshot a backup takes; stale
@@ -37,6 +39,25 @@ type Services struct {
 	Reporter Reporter // nil: no progress
 	TempDir  string   // private sockets and files go below it ("": os.TempDir)
 	Verbose  bool     // nbdkit -v
+}
+
+// Preflight checks, before any snapshot is taken, that the tools a job
+// starts are there: nbdkit, the plugin, VDDK, qemu-img and qemu-nbd.
+func (s *Services) Preflight() error {
+	for _, tool := range []struct{ name, pkg string }{{"nbdkit", "nbdkit"}, {"qemu-img", "qemu-utils"}, {"qemu-nbd", "qemu-utils"}} {
+		if _, err := exec.LookPath(tool.name); err != nil {
+			return fmt.Errorf("%s not found: install it (Debian package %s)", tool.name, tool.pkg)
+		}
+	}
+	if strings.Contains(s.Plugin, "/") {
+		if _, err := os.Stat(s.Plugin); err != nil {
+			return fmt.Errorf("the nbdkit plugin: %w (--plugin, $SENDENSE_PLUGIN)", err)
+		}
+	}
+	if _, err := vddk.Find(s.Config.VDDK.Libdir); err != nil {
+		return fmt.Errorf("[vddk] libdir %s (--vddk-libdir, $SENDENSE_VDDK_LIBDIR): %w", s.Config.VDDK.Libdir, err)
+	}
+	return nil
 }
 
 func (s *Services) reporter() Reporter {
@@ -119,6 +140,9 @@ func (j *backupJob) notice(format string, a ...any) {
 // and the previous restore points are left as they were.
 func Backup(ctx context.Context, s *Services, vmSpec string, opt BackupOptions) (*BackupReport, error) {
 	started := time.Now()
+	if err := s.Preflight(); err != nil {
+		return nil, err
+	}
 	vm, err := s.Client.FindVM(ctx, vmSpec)
 	if err != nil {
 		return nil, err
@@ -175,7 +199,12 @@ func (j *backupJob) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	defer j.removeSnapshot(ctx, snap)
+	snapRemoved := false
+	defer func() {
+		if !snapRemoved {
+			j.cleanupSnapshot(ctx, snap)
+		}
+	}()
 	j.report.Snapshot, j.report.Quiesced = snap, quiesced
 
 	disks, err := c.Disks(ctx, j.vm, snap)
@@ -194,8 +223,16 @@ func (j *backupJob) run(ctx context.Context) error {
 		return err
 	}
 
-	// Every image is flushed and closed: commit the restore point, which
-	// records the new changeIds.
+	// Every image is flushed and closed. Remove the snapshot before
+	// committing: a backup that would leave a snapshot behind fails (and
+	// the cleanup tries again), so the next one repeats this incremental
+	// from the old changeIds.
+	if err := j.removeSnapshot(ctx, snap); err != nil {
+		return err
+	}
+	snapRemoved = true
+
+	// Commit the restore point, which records the new changeIds.
 	m := &repo.Manifest{
 		VM:       repo.VMRef{Moref: j.vm.Moref, Name: j.vm.Name, Path: j.vm.Path},
 		Snapshot: repo.SnapshotRef{Moref: snap, Name: SnapshotPrefix + pending.ID, Quiesced: quiesced},
@@ -282,15 +319,30 @@ func (j *backupJob) createSnapshot(ctx context.Context, name string) (string, bo
 	return snap, false, err
 }
 
-// removeSnapshot always runs, even when ctx is cancelled (SIGINT/SIGTERM).
-func (j *backupJob) removeSnapshot(ctx context.Context, snap string) {
+// removeSnapshot removes the backup's snapshot, even when ctx is
+// cancelled (SIGINT/SIGTERM).
+func (j *backupJob) removeSnapshot(ctx context.Context, snap string) error {
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), snapshotRemoveTimeout)
 	defer cancel()
 	if err := j.s.Client.RemoveSnapshot(rctx, snap); err != nil {
-		j.notice("could not remove snapshot %s: %v (the next backup removes it)", snap, err)
-		return
+		return err
 	}
 	slog.Debug("snapshot removed", "vm", j.vm.Name, "snapshot", snap)
+	return nil
+}
+
+// cleanupSnapshot removes the snapshot after a failure, retrying a few
+// times; what it cannot remove, the next backup removes as stale.
+func (j *backupJob) cleanupSnapshot(ctx context.Context, snap string) {
+	var err error
+	for attempt, wait := 1, time.Second; attempt <= 3; attempt, wait = attempt+1, wait*2 {
+		if err = j.removeSnapshot(ctx, snap); err == nil {
+			return
+		}
+		slog.Warn("removing the snapshot failed, retrying", "snapshot", snap, "attempt", attempt, "err", err)
+		time.Sleep(wait)
+	}
+	j.notice("could not remove snapshot %s: %v (the next backup removes it)", snap, err)
 }
 
 // diskPlan is what the backup does with one disk.
@@ -326,7 +378,7 @@ func (j *backupJob) plan(ctx context.Context, pending *repo.Pending, prev *repo.
 		}
 		if !p.full {
 			if err := j.repo.CheckImage(j.vm.Moref, prevImg); err != nil {
-				p.full, p.reason = true, fmt.Sprintf("disk %d: the previous image is not usable (%v)", d.Key, err)
+				return nil, fmt.Errorf("disk %d (%s): the previous backup's image cannot be the base of an incremental: %w; run 'sendense verify %s', or start a new chain with --full", d.Key, d.Label, err, j.vm.Name)
 			}
 		}
 		if !p.full {
@@ -446,8 +498,8 @@ func (j *backupJob) copyDisk(ctx context.Context, pending *repo.Pending, snap st
 
 	res, err := j.copy(ctx, src.URI(), dstSrv.URI(), p)
 	if err != nil {
-		if nerr := src.Err(); nerr != nil {
-			err = fmt.Errorf("%w (%v)", err, nerr)
+		if nerr := src.Err(time.Second); nerr != nil && ctx.Err() == nil {
+			err = fmt.Errorf("%w; the source died: %v", err, nerr)
 		}
 		return nil, err
 	}

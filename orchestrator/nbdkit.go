@@ -146,13 +146,13 @@ func (n *NBDKit) waitReady(ctx context.Context, timeout time.Duration) error {
 	}
 }
 
-// Err returns nbdkit's error messages if it has exited, else nil: useful
-// to explain a failed copy.
-func (n *NBDKit) Err() error {
+// Err explains a failed copy from nbdkit's side: if nbdkit exits within
+// wait, its exit status and error messages, else nil.
+func (n *NBDKit) Err(wait time.Duration) error {
 	select {
 	case <-n.done:
 		return fmt.Errorf("nbdkit exited (%v): %s", n.err, n.stderr.errorText())
-	default:
+	case <-time.After(wait):
 		return nil
 	}
 }
