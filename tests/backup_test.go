@@ -255,7 +255,7 @@ func TestBackupChain(t *testing.T) {
 	b.noSnapshots("db")
 
 	b.write("db", 2000, 1*mib, 256*kib, 1)
-	b.write("db", 2000, 24*mib-blk, blk, 2) // the last block
+	b.write("db", 2000, 24*mib-blk, blk, 2)                   // the last block
 	if err := b.WriteZeroes("db", 2001, 0, blk); err != nil { // data that became zeros
 		t.Fatal(err)
 	}
