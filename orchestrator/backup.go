@@ -206,6 +206,7 @@ func (j *backupJob) run(ctx context.Context) error {
 		}
 	}()
 	j.report.Snapshot, j.report.Quiesced = snap, quiesced
+	j.rep.Snapshot(j.vm.Name, pending.ID, snap)
 
 	disks, err := c.Disks(ctx, j.vm, snap)
 	if err != nil {
@@ -571,7 +572,7 @@ func (j *backupJob) copy(ctx context.Context, srcURI, dstURI string, p *diskPlan
 	defer dst.Close()
 	cc := j.s.Config.Copy
 	reqSize, _ := cc.RequestSizeBytes()
-	rate, _ := cc.RateBytes()
+	rate := j.s.Config.CopyRate()
 	d := p.disk
 	opts := copier.Options{
 		Connections:       cc.Connections,

@@ -37,13 +37,17 @@ type Reporter interface {
 	// Notice reports something the user should know (CBT enabled, a disk
 	// forced to full and why, a stale snapshot removed…).
 	Notice(vm, msg string)
+	// Snapshot reports the snapshot a backup took (named
+	// SnapshotPrefix+backupID); the backup removes it when it ends.
+	Snapshot(vm, backupID, moref string)
 }
 
 // nopReporter discards progress.
 type nopReporter struct{}
 
-func (nopReporter) Disk(DiskProgress)     {}
-func (nopReporter) Notice(string, string) {}
+func (nopReporter) Disk(DiskProgress)               {}
+func (nopReporter) Notice(string, string)           {}
+func (nopReporter) Snapshot(string, string, string) {}
 
 // progressInterval is how often disks report progress while copying.
 const progressInterval = 250 * time.Millisecond

@@ -32,7 +32,9 @@ type labOptions struct {
 	LibDir     string
 	BlockSize  string
 	PageLimit  int
+	VMs        []string
 	blockSize  uint64
+	vms        []lab.VMSpec
 	ready      func(labReady) // tests: called once the lab serves
 	executable func() (string, error)
 }
@@ -51,6 +53,7 @@ func (o *labOptions) AddFlags(f *pflag.FlagSet) {
 	f.StringVar(&o.LibDir, "vddk-libdir", "", "VDDK directory to announce; default: the fake VDDK next to this binary (`DIR`/fakevddk)")
 	f.StringVar(&o.BlockSize, "block-size", "64K", "CBT block size in `BYTES`, a power of two")
 	f.IntVar(&o.PageLimit, "page-limit", 2000, "at most `N` areas per QueryChangedDiskAreas answer")
+	f.StringArrayVar(&o.VMs, "vm", nil, "add a VM (powered on, CBT on) to the default inventory: `NAME:SIZE[+DATA][,SIZE[+DATA]...]`, one SIZE per disk with DATA bytes of initial data, e.g. bench:16G+4G (repeatable)")
 }
 
 // Finalize applies the environment fallbacks to flags not given.
@@ -81,7 +84,39 @@ func (o *labOptions) Check() error {
 	if _, _, err := net.SplitHostPort(o.Listen); err != nil {
 		return usageErrorf("--listen %q: want HOST:PORT, e.g. 127.0.0.1:0", o.Listen)
 	}
+	o.vms = nil
+	for i, v := range o.VMs {
+		spec, err := parseLabVM(v, uint64(i+1)*100)
+		if err != nil {
+			return usageErrorf("--vm %q: %v", v, err)
+		}
+		o.vms = append(o.vms, spec)
+	}
 	return nil
+}
+
+// parseLabVM parses --vm NAME:SIZE[+DATA][,SIZE[+DATA]...].
+func parseLabVM(s string, seed uint64) (lab.VMSpec, error) {
+	name, disks, ok := strings.Cut(s, ":")
+	if !ok || name == "" || disks == "" {
+		return lab.VMSpec{}, fmt.Errorf("want NAME:SIZE[+DATA][,...], e.g. bench:16G+4G")
+	}
+	vm := lab.VMSpec{Name: name, PowerOn: true, CBT: true}
+	for i, d := range strings.Split(disks, ",") {
+		size, data, _ := strings.Cut(d, "+")
+		c, err := units.ParseSize(size)
+		if err != nil || c <= 0 || c%lab.MiB != 0 {
+			return lab.VMSpec{}, fmt.Errorf("disk %d: size %q must be a positive multiple of 1M", i+1, size)
+		}
+		var n int64
+		if data != "" {
+			if n, err = units.ParseSize(data); err != nil || n > c {
+				return lab.VMSpec{}, fmt.Errorf("disk %d: data %q must be a size no larger than the disk", i+1, data)
+			}
+		}
+		vm.Disks = append(vm.Disks, lab.DiskSpec{Capacity: uint64(c), Data: uint64(n), Seed: seed + uint64(i)})
+	}
+	return vm, nil
 }
 
 const labLong = `Start the Sendense lab: a vCenter SIMULATOR (govmomi's vcsim), not a real
@@ -269,7 +304,11 @@ func runLab(ctx context.Context, opts labOptions, gopts globalOptions, stdout, s
 		envPath = abs
 	}
 
-	l, err := lab.Start(ctx, lab.Options{Dir: opts.Dir, Listen: opts.Listen, BlockSize: opts.blockSize, PageLimit: opts.PageLimit})
+	var vms []lab.VMSpec
+	if len(opts.vms) > 0 {
+		vms = append(lab.DefaultVMs(), opts.vms...)
+	}
+	l, err := lab.Start(ctx, lab.Options{Dir: opts.Dir, Listen: opts.Listen, BlockSize: opts.blockSize, PageLimit: opts.PageLimit, VMs: vms})
 	if err != nil {
 		return err
 	}

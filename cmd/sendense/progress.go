@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"log/slog"
 	"sort"
 	"strings"
 	"sync"
@@ -102,6 +103,10 @@ func (p *jobProgress) Notice(vm, msg string) {
 	}
 	p.clearLine()
 	fmt.Fprintf(p.tty, "%s: %s\n", vm, msg)
+}
+
+func (p *jobProgress) Snapshot(vm, backupID, moref string) {
+	slog.Debug("snapshot taken", "vm", vm, "backup", backupID, "snapshot", moref)
 }
 
 // finish prints the outcome of one VM's job.

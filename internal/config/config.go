@@ -19,14 +19,15 @@ import (
 // Config is the whole configuration. Field docs are the user docs of the
 // keys (examples/sendense.toml shows them all).
 type Config struct {
-	VCenter    VCenter    `toml:"vcenter"`
-	VDDK       VDDK       `toml:"vddk"`
-	CBT        CBT        `toml:"cbt"`
-	Backup     Backup     `toml:"backup"`
-	Copy       Copy       `toml:"copy"`
-	Repository Repository `toml:"repository"`
-	Tunnel     Tunnel     `toml:"tunnel"`
-	API        API        `toml:"api"`
+	VCenter     VCenter     `toml:"vcenter"`
+	VDDK        VDDK        `toml:"vddk"`
+	CBT         CBT         `toml:"cbt"`
+	Backup      Backup      `toml:"backup"`
+	Copy        Copy        `toml:"copy"`
+	Repository  Repository  `toml:"repository"`
+	Tunnel      Tunnel      `toml:"tunnel"`
+	API         API         `toml:"api"`
+	Performance Performance `toml:"performance"`
 
 	// File is the configuration file read, if any.
 	File string `toml:"-"`
@@ -85,24 +86,31 @@ type Tunnel struct {
 	Connections int    `toml:"connections"`
 }
 
-// API configures `sendense serve`.
+// API configures `sendense serve`, the capture agent's HTTP API.
 type API struct {
-	Listen               string `toml:"listen"`
-	TokenFile            string `toml:"token_file"`
-	TLSCert              string `toml:"tls_cert"`
-	TLSKey               string `toml:"tls_key"`
-	MaxConcurrentBackups int    `toml:"max_concurrent_backups"`
-	BackupWindow         string `toml:"backup_window"`
-	StateDir             string `toml:"state_dir"`
+	Listen    string `toml:"listen"`     // default 127.0.0.1:8081
+	TokenFile string `toml:"token_file"` // bearer token clients must send
+	TLSCert   string `toml:"tls_cert"`   // serve HTTPS (needed for non-loopback addresses)
+	TLSKey    string `toml:"tls_key"`
+	StateDir  string `toml:"state_dir"` // job history
+}
+
+// Performance holds the agent's scheduling knobs (the product sheet's
+// performance section).
+type Performance struct {
+	MaxConcurrentBackups int    `toml:"max_concurrent_backups"` // backup jobs running at once (sendense serve)
+	BackupWindow         string `toml:"backup_window"`          // "22:00-06:00": jobs start only inside it unless forced
+	BandwidthLimitMbps   int    `toml:"bandwidth_limit_mbps"`   // megabits per second per copy; [copy] rate wins when set
 }
 
 // Defaults returns the built-in defaults.
 func Defaults() *Config {
 	return &Config{
-		VDDK:   VDDK{Libdir: "/usr/lib/vmware-vix-disklib"},
-		Backup: Backup{MaxConcurrentDisks: 4, MaxConcurrentVMs: 1},
-		Tunnel: Tunnel{Port: 443, Connections: 1},
-		API:    API{Listen: "127.0.0.1:8081", MaxConcurrentBackups: 1},
+		VDDK:        VDDK{Libdir: "/usr/lib/vmware-vix-disklib"},
+		Backup:      Backup{MaxConcurrentDisks: 4, MaxConcurrentVMs: 1},
+		Tunnel:      Tunnel{Port: 443, Connections: 1},
+		API:         API{Listen: "127.0.0.1:8081"},
+		Performance: Performance{MaxConcurrentBackups: 1},
 	}
 }
 
@@ -176,6 +184,12 @@ func (c *Config) Check() error {
 	if _, err := c.Copy.RateBytes(); err != nil {
 		return fmt.Errorf("%s: [copy] rate: %w", where, err)
 	}
+	if c.Performance.MaxConcurrentBackups < 1 {
+		return fmt.Errorf("%s: [performance] max_concurrent_backups must be at least 1", where)
+	}
+	if c.Performance.BandwidthLimitMbps < 0 {
+		return fmt.Errorf("%s: [performance] bandwidth_limit_mbps must not be negative", where)
+	}
 	return nil
 }
 
@@ -194,6 +208,15 @@ func (c Copy) RateBytes() (int64, error) {
 		return 0, nil
 	}
 	return units.ParseSize(c.Rate)
+}
+
+// CopyRate is the bandwidth limit of a copy in bytes per second: [copy]
+// rate, else [performance] bandwidth_limit_mbps; 0 means unlimited.
+func (c *Config) CopyRate() int64 {
+	if r, err := c.Copy.RateBytes(); err == nil && r > 0 {
+		return r
+	}
+	return int64(c.Performance.BandwidthLimitMbps) * 1_000_000 / 8
 }
 
 // Password returns the vCenter password from password_file or the
