@@ -62,3 +62,9 @@ make_disk () {
 
 # Common plugin arguments for a local disk read through the fake VDDK.
 plugin_args () { echo "$plugin libdir=$fakevddk"; }
+
+# wait_for_socket PATH: wait until the unix socket PATH accepts connections
+# (its file appears at bind(), before listen()).
+wait_for_socket () {
+    wait_for python3 -c 'import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])' "$1"
+}

@@ -11,7 +11,7 @@ sock=$tmp/sock
 nbdkit -f -U $sock $(plugin_args) file="$disk" &
 pid=$!
 cleanup_fn kill $pid
-wait_for test -S $sock
+wait_for_socket $sock
 nbdcopy "nbd+unix:///?socket=$sock" $tmp/out.raw
 cmp "$disk" $tmp/out.raw
 nbdinfo --map "nbd+unix:///?socket=$sock" | grep -E '^ +0 +65536 +0 +data$'

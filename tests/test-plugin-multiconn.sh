@@ -15,7 +15,7 @@ sock=$tmp/sock
 nbdkit -f -U $sock $(plugin_args) file="$disk" &
 pid=$!
 cleanup_fn kill $pid
-wait_for test -S $sock
+wait_for_socket $sock
 uri="nbd+unix:///?socket=$sock"
 nbdcopy --connections=4 --threads=4 --requests=16 "$uri" $tmp/out.raw
 cmp "$disk" $tmp/out.raw

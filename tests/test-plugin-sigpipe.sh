@@ -12,7 +12,7 @@ sock=$tmp/sock
 nbdkit -f -U $sock $(plugin_args) file="$disk" &
 pid=$!
 cleanup_fn kill $pid
-wait_for test -S $sock
+wait_for_socket $sock
 uri="nbd+unix:///?socket=$sock"
 # Clients that send large reads and vanish without waiting for replies.
 for i in 1 2 3; do

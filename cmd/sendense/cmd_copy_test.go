@@ -5,13 +5,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
+	"github.com/sendense/capture/internal/nbdtest"
 	"github.com/spf13/pflag"
 )
 
@@ -108,24 +105,8 @@ func TestCheckURI(t *testing.T) {
 // copyTestServer starts "nbdkit -f -U SOCKET args..." and returns its URI.
 func copyTestServer(t *testing.T, args ...string) string {
 	t.Helper()
-	if _, err := exec.LookPath("nbdkit"); err != nil {
-		t.Skip("nbdkit is not installed")
-	}
-	sock := filepath.Join(t.TempDir(), "nbd.sock")
-	cmd := exec.Command("nbdkit", append([]string{"-f", "-U", sock}, args...)...)
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	for i := 0; i < 200; i++ {
-		if _, err := os.Stat(sock); err == nil {
-			return "nbd+unix:///?socket=" + sock
-		}
-		time.Sleep(25 * time.Millisecond)
-	}
-	t.Fatal("nbdkit did not start")
-	return ""
+	_, uri := nbdtest.NBDKit(t, args...)
+	return uri
 }
 
 func TestRunCopyJSON(t *testing.T) {

@@ -4,36 +4,18 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/sendense/capture/internal/extent"
+	"github.com/sendense/capture/internal/nbdtest"
 )
 
 // server starts "nbdkit -f -U SOCKET args..." and returns its URI.
 func server(t *testing.T, args ...string) string {
 	t.Helper()
-	if _, err := exec.LookPath("nbdkit"); err != nil {
-		t.Skip("nbdkit is not installed")
-	}
-	sock := filepath.Join(t.TempDir(), "nbd.sock")
-	cmd := exec.Command("nbdkit", append([]string{"-f", "-U", sock}, args...)...)
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	for i := 0; i < 200; i++ {
-		if _, err := os.Stat(sock); err == nil {
-			return "nbd+unix:///?socket=" + sock
-		}
-		time.Sleep(25 * time.Millisecond)
-	}
-	t.Fatal("nbdkit did not start")
-	return ""
+	_, uri := nbdtest.NBDKit(t, args...)
+	return uri
 }
 
 func open(t *testing.T, uri string) *NBD {

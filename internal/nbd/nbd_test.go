@@ -15,33 +15,14 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/sendense/capture/internal/extent"
+	"github.com/sendense/capture/internal/nbdtest"
 )
 
 // nbdkit starts "nbdkit -f -U SOCKET args..." for the test and returns the
 // socket path and its URI.
 func nbdkit(t *testing.T, args ...string) (sock, uri string) {
 	t.Helper()
-	if _, err := exec.LookPath("nbdkit"); err != nil {
-		t.Skip("nbdkit is not installed")
-	}
-	sock = filepath.Join(t.TempDir(), "nbd.sock")
-	cmd := exec.Command("nbdkit", append([]string{"-f", "-U", sock}, args...)...)
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-	})
-	for i := 0; i < 200; i++ {
-		if _, err := os.Stat(sock); err == nil {
-			return sock, "nbd+unix:///?socket=" + sock
-		}
-		time.Sleep(25 * time.Millisecond)
-	}
-	t.Fatalf("nbdkit %v did not create its socket", args)
-	return "", ""
+	return nbdtest.NBDKit(t, args...)
 }
 
 func dial(t *testing.T, uri string) *Handle {
