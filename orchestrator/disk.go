@@ -1,0 +1,235 @@
+package orchestrator
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/sendense/capture/cbt"
+	"github.com/sendense/capture/internal/copier"
+	"github.com/sendense/capture/internal/extent"
+)
+
+// Levels of a disk's copy.
+const (
+	LevelFull        = "full"
+	LevelIncremental = "incremental"
+)
+
+// diskPlan is what a job does with one disk of the snapshot.
+type diskPlan struct {
+	disk     cbt.Disk
+	full     bool
+	reason   string
+	base     string      // incremental: the changeId it starts from
+	areas    extent.List // incremental: changed areas
+	areaFile string      // incremental: changed-areas= file for the plugin
+}
+
+func (p *diskPlan) level() string {
+	if p.full {
+		return LevelFull
+	}
+	return LevelIncremental
+}
+
+// decide applies the CBT rules (DESIGN.md) to a disk: prev is what the
+// previous backup or replication recorded of it (nil: none).
+func decide(d cbt.Disk, prev *cbt.DiskState) *diskPlan {
+	p := &diskPlan{disk: d}
+	p.full, p.reason = cbt.NeedFull(prev, d.State(), nil)
+	if !p.full {
+		p.base = prev.ChangeID
+	}
+	return p
+}
+
+// queryChanges asks vSphere what changed on p's disk since p.base and
+// writes the areas into a changed-areas= file for the plugin.
+func (j *vmJob) queryChanges(ctx context.Context, snap string, p *diskPlan) error {
+	areas, err := j.s.Client.ChangedAreas(ctx, j.vm, snap, p.disk.Key, p.base)
+	if err != nil {
+		return err
+	}
+	p.areas = areas.List
+	p.areaFile = filepath.Join(j.tmp, fmt.Sprintf("disk%d.areas", p.disk.Key))
+	var b strings.Builder
+	b.WriteString("# changed areas: OFFSET LENGTH (bytes)\n")
+	for _, a := range areas.List {
+		fmt.Fprintf(&b, "%d %d\n", a.Offset, a.Length)
+	}
+	return os.WriteFile(p.areaFile, []byte(b.String()), 0o600)
+}
+
+// forEachDisk runs fn for every plan, at most [backup] max_concurrent_disks
+// at once. The first failure cancels the others and is returned.
+func (j *vmJob) forEachDisk(ctx context.Context, plans []*diskPlan, fn func(ctx context.Context, i int, p *diskPlan) error) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	sem := make(chan struct{}, max(1, j.s.Config.Backup.MaxConcurrentDisks))
+	var wg sync.WaitGroup
+	var once sync.Once
+	var firstErr error
+	for i, p := range plans {
+		j.progress(p, PhaseQueued, copier.Progress{})
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			select {
+			case sem <- struct{}{}:
+				defer func() { <-sem }()
+			case <-ctx.Done():
+				return
+			}
+			if err := fn(ctx, i, p); err != nil {
+				j.progress(p, PhaseFailed, copier.Progress{})
+				once.Do(func() {
+					firstErr = fmt.Errorf("disk %d (%s): %w", p.disk.Key, p.disk.Label, err)
+					cancel(firstErr)
+				})
+			}
+		}()
+	}
+	wg.Wait()
+	if firstErr != nil {
+		return firstErr
+	}
+	return context.Cause(ctx)
+}
+
+// progress reports a disk's progress.
+func (j *vmJob) progress(p *diskPlan, phase Phase, pr copier.Progress) {
+	d := p.disk
+	dp := DiskProgress{VM: j.vm.Name, Key: d.Key, Label: d.Label, Level: p.level(), Phase: phase,
+		Done: pr.Done, Total: d.Capacity, Copied: pr.BytesWritten, MiBps: pr.MiBps, Seconds: pr.Seconds}
+	if phase == PhaseDone {
+		dp.Done = d.Capacity
+	}
+	j.rep.Disk(dp)
+}
+
+// copyOptions are the copy engine's options for p: [copy] tuning, the
+// bandwidth limit, incremental (skip unchanged, hole-only extents) or
+// not, and progress reporting.
+func (j *vmJob) copyOptions(p *diskPlan) copier.Options {
+	cc := j.s.Config.Copy
+	reqSize, _ := cc.RequestSizeBytes()
+	return copier.Options{
+		Connections:      cc.Connections,
+		Requests:         cc.Requests,
+		RequestSize:      reqSize,
+		Rate:             j.s.Config.CopyRate(),
+		Incremental:      !p.full,
+		ProgressInterval: progressInterval,
+		Progress:         func(pr copier.Progress) { j.progress(p, PhaseCopying, pr) },
+	}
+}
+
+// copyDisk serves disk p of the snapshot with nbdkit and our plugin and
+// copies it to the NBD destination dstURI, which the copy flushes.
+func (j *vmJob) copyDisk(ctx context.Context, snap string, p *diskPlan, dstURI string, opts copier.Options) (*copier.Result, error) {
+	src, err := StartNBDKit(ctx, j.pluginSource(snap, p), j.tmp, fmt.Sprintf("disk%d", p.disk.Key))
+	if err != nil {
+		return nil, err
+	}
+	defer src.Stop()
+	res, err := j.copyNBD(ctx, src.URI(), dstURI, opts)
+	if err != nil {
+		if nerr := src.Err(time.Second); nerr != nil && ctx.Err() == nil {
+			err = fmt.Errorf("%w; the source died: %v", err, nerr)
+		}
+		return nil, err
+	}
+	return res, nil
+}
+
+func (j *vmJob) copyNBD(ctx context.Context, srcURI, dstURI string, opts copier.Options) (*copier.Result, error) {
+	src, err := copier.OpenNBD(srcURI)
+	if err != nil {
+		return nil, fmt.Errorf("source: %w", err)
+	}
+	defer src.Close()
+	dst, err := copier.OpenNBD(dstURI)
+	if err != nil {
+		return nil, fmt.Errorf("destination: %w", err)
+	}
+	defer dst.Close()
+	return copier.Copy(ctx, src, dst, opts)
+}
+
+// pluginSource is how nbdkit reads disk p of the snapshot.
+func (j *vmJob) pluginSource(snap string, p *diskPlan) PluginSource {
+	cfg := j.s.Config
+	host, port := j.s.Cred.HostPort()
+	return PluginSource{
+		Plugin:       j.s.Plugin,
+		Libdir:       cfg.VDDK.Libdir,
+		Server:       host,
+		Port:         port,
+		User:         j.s.Cred.User,
+		Password:     j.s.Cred.Password,
+		Thumbprint:   j.s.Cred.Thumbprint,
+		VM:           j.vm.Moref,
+		Snapshot:     snap,
+		File:         p.disk.FileName,
+		Transports:   cfg.VDDK.Transports,
+		VDDKConfig:   cfg.VDDK.Config,
+		ChangedAreas: p.areaFile,
+		Verbose:      j.s.Verbose,
+	}
+}
+
+// DiskReport is the outcome of one disk of a job.
+type DiskReport struct {
+	Key           int32   `json:"key"`
+	Label         string  `json:"label,omitempty"`
+	Level         string  `json:"level"` // full or incremental
+	Reason        string  `json:"reason,omitempty"`
+	Capacity      uint64  `json:"capacity"`
+	Image         string  `json:"image,omitempty"`  // backup: the image in the repository
+	Target        string  `json:"target,omitempty"` // replication: the target URI
+	BytesRead     uint64  `json:"bytes_read"`
+	BytesCopied   uint64  `json:"bytes_copied"` // data written
+	BytesZeroed   uint64  `json:"bytes_zeroed"`
+	BytesSkipped  uint64  `json:"bytes_skipped"`
+	Seconds       float64 `json:"seconds"`
+	MiBps         float64 `json:"mib_per_sec"`
+	DataReduction float64 `json:"data_reduction"` // 1 - copied/capacity
+}
+
+func diskReport(p *diskPlan, res *copier.Result, seconds float64) DiskReport {
+	d := p.disk
+	r := DiskReport{Key: d.Key, Label: d.Label, Level: p.level(), Reason: p.reason, Capacity: d.Capacity,
+		BytesRead: res.BytesRead, BytesCopied: res.BytesWritten, BytesZeroed: res.BytesZeroed,
+		BytesSkipped: res.BytesSkipped, Seconds: seconds, MiBps: res.MiBps}
+	if d.Capacity > 0 {
+		r.DataReduction = 1 - float64(res.BytesWritten)/float64(d.Capacity)
+	}
+	return r
+}
+
+// jobLevel is "full", "incremental" or "mixed" for a job's disks.
+func jobLevel(plans []*diskPlan) string {
+	full := 0
+	for _, p := range plans {
+		if p.full {
+			full++
+		}
+	}
+	switch full {
+	case len(plans):
+		return LevelFull
+	case 0:
+		return LevelIncremental
+	}
+	return "mixed"
+}
+
+// copierProgress is the final progress of a finished copy.
+func copierProgress(res *copier.Result) copier.Progress {
+	return copier.Progress{Stats: res.Stats}
+}

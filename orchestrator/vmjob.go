@@ -1,0 +1,158 @@
+package orchestrator
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/sendense/capture/cbt"
+)
+
+// SnapshotPrefix starts the name of every snapshot a job takes; stale
+// ones (left by a crash) are removed at the start of the next job.
+const SnapshotPrefix = "sendense-"
+
+// snapshotRemoveTimeout bounds the snapshot removal that always runs,
+// even after the job's context is cancelled.
+const snapshotRemoveTimeout = 10 * time.Minute
+
+// vmJob is what backup and replication jobs of one VM share: the VM, a
+// private temporary directory (sockets, changed-area files), the notices
+// for the user and the snapshot's life cycle.
+type vmJob struct {
+	s   *Services
+	vm  *cbt.VM
+	rep Reporter
+	tmp string // private 0700 directory
+
+	mu      sync.Mutex
+	notices []string
+}
+
+// newVMJob checks the tools, finds the VM and makes the job's directory.
+func newVMJob(ctx context.Context, s *Services, vmSpec, kind string) (*vmJob, error) {
+	if err := s.Preflight(); err != nil {
+		return nil, err
+	}
+	vm, err := s.Client.FindVM(ctx, vmSpec)
+	if err != nil {
+		return nil, err
+	}
+	tmp, err := os.MkdirTemp(s.TempDir, "sendense-"+kind+"-")
+	if err != nil {
+		return nil, err
+	}
+	return &vmJob{s: s, vm: vm, rep: s.reporter(), tmp: tmp}, nil
+}
+
+func (j *vmJob) close() { os.RemoveAll(j.tmp) }
+
+func (j *vmJob) notice(format string, a ...any) {
+	msg := fmt.Sprintf(format, a...)
+	j.mu.Lock()
+	j.notices = append(j.notices, msg)
+	j.mu.Unlock()
+	slog.Info(msg, "vm", j.vm.Name)
+	j.rep.Notice(j.vm.Name, msg)
+}
+
+func (j *vmJob) takeNotices() []string {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return append([]string(nil), j.notices...)
+}
+
+// ensureCBT checks that CBT is on, enabling it when [cbt] auto_enable is
+// set. When it had to be enabled, this job is full (tracking starts at
+// the snapshot about to be taken).
+func (j *vmJob) ensureCBT(ctx context.Context) error {
+	st, err := j.s.Client.CBTStatus(ctx, j.vm)
+	if err != nil {
+		return err
+	}
+	if st.Enabled {
+		return nil
+	}
+	if !st.Supported {
+		return fmt.Errorf("VM %s does not support Changed Block Tracking (virtual hardware too old?)", j.vm)
+	}
+	if !j.s.Config.CBT.AutoEnable {
+		return fmt.Errorf("Changed Block Tracking is off on VM %s: enable it with 'sendense cbt enable %s' or set [cbt] auto_enable = true", j.vm, j.vm.Name)
+	}
+	res, err := j.s.Client.EnableCBT(ctx, j.vm)
+	if err != nil {
+		return err
+	}
+	if res.Notice != "" {
+		j.notice("CBT enabled: %s", res.Notice)
+	}
+	return nil
+}
+
+// removeStaleSnapshots removes sendense-* snapshots left by a crashed
+// job: they pin disk space and confuse the next snapshot. Callers hold
+// the lock that keeps other jobs of this VM away.
+func (j *vmJob) removeStaleSnapshots(ctx context.Context) error {
+	snaps, err := j.s.Client.Snapshots(ctx, j.vm)
+	if err != nil {
+		return err
+	}
+	for _, sn := range snaps {
+		if !strings.HasPrefix(sn.Name, SnapshotPrefix) {
+			continue
+		}
+		if err := j.s.Client.RemoveSnapshot(ctx, sn.Moref); err != nil {
+			return fmt.Errorf("removing stale snapshot %q (%s) left by an earlier job: %w", sn.Name, sn.Moref, err)
+		}
+		j.notice("removed stale snapshot %q (%s) left by an earlier job", sn.Name, sn.Moref)
+	}
+	return nil
+}
+
+// createSnapshot takes the job's snapshot, quiesced if asked; when
+// quiescing fails it falls back to a crash-consistent snapshot only if
+// allowCrash.
+func (j *vmJob) createSnapshot(ctx context.Context, name string, quiesce, allowCrash bool) (string, bool, error) {
+	c := j.s.Client
+	desc := "Sendense capture; removed when the job ends"
+	snap, err := c.CreateSnapshot(ctx, j.vm, name, desc, quiesce, false)
+	if err == nil || !quiesce || ctx.Err() != nil {
+		return snap, quiesce, err
+	}
+	if !allowCrash {
+		return "", false, fmt.Errorf("quiesced snapshot failed (VMware Tools running in the guest?): %w; --allow-crash-consistent falls back to a crash-consistent snapshot", err)
+	}
+	j.notice("quiesced snapshot failed (%v): taking a crash-consistent snapshot instead (--allow-crash-consistent)", err)
+	snap, err = c.CreateSnapshot(ctx, j.vm, name, desc, false, false)
+	return snap, false, err
+}
+
+// removeSnapshot removes the job's snapshot, even when ctx is cancelled
+// (SIGINT/SIGTERM).
+func (j *vmJob) removeSnapshot(ctx context.Context, snap string) error {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), snapshotRemoveTimeout)
+	defer cancel()
+	if err := j.s.Client.RemoveSnapshot(rctx, snap); err != nil {
+		return err
+	}
+	slog.Debug("snapshot removed", "vm", j.vm.Name, "snapshot", snap)
+	return nil
+}
+
+// cleanupSnapshot removes the snapshot after a failure, retrying a few
+// times; what it cannot remove, the next job removes as stale.
+func (j *vmJob) cleanupSnapshot(ctx context.Context, snap string) {
+	var err error
+	for attempt, wait := 1, time.Second; attempt <= 3; attempt, wait = attempt+1, wait*2 {
+		if err = j.removeSnapshot(ctx, snap); err == nil {
+			return
+		}
+		slog.Warn("removing the snapshot failed, retrying", "snapshot", snap, "attempt", attempt, "err", err)
+		time.Sleep(wait)
+	}
+	j.notice("could not remove snapshot %s: %v (the next job removes it)", snap, err)
+}
