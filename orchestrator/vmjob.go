@@ -5,11 +5,13 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/sendense/capture/cbt"
+	"github.com/sendense/capture/internal/lockfile"
 )
 
 // SnapshotPrefix starts the name of every snapshot a job takes; stale
@@ -24,10 +26,11 @@ const snapshotRemoveTimeout = 10 * time.Minute
 // private temporary directory (sockets, changed-area files), the notices
 // for the user and the snapshot's life cycle.
 type vmJob struct {
-	s   *Services
-	vm  *cbt.VM
-	rep Reporter
-	tmp string // private 0700 directory
+	s    *Services
+	vm   *cbt.VM
+	rep  Reporter
+	tmp  string // private 0700 directory
+	lock *lockfile.Lock
 
 	mu      sync.Mutex
 	notices []string
@@ -42,14 +45,42 @@ func newVMJob(ctx context.Context, s *Services, vmSpec, kind string) (*vmJob, er
 	if err != nil {
 		return nil, err
 	}
-	tmp, err := os.MkdirTemp(s.TempDir, "sendense-"+kind+"-")
+	lock, err := lockVM(s, vm, kind)
 	if err != nil {
 		return nil, err
 	}
-	return &vmJob{s: s, vm: vm, rep: s.reporter(), tmp: tmp}, nil
+	tmp, err := os.MkdirTemp(s.TempDir, "sendense-"+kind+"-")
+	if err != nil {
+		lock.Unlock()
+		return nil, err
+	}
+	return &vmJob{s: s, vm: vm, rep: s.reporter(), tmp: tmp, lock: lock}, nil
 }
 
-func (j *vmJob) close() { os.RemoveAll(j.tmp) }
+func (j *vmJob) close() {
+	os.RemoveAll(j.tmp)
+	j.lock.Unlock()
+}
+
+// lockVM makes sure only one job of this host works on a VM at a time:
+// jobs remove "sendense-*" snapshots they find, which must never be
+// another running job's.
+func lockVM(s *Services, vm *cbt.VM, kind string) (*lockfile.Lock, error) {
+	dir := filepath.Join(os.TempDir(), "sendense-locks")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	name := strings.NewReplacer("/", "_", ":", "_").Replace(s.Client.Host() + "-" + vm.Moref)
+	path := filepath.Join(dir, name+".lock")
+	l, holder, err := lockfile.TryExclusive(path, kind+" of "+vm.Name)
+	if err != nil {
+		return nil, err
+	}
+	if holder != nil {
+		return nil, fmt.Errorf("VM %s is busy: %s is working on it; retry when it has finished (lock file %s)", vm, holder, path)
+	}
+	return l, nil
+}
 
 func (j *vmJob) notice(format string, a ...any) {
 	msg := fmt.Sprintf(format, a...)

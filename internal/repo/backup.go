@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+
+	"github.com/sendense/capture/internal/lockfile"
 )
 
 // Pending is a backup being written: it holds the VM directory's writer
@@ -21,7 +23,7 @@ type Pending struct {
 	vd     *vmDir
 	vm     VMRef
 	parent *Manifest
-	lock   *fileLock
+	lock   *lockfile.Lock
 
 	mu   sync.Mutex
 	done bool
@@ -48,7 +50,7 @@ func (r *Repo) Begin(vm VMRef) (*Pending, error) {
 	ok := false
 	defer func() {
 		if !ok {
-			lock.unlock()
+			lock.Unlock()
 		}
 	}()
 	if exists(filepath.Join(vd.Path, journalName)) {
@@ -169,7 +171,7 @@ func (p *Pending) Commit(m *Manifest) error {
 		return fmt.Errorf("writing manifest %s: %w", path, err)
 	}
 	p.done = true
-	p.lock.unlock()
+	p.lock.Unlock()
 	return nil
 }
 
@@ -232,7 +234,7 @@ func (p *Pending) Abort() error {
 		return nil
 	}
 	p.done = true
-	defer p.lock.unlock()
+	defer p.lock.Unlock()
 	images, _ := filepath.Glob(filepath.Join(p.vd.Path, p.ID+"-disk*.qcow2"))
 	var errs []error
 	for _, img := range images {

@@ -11,9 +11,9 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
 
 	"github.com/sendense/capture/internal/extent"
+	"github.com/sendense/capture/internal/lockfile"
 	"github.com/sendense/capture/internal/qemu"
 )
 
@@ -170,16 +170,12 @@ func (r *Repo) pruneVM(ctx context.Context, vd *vmDir, opts PruneOptions) (*Prun
 	if err != nil {
 		return nil, err
 	}
-	defer wl.unlock()
-	how := syscall.LOCK_EX
-	if opts.DryRun {
-		how = syscall.LOCK_SH
-	}
-	rl, err := waitLock(ctx, filepath.Join(vd.Path, readLockName), how, "waiting for a restore or verify of VM "+vd.Name+" to finish")
+	defer wl.Unlock()
+	rl, err := lockfile.Wait(ctx, filepath.Join(vd.Path, readLockName), !opts.DryRun, "waiting for a restore or verify of VM "+vd.Name+" to finish")
 	if err != nil {
 		return nil, err
 	}
-	defer rl.unlock()
+	defer rl.Unlock()
 
 	if j, err := readJournal(vd.Path); err != nil {
 		return nil, err

@@ -27,9 +27,9 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
 	"time"
 
+	"github.com/sendense/capture/internal/lockfile"
 	"github.com/sendense/capture/internal/qemu"
 )
 
@@ -393,8 +393,8 @@ func (r *Repo) manifestByID(vd *vmDir, id string) (*Manifest, error) {
 
 // readLock takes a VM directory's read lock (shared), waiting while a
 // prune changes it.
-func readLock(ctx context.Context, vd *vmDir) (*fileLock, error) {
-	return waitLock(ctx, filepath.Join(vd.Path, readLockName), syscall.LOCK_SH,
+func readLock(ctx context.Context, vd *vmDir) (*lockfile.Lock, error) {
+	return lockfile.Wait(ctx, filepath.Join(vd.Path, readLockName), false,
 		"waiting for a prune of VM "+vd.Name+" to finish")
 }
 
@@ -416,7 +416,7 @@ func (r *Repo) recoverAll(ctx context.Context) {
 		if err := r.recoverLocked(ctx, vd); err != nil {
 			slog.Warn("could not finish an interrupted prune; the kept points stay restorable; run 'sendense prune' again", "vm", vd.Name, "error", err)
 		}
-		wl.unlock()
+		wl.Unlock()
 	}
 }
 
@@ -428,7 +428,7 @@ func (r *Repo) recoverLocked(ctx context.Context, vd *vmDir) error {
 	if err != nil || j == nil {
 		return err
 	}
-	rl, ok, err := tryLock(filepath.Join(vd.Path, readLockName), syscall.LOCK_EX)
+	rl, ok, err := lockfile.TryLock(filepath.Join(vd.Path, readLockName), true)
 	if err != nil {
 		return err
 	}
@@ -436,7 +436,7 @@ func (r *Repo) recoverLocked(ctx context.Context, vd *vmDir) error {
 		slog.Warn("an interrupted prune is pending but a restore or verify is reading the VM; it will be finished later", "vm", vd.Name)
 		return nil
 	}
-	defer rl.unlock()
+	defer rl.Unlock()
 	slog.Warn("finishing an interrupted prune", "vm", vd.Name, "journal", filepath.Join(vd.Path, journalName))
 	return r.finishPrune(ctx, vd, j)
 }

@@ -69,7 +69,7 @@ func (r *Repo) Restore(ctx context.Context, opts RestoreOptions) ([]RestoredDisk
 	if err != nil {
 		return nil, err
 	}
-	defer rl.unlock()
+	defer rl.Unlock()
 
 	var m *Manifest
 	if opts.Backup == "" {

@@ -197,7 +197,7 @@ func (r *Repo) verifyVM(ctx context.Context, vd *vmDir, opts VerifyOptions, res 
 	if err != nil {
 		return err
 	}
-	defer rl.unlock()
+	defer rl.Unlock()
 
 	j, jerr := readJournal(vd.Path)
 	if jerr != nil {
