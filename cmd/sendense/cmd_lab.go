@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/sendense/capture/internal/atomicfile"
 	"github.com/sendense/capture/internal/lab"
 	"github.com/sendense/capture/internal/units"
 )
@@ -239,30 +240,6 @@ func (r labReady) envFile() string {
 	return b.String()
 }
 
-// writeFileAtomic writes data to path through a temporary file and a rename,
-// so a reader never sees a partial file.
-func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		os.Remove(tmp.Name())
-		return err
-	}
-	if err := tmp.Chmod(perm); err != nil {
-		tmp.Close()
-		os.Remove(tmp.Name())
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		os.Remove(tmp.Name())
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
-}
-
 // defaultLibDir is the fake VDDK next to the sendense binary.
 func defaultLibDir(executable func() (string, error)) string {
 	exe, err := executable()
@@ -331,7 +308,7 @@ func runLab(ctx context.Context, opts labOptions, gopts globalOptions, stdout, s
 
 	ready := labReady{MessageType: "status", Info: l.Info(), VDDKLibDir: libdir, Socket: sock, EnvFile: envPath}
 	if envPath != "" {
-		if err := writeFileAtomic(envPath, []byte(ready.envFile()), 0o644); err != nil {
+		if err := atomicfile.WriteFile(envPath, []byte(ready.envFile()), 0o644); err != nil {
 			return fmt.Errorf("--env: %w", err)
 		}
 		defer os.Remove(envPath)

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"sync"
 
+	"github.com/sendense/capture/internal/atomicfile"
 	"github.com/sendense/capture/internal/lockfile"
 )
 
@@ -167,7 +168,7 @@ func (p *Pending) Commit(m *Manifest) error {
 		return err
 	}
 	path := filepath.Join(p.vd.Path, p.ID+".json")
-	if err := writeFileAtomic(path, b, 0o600); err != nil {
+	if err := atomicfile.WriteFile(path, b, 0o600); err != nil {
 		return fmt.Errorf("writing manifest %s: %w", path, err)
 	}
 	p.done = true
@@ -245,7 +246,7 @@ func (p *Pending) Abort() error {
 			errs = append(errs, err)
 		}
 	}
-	syncDir(p.vd.Path)
+	atomicfile.SyncDir(p.vd.Path)
 	return errors.Join(errs...)
 }
 

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/sendense/capture/internal/atomicfile"
 	"github.com/sendense/capture/internal/extent"
 	"github.com/sendense/capture/internal/lockfile"
 	"github.com/sendense/capture/internal/qemu"
@@ -221,7 +222,7 @@ func (r *Repo) pruneVM(ctx context.Context, vd *vmDir, opts PruneOptions) (*Prun
 	}
 	before := dirUsage(vd.Path)
 	b, _ := json.MarshalIndent(j, "", "  ")
-	if err := writeFileAtomic(filepath.Join(vd.Path, journalName), append(b, '\n'), 0o600); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(vd.Path, journalName), append(b, '\n'), 0o600); err != nil {
 		return nil, fmt.Errorf("writing the prune journal: %w", err)
 	}
 	if err := r.step("journal"); err != nil {
@@ -357,7 +358,7 @@ func (r *Repo) finishPrune(ctx context.Context, vd *vmDir, j *journal) error {
 			return err
 		}
 	}
-	if err := syncDir(vd.Path); err != nil {
+	if err := atomicfile.SyncDir(vd.Path); err != nil {
 		return err
 	}
 	if err := r.step("dropped"); err != nil {
@@ -385,13 +386,13 @@ func (r *Repo) finishPrune(ctx context.Context, vd *vmDir, j *journal) error {
 			return err
 		}
 	}
-	if err := syncDir(vd.Path); err != nil {
+	if err := atomicfile.SyncDir(vd.Path); err != nil {
 		return err
 	}
 	if err := os.Remove(path(journalName)); err != nil {
 		return err
 	}
-	return syncDir(vd.Path)
+	return atomicfile.SyncDir(vd.Path)
 }
 
 func (r *Repo) finishSuccessor(ctx context.Context, vd *vmDir, j *journal, s successor) error {
@@ -433,7 +434,7 @@ func (r *Repo) finishSuccessor(ctx context.Context, vd *vmDir, j *journal, s suc
 		if err != nil {
 			return err
 		}
-		if err := writeFileAtomic(newPath, b, 0o600); err != nil {
+		if err := atomicfile.WriteFile(newPath, b, 0o600); err != nil {
 			return err
 		}
 		if err := r.step("manifest-new"); err != nil {
@@ -444,14 +445,14 @@ func (r *Repo) finishSuccessor(ctx context.Context, vd *vmDir, j *journal, s suc
 		if !exists(path(mg.Base)) {
 			continue // renamed already
 		}
-		if err := renameDurable(path(mg.Base), path(mg.Top)); err != nil {
+		if err := atomicfile.Rename(path(mg.Base), path(mg.Top)); err != nil {
 			return err
 		}
 		if err := r.step("rename"); err != nil {
 			return err
 		}
 	}
-	if err := renameDurable(newPath, path(s.Backup+".json")); err != nil {
+	if err := atomicfile.Rename(newPath, path(s.Backup+".json")); err != nil {
 		return err
 	}
 	return r.step("switch")

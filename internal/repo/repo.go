@@ -29,6 +29,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sendense/capture/internal/atomicfile"
 	"github.com/sendense/capture/internal/lockfile"
 	"github.com/sendense/capture/internal/qemu"
 )
@@ -91,10 +92,10 @@ func Init(dir string) (*Repo, error) {
 		return nil, fmt.Errorf("%s exists, is not empty and is not a sendense repository: use an empty or new directory", abs)
 	}
 	b, _ := json.MarshalIndent(repoFile{RepoFormat, RepoVersion, time.Now().UTC()}, "", "  ")
-	if err := writeFileAtomic(filepath.Join(abs, RepoFileName), append(b, '\n'), 0o600); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(abs, RepoFileName), append(b, '\n'), 0o600); err != nil {
 		return nil, fmt.Errorf("creating repository %s: %w", abs, err)
 	}
-	syncDir(filepath.Dir(abs))
+	atomicfile.SyncDir(filepath.Dir(abs))
 	return newRepo(abs), nil
 }
 
@@ -291,7 +292,7 @@ func (r *Repo) dirFor(vm VMRef) (*vmDir, error) {
 		if err := os.MkdirAll(path, 0o700); err != nil {
 			return nil, fmt.Errorf("creating VM directory %s: %w", path, err)
 		}
-		syncDir(r.Dir)
+		atomicfile.SyncDir(r.Dir)
 		return &vmDir{Name: name, Path: path, VM: vm}, nil
 	}
 	return nil, fmt.Errorf("no free directory name for VM %s in %s: both %s and %s belong to other VMs", vm, r.Dir, safeName(vm.Name), safeName(vm.Name+"-"+vm.Moref))

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/sendense/capture/internal/atomicfile"
 	"github.com/sendense/capture/internal/qemu"
 )
 
@@ -186,5 +187,5 @@ func (r *Repo) convert(ctx context.Context, src, dst, format string) error {
 	if err := syncFile(tmp); err != nil {
 		return err
 	}
-	return renameDurable(tmp, dst)
+	return atomicfile.Rename(tmp, dst)
 }

@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/sendense/capture/internal/atomicfile"
 )
 
 // State formats (REPO/<vm-dir>/state.json).
@@ -106,7 +108,7 @@ func (r *Repo) writeState(vd *vmDir, vm VMRef, st *State) error {
 		return err
 	}
 	path := filepath.Join(vd.Path, stateName)
-	if err := writeFileAtomic(path, append(b, '\n'), 0o600); err != nil {
+	if err := atomicfile.WriteFile(path, append(b, '\n'), 0o600); err != nil {
 		return fmt.Errorf("writing state file %s: %w", path, err)
 	}
 	return nil
