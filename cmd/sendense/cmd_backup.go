@@ -199,7 +199,11 @@ func runBackup(ctx context.Context, cfg *config.Config, o backupOptions, vms []s
 			sem <- struct{}{}
 			defer func() { <-sem }()
 			report, err := orchestrator.Backup(ctx, s, vm, opt)
-			pr.finish(report, err)
+			if report == nil {
+				pr.finish(nil, nil, err)
+			} else {
+				pr.finish(report, backupSummary(report), err)
+			}
 			if err != nil {
 				mu.Lock()
 				failed = append(failed, err)
@@ -219,10 +223,15 @@ func runBackup(ctx context.Context, cfg *config.Config, o backupOptions, vms []s
 	return nil
 }
 
-// backupSummaryLine is the one line per disk printed when not on a
-// terminal (and the text summary on one).
-func backupSummaryLine(r *orchestrator.BackupReport, d orchestrator.DiskReport) string {
-	return fmt.Sprintf("%s %s disk %d (%s): %s, %s of %s copied (%.1f%% less), %.1fs, %.0f MiB/s, image %s",
-		r.VM, r.BackupID, d.Key, d.Label, d.Level, units.FormatSize(d.BytesCopied), units.FormatSize(d.Capacity),
-		d.DataReduction*100, d.Seconds, d.MiBps, d.Image)
+// backupSummary is the text outcome of a backup: one line per disk (what
+// is printed when not on a terminal) and a total.
+func backupSummary(r *orchestrator.BackupReport) []string {
+	var lines []string
+	for _, d := range r.Disks {
+		lines = append(lines, fmt.Sprintf("%s %s disk %d (%s): %s, %s of %s copied (%.1f%% less), %.1fs, %.0f MiB/s, image %s",
+			r.VM, r.BackupID, d.Key, d.Label, d.Level, units.FormatSize(d.BytesCopied), units.FormatSize(d.Capacity),
+			d.DataReduction*100, d.Seconds, d.MiBps, d.Image))
+	}
+	return append(lines, fmt.Sprintf("%s: backup %s (%s) done in %.1fs: %s read, %s copied of %s", r.VM, r.BackupID, r.Level, r.Seconds,
+		units.FormatSize(r.BytesRead), units.FormatSize(r.Copied), units.FormatSize(r.Capacity)))
 }

@@ -109,26 +109,20 @@ func (p *jobProgress) Snapshot(vm, backupID, moref string) {
 	slog.Debug("snapshot taken", "vm", vm, "backup", backupID, "snapshot", moref)
 }
 
-// finish prints the outcome of one VM's job.
-func (p *jobProgress) finish(r *orchestrator.BackupReport, err error) {
+// finish prints the outcome of one VM's job: with --json the report as
+// a "summary" line, else the text lines (one per disk and a total).
+// Errors are printed by main.
+func (p *jobProgress) finish(report any, lines []string, err error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.clearLine()
-	if r == nil {
-		return
-	}
-	if p.json {
-		if err == nil {
-			printJSON(p.out, "summary", r)
+	switch {
+	case err != nil || report == nil:
+	case p.json:
+		printJSON(p.out, "summary", report)
+	case !p.quiet:
+		for _, l := range lines {
+			fmt.Fprintln(p.out, l)
 		}
-		return
 	}
-	if err != nil || p.quiet {
-		return
-	}
-	for _, d := range r.Disks {
-		fmt.Fprintln(p.out, backupSummaryLine(r, d))
-	}
-	fmt.Fprintf(p.out, "%s: backup %s (%s) done in %.1fs: %s read, %s copied of %s\n", r.VM, r.BackupID, r.Level, r.Seconds,
-		units.FormatSize(r.BytesRead), units.FormatSize(r.Copied), units.FormatSize(r.Capacity))
 }
