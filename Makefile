@@ -26,7 +26,7 @@ GOLIB        := $(BUILD)/sendense-plugin-go.so
 CLI          := $(BUILD)/sendense
 FAKEVDDK     := $(BUILD)/fakevddk/lib64/libvixDiskLib.so.8
 
-.PHONY: all deps test unit-test integration-test vet demo bench install clean
+.PHONY: all deps test unit-test integration-test vet demo bench docs install clean
 
 all: $(FRONT) $(GOLIB) $(CLI) $(FAKEVDDK)
 
@@ -77,6 +77,10 @@ demo: deps all
 
 bench: deps all
 	@for b in bench/*.sh; do echo "== $$b"; $$b || exit 1; done
+
+# docs/cli.md is generated from the command definitions (a test checks it).
+docs:
+	$(GO) test ./cmd/sendense -run TestCLIReferenceUpToDate -update -count=1
 
 install: $(FRONT) $(GOLIB)
 	install -D -m 0755 $(FRONT) $(DESTDIR)$(PLUGINDIR)/nbdkit-sendense-plugin.so

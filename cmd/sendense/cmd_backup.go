@@ -39,7 +39,7 @@ type copyTuning struct {
 }
 
 func (f *copyTuning) register(fs *pflag.FlagSet) {
-	fs.IntVar(&f.connections, "connections", 0, "NBD `connections` per disk when both sides allow multi-conn ([copy] connections, default 4)")
+	fs.IntVar(&f.connections, "connections", 0, "NBD `connections` per disk when both sides allow multi-conn ([copy] connections; default: one per two CPUs, 1 to 4)")
 	fs.IntVar(&f.requests, "requests", 0, "`requests` in flight per connection ([copy] requests, default 64)")
 	fs.StringVar(&f.requestSize, "request-size", "", "largest request `size`, e.g. 256K ([copy] request_size)")
 	fs.StringVar(&f.rate, "rate", "", "bandwidth limit in bytes per second, e.g. 100M ([copy] rate; default unlimited)")
