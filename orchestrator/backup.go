@@ -243,7 +243,7 @@ func (j *backupJob) backupDisk(ctx context.Context, pending *repo.Pending, prev 
 	opts.DestinationIsZero = p.full
 	opts.Checksum = p.full
 	opts.HashChunks = true
-	res, err := j.copyDisk(ctx, snap, p, dst.URI(), opts)
+	res, err := j.copyDisk(ctx, snap, p, dst.URI(), opts, nil)
 	if err != nil {
 		return nil, DiskReport{}, err
 	}

@@ -130,14 +130,15 @@ func (j *vmJob) copyOptions(p *diskPlan) copier.Options {
 }
 
 // copyDisk serves disk p of the snapshot with nbdkit and our plugin and
-// copies it to the NBD destination dstURI, which the copy flushes.
-func (j *vmJob) copyDisk(ctx context.Context, snap string, p *diskPlan, dstURI string, opts copier.Options) (*copier.Result, error) {
+// copies it to the NBD destination dstURI, which the copy flushes. With
+// reconnect, a lost destination connection is resumed (copyResumable).
+func (j *vmJob) copyDisk(ctx context.Context, snap string, p *diskPlan, dstURI string, opts copier.Options, reconnect Reconnector) (*copier.Result, error) {
 	src, err := StartNBDKit(ctx, j.pluginSource(snap, p), j.tmp, fmt.Sprintf("disk%d", p.disk.Key))
 	if err != nil {
 		return nil, err
 	}
 	defer src.Stop()
-	res, err := j.copyNBD(ctx, src.URI(), dstURI, opts)
+	res, err := j.copyResumable(ctx, src.URI(), dstURI, opts, reconnect)
 	if err != nil {
 		if nerr := src.Err(time.Second); nerr != nil && ctx.Err() == nil {
 			err = fmt.Errorf("%w; the source died: %v", err, nerr)

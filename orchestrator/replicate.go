@@ -278,7 +278,7 @@ func (j *replicateJob) replicateDisk(ctx context.Context, snap string, p *diskPl
 	}
 	opts := j.copyOptions(p)
 	opts.AllowLargerDestination = j.opt.AllowLargerTarget
-	res, err := j.copyDisk(ctx, snap, p, dstURI, opts)
+	res, err := j.copyDisk(ctx, snap, p, dstURI, opts, nil)
 	if err != nil {
 		return DiskReport{}, fmt.Errorf("to %s: %w", target, err)
 	}
