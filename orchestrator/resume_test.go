@@ -1,0 +1,106 @@
+package orchestrator
+
+import (
+	"context"
+	"io"
+	"net"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/sendense/capture/cbt"
+	"github.com/sendense/capture/internal/copier"
+	"github.com/sendense/capture/internal/nbdtest"
+)
+
+// cuttingProxy forwards a unix socket to target and, if cutAfter > 0,
+// closes every connection once that many bytes went client→server.
+func cuttingProxy(t *testing.T, target string, cutAfter int64) string {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "proxy.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			s, err := net.Dial("unix", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			var once sync.Once
+			closeBoth := func() { once.Do(func() { c.Close(); s.Close() }) }
+			var sent atomic.Int64
+			go func() {
+				buf := make([]byte, 64<<10)
+				for {
+					n, err := c.Read(buf)
+					if n > 0 {
+						if _, werr := s.Write(buf[:n]); werr != nil {
+							break
+						}
+						if cutAfter > 0 && sent.Add(int64(n)) > cutAfter {
+							break
+						}
+					}
+					if err != nil {
+						break
+					}
+				}
+				closeBoth()
+			}()
+			go func() { io.Copy(c, s); closeBoth() }()
+		}
+	}()
+	return "nbd+unix:///?socket=" + sock
+}
+
+// TestCopyResumesAfterConnectionLoss: the destination connection is cut
+// after 24 MiB of a 64 MiB copy; the copy reconnects, flushes, resumes
+// from what completed, and the destination equals the source without the
+// whole disk being copied again.
+func TestCopyResumesAfterConnectionLoss(t *testing.T) {
+	resumeFirstDelay = 0
+	_, srcURI := nbdtest.NBDKit(t, "-r", "pattern", "size=64M")
+	dstSock, _ := nbdtest.NBDKit(t, "memory", "size=64M")
+	cut := cuttingProxy(t, dstSock, 24<<20)
+	j := &vmJob{vm: &cbt.VM{Name: "test"}, rep: nopReporter{}}
+	reconnects := 0
+	res, err := j.copyResumable(context.Background(), srcURI, cut, copier.Options{Requests: 4, RequestSize: 1 << 20, Checksum: true},
+		func(ctx context.Context) (string, error) {
+			reconnects++
+			return cuttingProxy(t, dstSock, 0), nil
+		})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if reconnects != 1 {
+		t.Fatalf("%d reconnections, want 1", reconnects)
+	}
+	if res.BytesWritten >= 64<<20+24<<20 || res.BytesWritten < 64<<20 {
+		t.Fatalf("wrote %d bytes in all: the copy restarted from zero or lost data", res.BytesWritten)
+	}
+	src, _ := copier.OpenNBD(srcURI)
+	defer src.Close()
+	want, err := copier.Checksum(context.Background(), src, copier.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.SHA256 != want {
+		t.Fatalf("destination SHA-256 %s, source %s", res.SHA256, want)
+	}
+	t.Logf("wrote %d MiB for a 64 MiB disk after one cut at 24 MiB; notices: %v", res.BytesWritten>>20, j.notices)
+
+	// Without reconnect, the loss is an error.
+	cut2 := cuttingProxy(t, dstSock, 8<<20)
+	if _, err := j.copyResumable(context.Background(), srcURI, cut2, copier.Options{Requests: 4, RequestSize: 1 << 20}, nil); err == nil || !isConnectionLoss(err) {
+		t.Fatalf("a cut without reconnect: %v", err)
+	}
+}
