@@ -2,6 +2,7 @@ package orchestrator
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -62,24 +63,74 @@ func (j *vmJob) close() {
 	j.lock.Unlock()
 }
 
+// ErrVMBusy is returned when another job of this host works on the VM.
+var ErrVMBusy = errors.New("VM is busy")
+
+// VMLockPath is the lock file a job holds while it works on the VM with
+// moref on the vCenter host.
+func VMLockPath(host, moref string) string {
+	name := strings.NewReplacer("/", "_", ":", "_").Replace(host + "-" + moref)
+	return filepath.Join(os.TempDir(), "sendense-locks", name+".lock")
+}
+
 // lockVM makes sure only one job of this host works on a VM at a time:
 // jobs remove "sendense-*" snapshots they find, which must never be
 // another running job's.
 func lockVM(s *Services, vm *cbt.VM, kind string) (*lockfile.Lock, error) {
-	dir := filepath.Join(os.TempDir(), "sendense-locks")
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	path := VMLockPath(s.Client.Host(), vm.Moref)
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, err
 	}
-	name := strings.NewReplacer("/", "_", ":", "_").Replace(s.Client.Host() + "-" + vm.Moref)
-	path := filepath.Join(dir, name+".lock")
 	l, holder, err := lockfile.TryExclusive(path, kind+" of "+vm.Name)
 	if err != nil {
 		return nil, err
 	}
 	if holder != nil {
-		return nil, fmt.Errorf("VM %s is busy: %s is working on it; retry when it has finished (lock file %s)", vm, holder, path)
+		return nil, fmt.Errorf("%w: VM %s: %s is working on it; retry when it has finished (lock file %s)", ErrVMBusy, vm, holder, path)
 	}
 	return l, nil
+}
+
+// CleanupSnapshots removes the "sendense-*" snapshots of the VM with the
+// given moref, as a job does at its start: under the VM's job lock, so
+// none of them belongs to a running job of this host (ErrVMBusy when one
+// runs: it removes them itself). A VM that no longer exists has nothing
+// to clean. It returns the snapshots removed. The agent calls it for jobs
+// interrupted by a restart.
+func CleanupSnapshots(ctx context.Context, s *Services, moref string) ([]cbt.Snapshot, error) {
+	vm, err := s.Client.FindVM(ctx, "moref="+moref)
+	if errors.Is(err, cbt.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	lock, err := lockVM(s, vm, "snapshot cleanup")
+	if err != nil {
+		return nil, err
+	}
+	defer lock.Unlock()
+	return removeJobSnapshots(ctx, s.Client, vm)
+}
+
+// removeJobSnapshots removes vm's "sendense-*" snapshots; the caller
+// holds the VM's job lock.
+func removeJobSnapshots(ctx context.Context, c *cbt.Client, vm *cbt.VM) ([]cbt.Snapshot, error) {
+	snaps, err := c.Snapshots(ctx, vm)
+	if err != nil {
+		return nil, err
+	}
+	var removed []cbt.Snapshot
+	for _, sn := range snaps {
+		if !strings.HasPrefix(sn.Name, SnapshotPrefix) {
+			continue
+		}
+		if err := c.RemoveSnapshot(ctx, sn.Moref); err != nil {
+			return removed, fmt.Errorf("removing stale snapshot %q (%s) left by an earlier job: %w", sn.Name, sn.Moref, err)
+		}
+		removed = append(removed, sn)
+	}
+	return removed, nil
 }
 
 func (j *vmJob) notice(format string, a ...any) {
@@ -125,32 +176,21 @@ func (j *vmJob) ensureCBT(ctx context.Context) error {
 }
 
 // removeStaleSnapshots removes sendense-* snapshots left by a crashed
-// job: they pin disk space and confuse the next snapshot. Callers hold
-// the lock that keeps other jobs of this VM away.
+// job: they pin disk space and confuse the next snapshot. The job holds
+// the VM's lock, so none is another running job's.
 func (j *vmJob) removeStaleSnapshots(ctx context.Context) error {
-	snaps, err := j.s.Client.Snapshots(ctx, j.vm)
-	if err != nil {
-		return err
-	}
-	for _, sn := range snaps {
-		if !strings.HasPrefix(sn.Name, SnapshotPrefix) {
-			continue
-		}
-		if err := j.s.Client.RemoveSnapshot(ctx, sn.Moref); err != nil {
-			return fmt.Errorf("removing stale snapshot %q (%s) left by an earlier job: %w", sn.Name, sn.Moref, err)
-		}
+	removed, err := removeJobSnapshots(ctx, j.s.Client, j.vm)
+	for _, sn := range removed {
 		j.notice("removed stale snapshot %q (%s) left by an earlier job", sn.Name, sn.Moref)
 	}
-	return nil
+	return err
 }
 
 // createSnapshot takes the job's snapshot, quiesced if asked; when
 // quiescing fails it falls back to a crash-consistent snapshot only if
 // allowCrash.
 func (j *vmJob) createSnapshot(ctx context.Context, name string, quiesce, allowCrash bool) (string, bool, error) {
-	c := j.s.Client
-	desc := "Sendense capture; removed when the job ends"
-	snap, err := c.CreateSnapshot(ctx, j.vm, name, desc, quiesce, false)
+	snap, err := j.snapshot(ctx, name, quiesce)
 	if err == nil || !quiesce || ctx.Err() != nil {
 		return snap, quiesce, err
 	}
@@ -158,8 +198,22 @@ func (j *vmJob) createSnapshot(ctx context.Context, name string, quiesce, allowC
 		return "", false, fmt.Errorf("quiesced snapshot failed (VMware Tools running in the guest?): %w; --allow-crash-consistent falls back to a crash-consistent snapshot", err)
 	}
 	j.notice("quiesced snapshot failed (%v): taking a crash-consistent snapshot instead (--allow-crash-consistent)", err)
-	snap, err = c.CreateSnapshot(ctx, j.vm, name, desc, false, false)
+	snap, err = j.snapshot(ctx, name, false)
 	return snap, false, err
+}
+
+// snapshot runs CreateSnapshot to its end even when ctx is cancelled
+// meanwhile (vCenter would finish the task anyway), then removes the
+// snapshot and returns ctx's error: a cancellation never leaks one.
+func (j *vmJob) snapshot(ctx context.Context, name string, quiesce bool) (string, error) {
+	tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), snapshotRemoveTimeout)
+	defer cancel()
+	snap, err := j.s.Client.CreateSnapshot(tctx, j.vm, name, "Sendense capture; removed when the job ends", quiesce, false)
+	if err == nil && ctx.Err() != nil {
+		j.cleanupSnapshot(ctx, snap)
+		return "", ctx.Err()
+	}
+	return snap, err
 }
 
 // removeSnapshot removes the job's snapshot, even when ctx is cancelled

@@ -22,6 +22,9 @@ func writeReference(w io.Writer, root *cobra.Command) {
 		if c.Hidden || c.Name() == "help" || c.Name() == "completion" {
 			return
 		}
+		// cobra adds --help when a command first runs: add it now, so
+		// the reference is the same whatever ran before.
+		c.InitDefaultHelpFlag()
 		cmds = append(cmds, c)
 		for _, s := range c.Commands() {
 			walk(s)

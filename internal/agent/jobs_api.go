@@ -1,0 +1,259 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"io/fs"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/sendense/capture/internal/repo"
+)
+
+// StartRequest is the body of POST /api/v1/backup/start.
+type StartRequest struct {
+	// VMPath is the VM: inventory path (/DC0/vm/web), moref (vm-42) or
+	// unique name.
+	VMPath string `json:"vm_path"`
+	// BackupType is full, incremental or auto (default): auto and
+	// incremental copy only what CBT reports as changed when a usable
+	// previous backup exists; when a disk must be full anyway, an
+	// incremental job says so in its notices instead of failing.
+	BackupType string `json:"backup_type"`
+	// Repository is the repository directory (absolute; default
+	// [repository] path).
+	Repository string `json:"repository"`
+	// Target and TargetEndpoint (the product sheet's name) are replication
+	// targets: not supported by this agent yet (400).
+	Target         string `json:"target"`
+	TargetEndpoint string `json:"target_endpoint"`
+	// Force starts the job outside [performance] backup_window.
+	Force bool `json:"force"`
+	// Quiesce takes a quiesced snapshot (default [backup] quiesce).
+	Quiesce *bool `json:"quiesce"`
+	// AllowCrashConsistent falls back to a crash-consistent snapshot when
+	// quiescing fails.
+	AllowCrashConsistent bool `json:"allow_crash_consistent"`
+}
+
+const startFields = `"vm_path" (required), "backup_type" (full, incremental or auto), "repository", "force", "quiesce", "allow_crash_consistent"`
+
+// errReplicationUnsupported answers requests with a replication target.
+const errReplicationUnsupported = "replication targets are not supported by this agent yet"
+
+// StartResponse is the answer of POST /api/v1/backup/start (202).
+type StartResponse struct {
+	JobID    string `json:"job_id"`
+	State    State  `json:"state"`
+	VMPath   string `json:"vm_path"`
+	Progress string `json:"progress"` // URL path of the job's progress
+}
+
+// newJob validates a start request into a job (not yet queued).
+func (s *Server) newJob(ctx context.Context, req *StartRequest) (*job, *apiError) {
+	switch {
+	case req.Target != "" || req.TargetEndpoint != "":
+		field := "target"
+		if req.Target == "" {
+			field = "target_endpoint"
+		}
+		return nil, errorf(http.StatusBadRequest, errReplicationUnsupported, "field %q: this agent backs up into a repository; give \"repository\" (or rely on [repository] path) instead", field)
+	case strings.TrimSpace(req.VMPath) == "":
+		return nil, errorf(http.StatusBadRequest, `missing field "vm_path"`, "give the VM's inventory path (/DC0/vm/web), moref (vm-42) or name")
+	}
+	typ := req.BackupType
+	switch typ {
+	case "":
+		typ = TypeAuto
+	case TypeFull, TypeIncremental, TypeAuto:
+	default:
+		return nil, errorf(http.StatusBadRequest, `invalid field "backup_type"`, "backup_type %q is not full, incremental or auto", req.BackupType)
+	}
+	dir := req.Repository
+	switch {
+	case dir == "" && s.cfg.Repository.Path == "":
+		return nil, errorf(http.StatusBadRequest, `missing field "repository"`, "give the repository directory: the agent has no [repository] path")
+	case dir == "":
+		dir = s.cfg.Repository.Path
+	case !filepath.IsAbs(dir):
+		return nil, errorf(http.StatusBadRequest, `invalid field "repository"`, "the repository must be an absolute path, not %q", dir)
+	}
+	dir = filepath.Clean(dir)
+	if aerr := checkRepoDir(dir); aerr != nil {
+		return nil, aerr
+	}
+	quiesce := s.cfg.Backup.Quiesce
+	if req.Quiesce != nil {
+		quiesce = *req.Quiesce
+	}
+	_, vm, aerr := s.findVM(ctx, req.VMPath)
+	if aerr != nil {
+		return nil, aerr
+	}
+	if vm.Path == "" && strings.HasPrefix(req.VMPath, "/") {
+		vm.Path = req.VMPath
+	}
+	now := s.now()
+	j := &job{Job: Job{
+		ID: newJobID(now), Kind: KindBackup, VMPath: req.VMPath, VM: *vm, Type: typ, Repo: dir,
+		Force: req.Force, Quiesce: quiesce, AllowCrashConsistent: req.AllowCrashConsistent,
+		State: StateQueued, Phase: phaseQueued, Created: now,
+	}}
+	return j, nil
+}
+
+func (s *Server) handleStart(w http.ResponseWriter, r *http.Request) {
+	var req StartRequest
+	if aerr := decodeJSON(w, r, &req, startFields); aerr != nil {
+		writeError(w, aerr)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), vcenterTimeout)
+	defer cancel()
+	j, aerr := s.newJob(ctx, &req)
+	if aerr != nil {
+		writeError(w, aerr)
+		return
+	}
+	if err := s.sched.add(j); err != nil {
+		var busy errBusy
+		switch {
+		case errors.As(err, &busy):
+			writeError(w, errorf(http.StatusConflict, "a job is already active for VM "+j.VM.String(),
+				"job %s is queued or running for this VM; wait for it or cancel it with DELETE /api/v1/backup/%s", busy.id, busy.id))
+		case errors.Is(err, errStopping):
+			writeError(w, errorf(http.StatusServiceUnavailable, "shutting down", "the agent is shutting down: start the job again once it is back"))
+		default:
+			writeError(w, errorf(http.StatusInternalServerError, "cannot record the job", "%v", err))
+		}
+		return
+	}
+	progress := "/api/v1/backup/" + j.ID + "/progress"
+	w.Header().Set("Location", "/api/v1/backup/"+j.ID)
+	writeJSON(w, http.StatusAccepted, StartResponse{JobID: j.ID, State: StateQueued, VMPath: j.VMPath, Progress: progress})
+}
+
+// lookupJob finds the job of a request's {job_id}.
+func (s *Server) lookupJob(r *http.Request) (*job, *apiError) {
+	id := r.PathValue("job_id")
+	var j *job
+	if validJobID(id) {
+		j = s.sched.get(id)
+	}
+	if j == nil {
+		return nil, errorf(http.StatusNotFound, "job not found: "+id, "no job %q; GET /api/v1/backup lists the jobs (the history keeps the last %d finished ones)", id, s.history)
+	}
+	return j, nil
+}
+
+func (s *Server) jobView(j *job, withReport bool) JobView {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.view(s.now(), withReport)
+}
+
+func (s *Server) handleProgress(w http.ResponseWriter, r *http.Request) {
+	j, aerr := s.lookupJob(r)
+	if aerr != nil {
+		writeError(w, aerr)
+		return
+	}
+	writeJSON(w, http.StatusOK, s.jobView(j, false))
+}
+
+func (s *Server) handleJob(w http.ResponseWriter, r *http.Request) {
+	j, aerr := s.lookupJob(r)
+	if aerr != nil {
+		writeError(w, aerr)
+		return
+	}
+	writeJSON(w, http.StatusOK, s.jobView(j, true))
+}
+
+// JobList is the answer of GET /api/v1/backup.
+type JobList struct {
+	Jobs []JobView `json:"jobs"`
+}
+
+func (s *Server) handleList(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	state, vm := q.Get("state"), q.Get("vm")
+	limit := 100
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			writeError(w, errorf(http.StatusBadRequest, `invalid parameter "limit"`, "limit must be a positive number, not %q", v))
+			return
+		}
+		limit = n
+	}
+	if state != "" && state != "active" {
+		switch State(state) {
+		case StateQueued, StateWaiting, StateRunning, StateSucceeded, StateFailed, StateCanceled:
+		default:
+			writeError(w, errorf(http.StatusBadRequest, `invalid parameter "state"`, "state %q is not queued, waiting_for_window, running, succeeded, failed, canceled or active", state))
+			return
+		}
+	}
+	out := JobList{Jobs: []JobView{}}
+	now := s.now()
+	for _, j := range s.sched.list() {
+		if len(out.Jobs) >= limit {
+			break
+		}
+		j.mu.Lock()
+		match := (state == "" || string(j.State) == state || state == "active" && j.State.Active()) &&
+			(vm == "" || vm == j.VM.Moref || vm == j.VM.Name || vm == j.VM.Path || vm == j.VMPath)
+		if match {
+			v := j.view(now, false)
+			v.Disks = nil
+			out.Jobs = append(out.Jobs, v)
+		}
+		j.mu.Unlock()
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) handleCancel(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("job_id")
+	if !validJobID(id) {
+		_, aerr := s.lookupJob(r)
+		writeError(w, aerr)
+		return
+	}
+	j, code, err := s.sched.cancel(id)
+	switch {
+	case code == http.StatusNotFound:
+		_, aerr := s.lookupJob(r)
+		writeError(w, aerr)
+	case err != nil:
+		writeError(w, errorf(code, "job already ended", "%v", err))
+	default:
+		writeJSON(w, code, s.jobView(j, false))
+	}
+}
+
+// checkRepoDir refuses, before queueing, a repository directory a backup
+// could not use: a file, or a non-empty directory that is not a
+// repository. A missing or empty directory becomes a new repository.
+func checkRepoDir(dir string) *apiError {
+	st, err := os.Stat(dir)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil
+	case err != nil:
+		return errorf(http.StatusBadRequest, `invalid field "repository"`, "%v", err)
+	case !st.IsDir():
+		return errorf(http.StatusBadRequest, `invalid field "repository"`, "%s is not a directory", dir)
+	}
+	if _, err := os.Stat(filepath.Join(dir, repo.RepoFileName)); err == nil {
+		return nil
+	}
+	if entries, err := os.ReadDir(dir); err == nil && len(entries) > 0 {
+		return errorf(http.StatusBadRequest, `invalid field "repository"`, "%s is not empty and is not a sendense repository (it has no %s)", dir, repo.RepoFileName)
+	}
+	return nil
+}
