@@ -92,7 +92,7 @@ type replicateJob struct {
 // changed ones overwritten, changed regions that became zero zeroed. Each
 // target's new changeId is recorded in the state file once its data is
 // flushed and the snapshot removed.
-func Replicate(ctx context.Context, s *Services, vmSpec string, opt ReplicateOptions, resolver TargetResolver) (*ReplicateReport, error) {
+func Replicate(ctx context.Context, s *Services, vmSpec string, opt ReplicateOptions) (*ReplicateReport, error) {
 	started := time.Now()
 	if opt.StateFile == "" {
 		return nil, fmt.Errorf("no replication state file given")
@@ -102,7 +102,7 @@ func Replicate(ctx context.Context, s *Services, vmSpec string, opt ReplicateOpt
 		return nil, err
 	}
 	defer vj.close()
-	j := &replicateJob{vmJob: vj, opt: opt, resolver: resolver,
+	j := &replicateJob{vmJob: vj, opt: opt, resolver: sshTargets{s},
 		report: &ReplicateReport{VM: vj.vm.Name, Moref: vj.vm.Moref, Started: started, StateFile: opt.StateFile}}
 	err = j.run(ctx)
 	j.report.Seconds = time.Since(started).Seconds()
@@ -264,21 +264,29 @@ func (j *replicateJob) plan(ctx context.Context, state *ReplicationState, snap s
 // skips unchanged regions.
 func (j *replicateJob) replicateDisk(ctx context.Context, snap string, p *diskPlan, target string) (DiskReport, error) {
 	start := time.Now()
-	dstURI := target
+	dstURI, reconnect := target, Reconnector(nil)
 	if strings.HasPrefix(target, "ssh://") {
-		if j.resolver == nil {
-			return DiskReport{}, fmt.Errorf("target %s: ssh:// targets need the SSH tunnel ([tunnel] host, key and known_hosts)", target)
-		}
+		// Through the tunnel: a dropped connection is resumed on a new one.
 		uri, closeFn, err := j.resolver.Resolve(ctx, target)
 		if err != nil {
 			return DiskReport{}, err
 		}
-		defer closeFn()
+		defer func() { closeFn() }()
 		dstURI = uri
+		reconnect = func(ctx context.Context) (string, error) {
+			closeFn()
+			uri, c, err := j.resolver.Resolve(ctx, target)
+			if err != nil {
+				closeFn = func() {}
+				return "", err
+			}
+			closeFn = c
+			return uri, nil
+		}
 	}
 	opts := j.copyOptions(p)
 	opts.AllowLargerDestination = j.opt.AllowLargerTarget
-	res, err := j.copyDisk(ctx, snap, p, dstURI, opts, nil)
+	res, err := j.copyDisk(ctx, snap, p, dstURI, opts, reconnect)
 	if err != nil {
 		return DiskReport{}, fmt.Errorf("to %s: %w", target, err)
 	}

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 
 	"github.com/sendense/capture/cbt"
 	"github.com/sendense/capture/internal/config"
@@ -21,6 +22,12 @@ type Services struct {
 	Reporter Reporter // nil: no progress
 	TempDir  string   // private sockets and files go below it ("": os.TempDir)
 	Verbose  bool     // nbdkit -v
+
+	// AcceptNewHostKey writes unknown SSH host keys into known_hosts
+	// (--accept-new-host-key); changed ones are refused regardless.
+	AcceptNewHostKey bool
+	tunnelsOnce      sync.Once
+	tunnels          *tunnelPool
 }
 
 // Preflight checks, before any snapshot is taken, that the tools a job

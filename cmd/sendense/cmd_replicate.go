@@ -25,6 +25,7 @@ type replicateOptions struct {
 	vcenter              vcenterFlags
 	vddk                 vddkFlags
 	copy                 copyTuning
+	tunnel               tunnelFlags
 	target               string
 	disks                []string
 	state                string
@@ -81,6 +82,7 @@ EXIT STATUS
 			o.vcenter.apply(fs, cfg)
 			o.vddk.apply(fs, cfg)
 			o.copy.apply(fs, cfg)
+			o.tunnel.apply(fs, cfg)
 			if fs.Changed("quiesce") {
 				cfg.Backup.Quiesce = o.quiesce
 			}
@@ -98,6 +100,7 @@ EXIT STATUS
 	o.vcenter.register(fs)
 	o.vddk.register(fs)
 	o.copy.register(fs)
+	o.tunnel.register(fs)
 	fs.StringVar(&o.target, "target", "", "NBD `URI` of the target of a single-disk VM")
 	fs.StringArrayVar(&o.disks, "disk", nil, "`KEY=URI`: the target of the disk with device key KEY (repeatable)")
 	fs.StringVar(&o.state, "state", "", "replication state `file` (default: sendense-replication.json next to the configuration file)")
@@ -172,7 +175,9 @@ func runReplicate(ctx context.Context, cfg *config.Config, o replicateOptions, o
 		return err
 	}
 	defer s.Client.Close(context.WithoutCancel(ctx))
-	report, err := orchestrator.Replicate(ctx, s, vm, opt, nil)
+	s.AcceptNewHostKey = o.tunnel.acceptNewHostKey
+	defer s.CloseTunnels()
+	report, err := orchestrator.Replicate(ctx, s, vm, opt)
 	if report == nil {
 		pr.finish(nil, nil, err)
 	} else {

@@ -81,3 +81,21 @@ func loadConfig(cmd *cobra.Command) (*config.Config, error) {
 	}
 	return c, nil
 }
+
+// tunnelFlags configure the SSH tunnel to ssh:// repositories and
+// targets; each overrides its [tunnel] key.
+type tunnelFlags struct {
+	key, knownHosts  string
+	acceptNewHostKey bool
+}
+
+func (f *tunnelFlags) register(fs *pflag.FlagSet) {
+	fs.StringVar(&f.key, "ssh-key", "", "SSH private key `file` for ssh:// repositories and targets ([tunnel] key; default: ssh-agent)")
+	fs.StringVar(&f.knownHosts, "known-hosts", "", "known_hosts `file` SSH host keys are checked against ([tunnel] known_hosts; default ~/.ssh/known_hosts)")
+	fs.BoolVar(&f.acceptNewHostKey, "accept-new-host-key", false, "trust and record the host key of an SSH server not in known_hosts yet (a changed key is always refused)")
+}
+
+func (f *tunnelFlags) apply(fs *pflag.FlagSet, c *config.Config) {
+	setString(fs, "ssh-key", &c.Tunnel.Key, f.key)
+	setString(fs, "known-hosts", &c.Tunnel.KnownHosts, f.knownHosts)
+}

@@ -1,0 +1,136 @@
+package orchestrator
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"strconv"
+	"sync"
+
+	"github.com/sendense/capture/orchestrator/tunnel"
+)
+
+// tunnelPool shares one tunnel (SSH connection set) per user@host:port
+// among a process's jobs and disks.
+type tunnelPool struct {
+	mu sync.Mutex
+	m  map[string]*tunnel.Tunnel
+}
+
+// TunnelConfig is the SSH tunnel configuration to the host of u
+// (ssh://[user@]host[:port]/…): [tunnel] key, known_hosts and connections,
+// the URL's user, host and port over [tunnel] user, host and port, and
+// the copy's bandwidth limit.
+func (s *Services) TunnelConfig(u *url.URL) (tunnel.Config, error) {
+	t := s.Config.Tunnel
+	c := tunnel.Config{
+		Host:             u.Hostname(),
+		Port:             t.Port,
+		User:             t.User,
+		KeyFile:          t.Key,
+		KnownHosts:       t.KnownHosts,
+		AcceptNewHostKey: s.AcceptNewHostKey,
+		Connections:      t.Connections,
+		Rate:             s.Config.CopyRate(),
+	}
+	if c.Host == "" {
+		c.Host = t.Host
+	}
+	if p := u.Port(); p != "" {
+		n, err := strconv.Atoi(p)
+		if err != nil {
+			return c, fmt.Errorf("%s: bad port %q", u.Redacted(), p)
+		}
+		c.Port = n
+	}
+	if u.User != nil && u.User.Username() != "" {
+		c.User = u.User.Username()
+	}
+	if _, set := u.User.Password(); u.User != nil && set {
+		return c, fmt.Errorf("%s: passwords in ssh:// URLs are not supported: use a key ([tunnel] key, --ssh-key) or ssh-agent", u.Redacted())
+	}
+	return c, nil
+}
+
+// Tunnel returns the live tunnel to u's host, dialing it (again, when the
+// previous one died) as needed.
+func (s *Services) Tunnel(ctx context.Context, u *url.URL) (*tunnel.Tunnel, error) {
+	cfg, err := s.TunnelConfig(u)
+	if err != nil {
+		return nil, err
+	}
+	key := fmt.Sprintf("%s@%s:%d", cfg.User, cfg.Host, cfg.Port)
+	s.tunnelsOnce.Do(func() { s.tunnels = &tunnelPool{m: map[string]*tunnel.Tunnel{}} })
+	p := s.tunnels
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if t := p.m[key]; t != nil {
+		select {
+		case <-t.Done():
+			t.Close()
+			delete(p.m, key)
+		default:
+			return t, nil
+		}
+	}
+	t, err := tunnel.Redial(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	p.m[key] = t
+	return t, nil
+}
+
+// CloseTunnels closes every tunnel the services opened.
+func (s *Services) CloseTunnels() {
+	if s.tunnels == nil {
+		return
+	}
+	s.tunnels.mu.Lock()
+	defer s.tunnels.mu.Unlock()
+	for k, t := range s.tunnels.m {
+		t.Close()
+		delete(s.tunnels.m, k)
+	}
+}
+
+// TunnelStatus is "not configured" without [tunnel] host, else
+// "connected" or "disconnected" for the tunnel to it.
+func (s *Services) TunnelStatus() string {
+	h := s.Config.Tunnel.Host
+	if h == "" {
+		return "not configured"
+	}
+	if s.tunnels == nil {
+		return "disconnected"
+	}
+	s.tunnels.mu.Lock()
+	defer s.tunnels.mu.Unlock()
+	for _, t := range s.tunnels.m {
+		if t.Config().Host == h && t.Err() == nil {
+			return "connected"
+		}
+	}
+	return "disconnected"
+}
+
+// sshTargets resolves ssh:// replication targets: an NBD server on a
+// unix socket of the SSH server, forwarded to a local socket through the
+// shared tunnel.
+type sshTargets struct{ s *Services }
+
+func (r sshTargets) Resolve(ctx context.Context, target string) (string, func(), error) {
+	u, err := ParseTargetURI(target)
+	if err != nil {
+		return "", nil, err
+	}
+	t, err := r.s.Tunnel(ctx, u)
+	if err != nil {
+		return "", nil, err
+	}
+	fwd, err := t.ForwardUnix(ctx, u.Path)
+	if err != nil {
+		return "", nil, err
+	}
+	return fwd.URI(), func() { fwd.Close() }, nil
+}
