@@ -65,7 +65,8 @@ type Config struct {
 	// channels over (default DefaultConnections).
 	Connections int
 	// Rate limits the bytes per second through all forwards and
-	// DialRemote connections together, both directions (0 = unlimited).
+	// DialUnix/DialTCP connections together, both directions (0 =
+	// unlimited). Run, Start and Client traffic is not limited.
 	Rate int64
 
 	// DialTimeout bounds the TCP connect and SSH handshake of each

@@ -18,7 +18,7 @@
 // detect a dead connection: the Tunnel then closes itself and its forwards,
 // Done is closed and Err says why. Reconnect (or Redial) dials again with
 // exponential backoff; callers re-create their forwards on the new Tunnel.
-// Config.Rate limits the bytes through all forwards and DialRemote
+// Config.Rate limits the bytes through all forwards and DialUnix/DialTCP
 // connections together (both directions).
 //
 // Errors name the user, host, port and key file, never key material.

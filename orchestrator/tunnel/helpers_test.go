@@ -65,6 +65,20 @@ func config(t testing.TB, s *sshtest.Server) Config {
 	}
 }
 
+// viaProxy returns a Config that reaches s through a new Proxy (whose
+// address is in the known_hosts file too).
+func viaProxy(t testing.TB, s *sshtest.Server) (Config, *sshtest.Proxy) {
+	t.Helper()
+	p := sshtest.StartProxy(t, s.Addr())
+	cfg := config(t, s)
+	cfg.Port = p.Port()
+	cfg.KnownHosts = filepath.Join(t.TempDir(), "known_hosts")
+	if err := s.WriteKnownHosts(cfg.KnownHosts, s.Addr(), p.Addr); err != nil {
+		t.Fatal(err)
+	}
+	return cfg, p
+}
+
 // dial dials cfg and closes the Tunnel in t.Cleanup.
 func dial(t testing.TB, cfg Config) *Tunnel {
 	t.Helper()

@@ -72,20 +72,23 @@ type Process struct {
 	done   chan struct{}
 	err    error
 
+	once   sync.Once
 	mu     sync.Mutex
 	killed error // why the command was killed, if it was
 	stop   func() bool
 }
 
 // Start starts cmd on the server. With stdin nil the command's standard
-// input is /dev/null and the command is bound to its SSH session: it is
-// terminated (SIGTERM) when the session or the connection ends for any
-// reason, so a long-running server such as qemu-nbd never outlives the
-// tunnel. With stdin set, the command reads it to EOF and is terminated by
-// signal only. stdout (nil: discarded) receives its standard output; its
-// standard error is kept for Stderr and errors. Cancelling ctx, Kill,
-// Close and closing the Tunnel kill the command: SIGTERM, then SIGKILL
-// after KillDelay.
+// input is /dev/null and the command is bound to its SSH session: its
+// process group is terminated (SIGTERM, SIGKILL 5 s later) when the session
+// or the connection ends for any reason, so a long-running server such as
+// qemu-nbd never outlives the tunnel. With stdin set, the command reads it;
+// a kill closes the session, which gives the command EOF on its input, and
+// sends SIGTERM (OpenSSH delivers signals for non-root logins only), so a
+// command that ignores both may outlive a kill. stdout (nil: discarded)
+// receives its standard output; its standard error is kept for Stderr and
+// errors. Cancelling ctx, Kill, Close and closing the Tunnel kill the
+// command.
 func (t *Tunnel) Start(ctx context.Context, cmd string, stdin io.Reader, stdout io.Writer) (*Process, error) {
 	if err := t.downErr(); err != nil {
 		return nil, err
@@ -124,45 +127,57 @@ func (t *Tunnel) Start(ctx context.Context, cmd string, stdin io.Reader, stdout 
 	return p, nil
 }
 
-// watchScript runs "$1" with stdin from /dev/null and terminates it when
-// the session's stdin reaches EOF (the session or connection closed), or
-// when the shell gets SIGTERM/SIGINT/SIGHUP. It exits with the command's
-// status.
+// watchScript runs "$1" with stdin from /dev/null and binds it to the
+// session: when the session's stdin reaches EOF (we closed it or the
+// session, or the connection is gone), or when the shell gets SIGTERM,
+// SIGINT or SIGHUP, while the command runs, the whole process group (the
+// session's: sshd makes each session a process group) gets SIGTERM, and
+// SIGKILL 5 s later. A process group, because "sh -c" may fork the command
+// rather than exec it (dash does). sshd's own "signal" requests are not
+// enough: OpenSSH ignores them for root logins. The script exits with the
+// command's status.
 const watchScript = `exec 3<&0 </dev/null
 sh -c "$1" 3<&- &
 p=$!
-trap "kill -TERM $p 2>/dev/null" TERM INT HUP
-{ cat >/dev/null; kill -TERM $p 2>/dev/null; } <&3 >/dev/null 2>&1 &
+trap "trap '' TERM; kill -TERM 0" TERM INT HUP
+{ cat >/dev/null; kill -0 $$ || exit; trap '' TERM; kill -TERM 0; sleep 5; kill -KILL 0; } <&3 >/dev/null 2>&1 &
 exec 3<&-
 while :; do wait $p; s=$?; kill -0 $p 2>/dev/null || break; done
 exit $s`
 
 func (p *Process) wait() {
 	err := p.sess.Wait()
-	p.stop()
-	p.sess.Close()
-	p.t.release(p)
 	p.mu.Lock()
 	killed := p.killed
 	p.mu.Unlock()
 	var ee *ssh.ExitError
 	switch {
-	case err == nil:
 	case killed != nil:
-		p.err = fmt.Errorf("ssh %s: remote command %s: %w", p.t.cfg.target(), shorten(p.cmd), killed)
+		err = fmt.Errorf("ssh %s: remote command %s: %w", p.t.cfg.target(), shorten(p.cmd), killed)
 	case errors.As(err, &ee):
 		e := &ExitError{Target: p.t.cfg.target(), Cmd: p.cmd, Status: ee.ExitStatus(), Stderr: p.stderr.String()}
 		if ee.Signal() != "" {
 			e.Status, e.Signal = -1, ee.Signal()
 		}
-		p.err = e
-	default:
+		err = e
+	case err != nil:
 		if down := p.t.downErr(); down != nil {
 			err = down
 		}
-		p.err = fmt.Errorf("ssh %s: remote command %s ended without an exit status: %w", p.t.cfg.target(), shorten(p.cmd), err)
+		err = fmt.Errorf("ssh %s: remote command %s ended without an exit status: %w", p.t.cfg.target(), shorten(p.cmd), err)
 	}
-	close(p.done)
+	p.finish(err)
+}
+
+// finish records the outcome and releases everything, once.
+func (p *Process) finish(err error) {
+	p.once.Do(func() {
+		p.err = err
+		p.stop()
+		p.sess.Close()
+		p.t.release(p)
+		close(p.done)
+	})
 }
 
 // Done is closed when the command has exited.
@@ -226,14 +241,25 @@ func (p *Process) kill(why error) {
 	p.mu.Unlock()
 	p.sess.Signal(ssh.SIGTERM)
 	if p.stdin != nil {
-		p.stdin.Close()
+		p.stdin.Close() // the watch script terminates the command
+	} else {
+		p.sess.Close() // EOF on the command's input
 	}
 	go func() {
 		select {
 		case <-p.done:
-		case <-time.After(KillDelay):
-			p.sess.Signal(ssh.SIGKILL)
-			p.sess.Close()
+			return
+		case <-time.After(KillDelay + time.Second):
+		}
+		p.sess.Signal(ssh.SIGKILL)
+		p.sess.Close()
+		select {
+		case <-p.done:
+		case <-time.After(2 * time.Second):
+			p.t.log.Warn("ssh: remote command did not exit after a kill; it may still be running",
+				"cmd", p.cmd)
+			p.finish(fmt.Errorf("ssh %s: remote command %s: %w (it did not confirm its exit)",
+				p.t.cfg.target(), shorten(p.cmd), why))
 		}
 	}()
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -99,17 +100,26 @@ func TestRunCancelKillsRemote(t *testing.T) {
 	if d := time.Since(start); d > 5*time.Second {
 		t.Errorf("cancelled Run returned after %v", d)
 	}
-	waitFor(t, 10*time.Second, "remote sleep to die", func() bool { return processGone(marker) })
+	waitFor(t, 10*time.Second, "remote sleep to die", func() bool { return processGone("^" + marker) })
 
-	// With stdin: the signal alone ends it.
-	marker2 := fmt.Sprintf("sleep 1002.%d", os.Getpid())
+	// With stdin: the kill closes the session, so the command sees EOF.
+	r, w := io.Pipe() // never written: the command waits for input
+	defer w.Close()
+	dir := t.TempDir()
 	ctx2, cancel2 := context.WithTimeout(context.Background(), 500*time.Millisecond)
 	defer cancel2()
-	_, _, err = tn.Run(ctx2, marker2, strings.NewReader("x"))
+	start = time.Now()
+	_, _, err = tn.Run(ctx2, ShellQuote("sh", "-c", "cat >/dev/null; touch "+dir+"/eof"), r)
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("cancelled Run with stdin: %v", err)
 	}
-	waitFor(t, 10*time.Second, "remote sleep (stdin) to die", func() bool { return processGone(marker2) })
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("cancelled Run with stdin returned after %v", d)
+	}
+	waitFor(t, 10*time.Second, "the command to see EOF", func() bool {
+		_, err := os.Stat(dir + "/eof")
+		return err == nil
+	})
 }
 
 func TestStartDiesWithTunnel(t *testing.T) {
@@ -119,16 +129,15 @@ func TestStartDiesWithTunnel(t *testing.T) {
 	// Close, and a connection that is cut: both end the remote command.
 	for _, how := range []string{"close", "cut", "kill"} {
 		t.Run(how, func(t *testing.T) {
-			p := sshtest.StartProxy(t, s.Addr())
-			cfg := config(t, s)
-			cfg.Port = p.Port()
+			cfg, p := viaProxy(t, s)
 			tn := dial(t, cfg)
 			marker := fmt.Sprintf("sleep 1003.%d%d", os.Getpid(), len(how))
+			pattern := "^" + marker
 			proc, err := tn.Start(ctx, marker, nil, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
-			waitFor(t, 10*time.Second, "remote sleep to start", func() bool { return !processGone(marker) })
+			waitFor(t, 10*time.Second, "remote sleep to start", func() bool { return !processGone(pattern) })
 			switch how {
 			case "close":
 				tn.Close()
@@ -145,7 +154,7 @@ func TestStartDiesWithTunnel(t *testing.T) {
 			if proc.Wait() == nil {
 				t.Error("Wait returned nil for a killed command")
 			}
-			waitFor(t, 15*time.Second, "remote sleep to die", func() bool { return processGone(marker) })
+			waitFor(t, 15*time.Second, "remote sleep to die", func() bool { return processGone(pattern) })
 		})
 	}
 }
@@ -218,7 +227,7 @@ func TestRemoteQemuNBD(t *testing.T) {
 	case <-time.After(15 * time.Second):
 		t.Fatal("qemu-nbd still running after Close")
 	}
-	waitFor(t, 10*time.Second, "qemu-nbd to exit", func() bool { return processGone(sock) })
+	waitFor(t, 10*time.Second, "qemu-nbd to exit", func() bool { return processGone("^qemu-nbd .*" + sock) })
 	// The image holds the data.
 	out, err := exec.Command("qemu-img", "compare", "-q", "-f", "qcow2", img, img).CombinedOutput()
 	if err != nil {

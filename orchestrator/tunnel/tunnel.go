@@ -120,10 +120,17 @@ func (t *Tunnel) dialConn(ctx context.Context, id int) (*conn, error) {
 		Auth:              []ssh.AuthMethod{ssh.PublicKeys(a.signers...)},
 		HostKeyCallback:   hk.check,
 		HostKeyAlgorithms: hk.algorithms(),
-		ClientVersion:     "SSH-2.0-sendense_" + strings.ReplaceAll(version.Version, " ", "_"),
+		ClientVersion:     "SSH-2.0-sendense_" + strings.NewReplacer(" ", "_", "-", "_").Replace(version.Version),
 		Config:            ssh.Config{Ciphers: cfg.Ciphers},
 	}
-	sc, chans, reqs, err := ssh.NewClientConn(wrapConn(tcp), cfg.addr(), cc)
+	// Nagle's algorithm stays on, as OpenSSH leaves it for non-interactive
+	// sessions: x/crypto/ssh writes every packet in two pieces (its 4 KiB
+	// write buffer, then the rest), and with TCP_NODELAY each piece would be
+	// a segment and a wakeup of sshd (docs/tunnel.md has the figures).
+	if tc, ok := tcp.(*net.TCPConn); ok {
+		tc.SetNoDelay(false)
+	}
+	sc, chans, reqs, err := ssh.NewClientConn(tcp, cfg.addr(), cc)
 	stopped := stop()
 	if err != nil {
 		tcp.Close()
@@ -173,32 +180,50 @@ func (t *Tunnel) watch(c *conn) {
 	t.fail(&DeadError{Target: t.cfg.target(), Conn: c.id, Err: err})
 }
 
-// fail closes the Tunnel with err as its cause, once.
+// fail closes the Tunnel with err as its cause, once; later calls wait
+// until the first has finished.
 func (t *Tunnel) fail(err error) {
 	t.mu.Lock()
 	if t.err != nil {
 		t.mu.Unlock()
+		<-t.done
 		return
 	}
 	t.err = err
-	close(t.done)
-	t.cancel()
 	children := t.children
 	t.children = nil
 	t.mu.Unlock()
-	if !errors.Is(err, ErrClosed) {
+	t.cancel()
+	closed := errors.Is(err, ErrClosed)
+	if !closed {
+		// Dead: nothing can reach the server any more; stop waiting
+		// for it at once.
 		t.log.Error("ssh: tunnel down", "err", err)
+		t.closeConns()
 	}
+	// Forwards and processes; a process kill takes a round trip.
+	var wg sync.WaitGroup
 	for ch := range children {
-		ch.Close()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ch.Close()
+		}()
 	}
+	wg.Wait()
+	t.closeConns()
+	close(t.done)
+}
+
+func (t *Tunnel) closeConns() {
 	for _, c := range t.conns {
 		c.client.Close()
 	}
 }
 
-// Close closes the forwards, kills the remote processes and closes the
-// SSH connections.
+// Close closes the forwards, kills the remote processes started with
+// Start and Run and closes the SSH connections. It is safe to call more
+// than once.
 func (t *Tunnel) Close() error {
 	t.fail(ErrClosed)
 	return nil
