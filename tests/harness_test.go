@@ -119,3 +119,5 @@ func run(t testing.TB, name string, args ...string) string {
 	}
 	return string(out)
 }
+
+func jsonUnmarshal(s string, v any) error { return json.Unmarshal([]byte(s), v) }

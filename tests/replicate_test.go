@@ -16,8 +16,9 @@ import (
 // rawTarget is a raw file served by qemu-nbd: a persistent replication
 // target.
 type rawTarget struct {
-	path string
-	uri  string
+	path   string
+	uri    string
+	socket string
 }
 
 func newRawTarget(t *testing.T, size uint64) rawTarget {
@@ -35,7 +36,7 @@ func newRawTarget(t *testing.T, size uint64) rawTarget {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { srv.Close() })
-	return rawTarget{path, srv.URI()}
+	return rawTarget{path, srv.URI(), srv.Socket()}
 }
 
 // replicateReport is the "summary" line of replicate --json.
