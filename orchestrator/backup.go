@@ -22,22 +22,7 @@ type BackupOptions struct {
 }
 
 // BackupReport is the outcome of a backup of one VM.
-type BackupReport struct {
-	VM        string       `json:"vm"`
-	Moref     string       `json:"moref"`
-	BackupID  string       `json:"backup_id"`
-	Level     string       `json:"level"` // full, incremental or mixed
-	Snapshot  string       `json:"snapshot"`
-	Quiesced  bool         `json:"quiesced"`
-	Started   time.Time    `json:"started"`
-	Seconds   float64      `json:"seconds"`
-	Disks     []DiskReport `json:"disks"`
-	Notices   []string     `json:"notices,omitempty"`
-	Repo      string       `json:"repository"`
-	BytesRead uint64       `json:"bytes_read"`
-	Copied    uint64       `json:"bytes_copied"`
-	Capacity  uint64       `json:"capacity"`
-}
+type BackupReport = Report
 
 // backupJob is one VM's backup in progress.
 type backupJob struct {
@@ -65,7 +50,7 @@ func Backup(ctx context.Context, s *Services, vmSpec string, opt BackupOptions) 
 		return nil, err
 	}
 	j := &backupJob{vmJob: vj, opt: opt, repo: r,
-		report: &BackupReport{VM: vj.vm.Name, Moref: vj.vm.Moref, Started: started, Repo: opt.Repo}}
+		report: &BackupReport{Kind: KindBackup, VM: vj.vm.Name, Moref: vj.vm.Moref, Started: started, Repo: opt.Repo}}
 	err = j.run(ctx)
 	j.report.Seconds = time.Since(started).Seconds()
 	j.report.Notices = j.takeNotices()
@@ -173,7 +158,7 @@ func (j *backupJob) run(ctx context.Context) error {
 	if err := pending.WriteState(state); err != nil {
 		slog.Warn("writing the VM state", "err", err)
 	}
-	j.summarise(plans)
+	j.report.summarise(plans)
 	return nil
 }
 
@@ -273,17 +258,6 @@ func (j *backupJob) backupDisk(ctx context.Context, pending *repo.Pending, prev 
 	rep.Image = img.Image
 	j.progress(p, PhaseDone, copierProgress(res))
 	return img, rep, nil
-}
-
-// summarise fills the report's totals and level.
-func (j *backupJob) summarise(plans []*diskPlan) {
-	r := j.report
-	r.Level = jobLevel(plans)
-	for _, d := range r.Disks {
-		r.BytesRead += d.BytesRead
-		r.Copied += d.BytesCopied
-		r.Capacity += d.Capacity
-	}
 }
 
 // manifestChunks converts the copier's chunk records for the manifest.

@@ -27,21 +27,7 @@ type ReplicateOptions struct {
 }
 
 // ReplicateReport is the outcome of a replication of one VM.
-type ReplicateReport struct {
-	VM        string       `json:"vm"`
-	Moref     string       `json:"moref"`
-	Level     string       `json:"level"` // full, incremental or mixed
-	Snapshot  string       `json:"snapshot"`
-	Quiesced  bool         `json:"quiesced"`
-	Started   time.Time    `json:"started"`
-	Seconds   float64      `json:"seconds"`
-	Disks     []DiskReport `json:"disks"`
-	Notices   []string     `json:"notices,omitempty"`
-	StateFile string       `json:"state_file"`
-	BytesRead uint64       `json:"bytes_read"`
-	Copied    uint64       `json:"bytes_copied"`
-	Capacity  uint64       `json:"capacity"`
-}
+type ReplicateReport = Report
 
 // TargetResolver turns a target URI into an NBD URI this machine can
 // connect to (an ssh:// target becomes a local socket forwarded through
@@ -103,7 +89,7 @@ func Replicate(ctx context.Context, s *Services, vmSpec string, opt ReplicateOpt
 	}
 	defer vj.close()
 	j := &replicateJob{vmJob: vj, opt: opt, resolver: sshTargets{s},
-		report: &ReplicateReport{VM: vj.vm.Name, Moref: vj.vm.Moref, Started: started, StateFile: opt.StateFile}}
+		report: &ReplicateReport{Kind: KindReplicate, VM: vj.vm.Name, Moref: vj.vm.Moref, Started: started, StateFile: opt.StateFile}}
 	err = j.run(ctx)
 	j.report.Seconds = time.Since(started).Seconds()
 	j.report.Notices = j.takeNotices()
@@ -178,12 +164,7 @@ func (j *replicateJob) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	j.report.Level = jobLevel(plans)
-	for _, d := range j.report.Disks {
-		j.report.BytesRead += d.BytesRead
-		j.report.Copied += d.BytesCopied
-		j.report.Capacity += d.Capacity
-	}
+	j.report.summarise(plans)
 	return nil
 }
 

@@ -7,10 +7,12 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/sendense/capture/cbt"
 	"github.com/sendense/capture/internal/atomicfile"
+	"github.com/sendense/capture/internal/config"
 	"github.com/sendense/capture/internal/lockfile"
 )
 
@@ -91,4 +93,19 @@ func updateReplicationState(ctx context.Context, path string, update func(*Repli
 		return fmt.Errorf("writing the replication state %s: %w", path, err)
 	}
 	return nil
+}
+
+// DefaultReplicationState is where replication state is kept by default:
+// sendense-replication.json next to the configuration file, else
+// $XDG_STATE_HOME/sendense/replication.json.
+func DefaultReplicationState(cfg *config.Config) string {
+	if cfg.File != "" {
+		return filepath.Join(filepath.Dir(cfg.File), "sendense-replication.json")
+	}
+	dir := os.Getenv("XDG_STATE_HOME")
+	if dir == "" {
+		home, _ := os.UserHomeDir()
+		dir = filepath.Join(home, ".local", "state")
+	}
+	return filepath.Join(dir, "sendense", "replication.json")
 }

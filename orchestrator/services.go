@@ -5,7 +5,6 @@ import (
 	"os"
 	"os/exec"
 	"strings"
-	"sync"
 
 	"github.com/sendense/capture/cbt"
 	"github.com/sendense/capture/internal/config"
@@ -26,8 +25,9 @@ type Services struct {
 	// AcceptNewHostKey writes unknown SSH host keys into known_hosts
 	// (--accept-new-host-key); changed ones are refused regardless.
 	AcceptNewHostKey bool
-	tunnelsOnce      sync.Once
-	tunnels          *tunnelPool
+	// Tunnels are the SSH tunnels jobs share (copies of Services share
+	// them too); nil: created on first use.
+	Tunnels *TunnelPool
 }
 
 // Preflight checks, before any snapshot is taken, that the tools a job

@@ -10,11 +10,25 @@ import (
 	"github.com/sendense/capture/orchestrator/tunnel"
 )
 
-// tunnelPool shares one tunnel (SSH connection set) per user@host:port
+// TunnelPool shares one tunnel (SSH connection set) per user@host:port
 // among a process's jobs and disks.
-type tunnelPool struct {
+type TunnelPool struct {
 	mu sync.Mutex
 	m  map[string]*tunnel.Tunnel
+}
+
+// NewTunnelPool returns an empty pool.
+func NewTunnelPool() *TunnelPool { return &TunnelPool{m: map[string]*tunnel.Tunnel{}} }
+
+var poolInit sync.Mutex
+
+func (s *Services) pool() *TunnelPool {
+	poolInit.Lock()
+	defer poolInit.Unlock()
+	if s.Tunnels == nil {
+		s.Tunnels = NewTunnelPool()
+	}
+	return s.Tunnels
 }
 
 // TunnelConfig is the SSH tunnel configuration to the host of u
@@ -60,8 +74,7 @@ func (s *Services) Tunnel(ctx context.Context, u *url.URL) (*tunnel.Tunnel, erro
 		return nil, err
 	}
 	key := fmt.Sprintf("%s@%s:%d", cfg.User, cfg.Host, cfg.Port)
-	s.tunnelsOnce.Do(func() { s.tunnels = &tunnelPool{m: map[string]*tunnel.Tunnel{}} })
-	p := s.tunnels
+	p := s.pool()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if t := p.m[key]; t != nil {
@@ -83,14 +96,12 @@ func (s *Services) Tunnel(ctx context.Context, u *url.URL) (*tunnel.Tunnel, erro
 
 // CloseTunnels closes every tunnel the services opened.
 func (s *Services) CloseTunnels() {
-	if s.tunnels == nil {
-		return
-	}
-	s.tunnels.mu.Lock()
-	defer s.tunnels.mu.Unlock()
-	for k, t := range s.tunnels.m {
+	p := s.pool()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for k, t := range p.m {
 		t.Close()
-		delete(s.tunnels.m, k)
+		delete(p.m, k)
 	}
 }
 
@@ -101,12 +112,10 @@ func (s *Services) TunnelStatus() string {
 	if h == "" {
 		return "not configured"
 	}
-	if s.tunnels == nil {
-		return "disconnected"
-	}
-	s.tunnels.mu.Lock()
-	defer s.tunnels.mu.Unlock()
-	for _, t := range s.tunnels.m {
+	p := s.pool()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, t := range p.m {
 		if t.Config().Host == h && t.Err() == nil {
 			return "connected"
 		}

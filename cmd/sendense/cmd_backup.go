@@ -172,6 +172,7 @@ func newServices(ctx context.Context, cfg *config.Config, plugin string, rep orc
 		Plugin:   pluginPath(plugin),
 		Reporter: rep,
 		Verbose:  gopts.Verbose,
+		Tunnels:  orchestrator.NewTunnelPool(),
 	}, nil
 }
 

@@ -146,26 +146,12 @@ func (o *replicateOptions) options(cfg *config.Config) (orchestrator.ReplicateOp
 		opt.Targets[int32(key)] = uri
 	}
 	if opt.StateFile == "" {
-		opt.StateFile = defaultReplicationState(cfg)
+		opt.StateFile = orchestrator.DefaultReplicationState(cfg)
 	}
 	if err := os.MkdirAll(filepath.Dir(opt.StateFile), 0o700); err != nil {
 		return opt, fmt.Errorf("replication state directory: %w", err)
 	}
 	return opt, nil
-}
-
-// defaultReplicationState is next to the configuration file, else in the
-// user's state directory.
-func defaultReplicationState(cfg *config.Config) string {
-	if cfg.File != "" {
-		return filepath.Join(filepath.Dir(cfg.File), "sendense-replication.json")
-	}
-	dir := os.Getenv("XDG_STATE_HOME")
-	if dir == "" {
-		home, _ := os.UserHomeDir()
-		dir = filepath.Join(home, ".local", "state")
-	}
-	return filepath.Join(dir, "sendense", "replication.json")
 }
 
 func runReplicate(ctx context.Context, cfg *config.Config, o replicateOptions, opt orchestrator.ReplicateOptions, vm string, stdout, stderr io.Writer) error {

@@ -117,8 +117,10 @@ func TestAPIRequests(t *testing.T) {
 		{"POST", "/api/v1/backup/start", `{"vm_path": "web", "backup_type": "differential"}`, 400, `invalid field "backup_type"`},
 		{"POST", "/api/v1/backup/start", `{"vm_path": "web", "repository": "relative/dir"}`, 400, `invalid field "repository"`},
 		{"POST", "/api/v1/backup/start", map[string]any{"vm_path": "web", "repository": e.dir}, 400, "is not empty and is not a sendense repository"},
-		{"POST", "/api/v1/backup/start", `{"vm_path": "web", "target": "nbd://cp:10809/x"}`, 400, "replication targets are not supported by this agent yet"},
-		{"POST", "/api/v1/backup/start", `{"vm_path": "/DC0/vm/web", "backup_type": "incremental", "target_endpoint": "control.sendense.com:10809/backup-export"}`, 400, "replication targets are not supported by this agent yet"},
+		{"POST", "/api/v1/backup/start", `{"vm_path": "web", "target": "http://cp/x"}`, 400, `invalid field "target"`},
+		{"POST", "/api/v1/backup/start", `{"vm_path": "/DC0/vm/web", "backup_type": "incremental", "target_endpoint": "control.sendense.com:10809/backup-export"}`, 400, `invalid field "target_endpoint"`},
+		{"POST", "/api/v1/backup/start", `{"vm_path": "web", "target": "nbd://cp/x", "repository": "/srv/r"}`, 400, "not both"},
+		{"POST", "/api/v1/backup/start", `{"vm_path": "web", "targets": {"disk1": "nbd://cp/x"}}`, 400, `invalid field "targets"`},
 		{"GET", "/api/v1/backup?limit=0", nil, 400, `invalid parameter "limit"`},
 		{"GET", "/api/v1/backup?state=sleeping", nil, 400, `invalid parameter "state"`},
 	} {

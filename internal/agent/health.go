@@ -88,7 +88,11 @@ func (s *Server) tunnelStatus() string {
 	if s.cfg.Tunnel.Host == "" {
 		return "not configured"
 	}
-	return "disconnected"
+	svc, err := s.vc.services()
+	if err != nil {
+		return "disconnected"
+	}
+	return svc.TunnelStatus()
 }
 
 // recentBackups returns when the last succeeded backup ended and the read

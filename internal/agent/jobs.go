@@ -33,10 +33,13 @@ func (s State) Active() bool { return s == StateQueued || s == StateWaiting || s
 // pending reports whether the job waits to start.
 func (s State) pending() bool { return s == StateQueued || s == StateWaiting }
 
-// Job kinds. Only backups exist yet; a replication job (a target instead
-// of a repository) becomes another kind with its own runner in
-// scheduler.go (runners).
-const KindBackup = "backup"
+// Job kinds: a backup into a repository, or a replication into NBD
+// targets (a request with "target" or "targets" instead of "repository").
+// Each has its runner (Server.runners).
+const (
+	KindBackup    = orchestrator.KindBackup
+	KindReplicate = orchestrator.KindReplicate
+)
 
 // Backup types of a backup job.
 const (
@@ -83,14 +86,17 @@ type DiskStatus struct {
 
 // Job is a job's record: what the API shows and the store keeps.
 type Job struct {
-	ID      string `json:"job_id"`
-	Kind    string `json:"kind"`
-	VMPath  string `json:"vm_path"` // as requested
-	VM      cbt.VM `json:"vm"`      // as resolved: moref, name, inventory path
-	Type    string `json:"backup_type"`
-	Repo    string `json:"repository"`
-	Force   bool   `json:"force"`
-	Quiesce bool   `json:"quiesce"`
+	ID     string `json:"job_id"`
+	Kind   string `json:"kind"`
+	VMPath string `json:"vm_path"` // as requested
+	VM     cbt.VM `json:"vm"`      // as resolved: moref, name, inventory path
+	Type   string `json:"backup_type"`
+	Repo   string `json:"repository,omitempty"`
+	// Targets are a replication's NBD targets by disk key ("" = the
+	// VM's only disk).
+	Targets map[string]string `json:"targets,omitempty"`
+	Force   bool              `json:"force"`
+	Quiesce bool              `json:"quiesce"`
 	// AllowCrashConsistent: fall back to a crash-consistent snapshot when
 	// quiescing fails.
 	AllowCrashConsistent bool `json:"allow_crash_consistent,omitempty"`

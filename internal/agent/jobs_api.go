@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io/fs"
 	"net/http"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/sendense/capture/internal/repo"
+	"github.com/sendense/capture/orchestrator"
 )
 
 // StartRequest is the body of POST /api/v1/backup/start.
@@ -26,10 +28,13 @@ type StartRequest struct {
 	// Repository is the repository directory (absolute; default
 	// [repository] path).
 	Repository string `json:"repository"`
-	// Target and TargetEndpoint (the product sheet's name) are replication
-	// targets: not supported by this agent yet (400).
-	Target         string `json:"target"`
-	TargetEndpoint string `json:"target_endpoint"`
+	// Target (or TargetEndpoint, the product sheet's name) makes the job a
+	// replication of a single-disk VM into that NBD target (nbd://,
+	// nbd+unix://, ssh://); Targets maps disk keys to targets for VMs
+	// with several disks. Mutually exclusive with Repository.
+	Target         string            `json:"target"`
+	TargetEndpoint string            `json:"target_endpoint"`
+	Targets        map[string]string `json:"targets"`
 	// Force starts the job outside [performance] backup_window.
 	Force bool `json:"force"`
 	// Quiesce takes a quiesced snapshot (default [backup] quiesce).
@@ -39,10 +44,7 @@ type StartRequest struct {
 	AllowCrashConsistent bool `json:"allow_crash_consistent"`
 }
 
-const startFields = `"vm_path" (required), "backup_type" (full, incremental or auto), "repository", "force", "quiesce", "allow_crash_consistent"`
-
-// errReplicationUnsupported answers requests with a replication target.
-const errReplicationUnsupported = "replication targets are not supported by this agent yet"
+const startFields = `"vm_path" (required), "backup_type" (full, incremental or auto), "repository", "target", "target_endpoint", "targets", "force", "quiesce", "allow_crash_consistent"`
 
 // StartResponse is the answer of POST /api/v1/backup/start (202).
 type StartResponse struct {
@@ -54,15 +56,12 @@ type StartResponse struct {
 
 // newJob validates a start request into a job (not yet queued).
 func (s *Server) newJob(ctx context.Context, req *StartRequest) (*job, *apiError) {
-	switch {
-	case req.Target != "" || req.TargetEndpoint != "":
-		field := "target"
-		if req.Target == "" {
-			field = "target_endpoint"
-		}
-		return nil, errorf(http.StatusBadRequest, errReplicationUnsupported, "field %q: this agent backs up into a repository; give \"repository\" (or rely on [repository] path) instead", field)
-	case strings.TrimSpace(req.VMPath) == "":
+	if strings.TrimSpace(req.VMPath) == "" {
 		return nil, errorf(http.StatusBadRequest, `missing field "vm_path"`, "give the VM's inventory path (/DC0/vm/web), moref (vm-42) or name")
+	}
+	targets, aerr := replicationTargets(req)
+	if aerr != nil {
+		return nil, aerr
 	}
 	typ := req.BackupType
 	switch typ {
@@ -71,6 +70,9 @@ func (s *Server) newJob(ctx context.Context, req *StartRequest) (*job, *apiError
 	case TypeFull, TypeIncremental, TypeAuto:
 	default:
 		return nil, errorf(http.StatusBadRequest, `invalid field "backup_type"`, "backup_type %q is not full, incremental or auto", req.BackupType)
+	}
+	if targets != nil {
+		return s.newReplicationJob(ctx, req, typ, targets)
 	}
 	dir := req.Repository
 	switch {
@@ -256,4 +258,60 @@ func checkRepoDir(dir string) *apiError {
 		return errorf(http.StatusBadRequest, `invalid field "repository"`, "%s is not empty and is not a sendense repository (it has no %s)", dir, repo.RepoFileName)
 	}
 	return nil
+}
+
+// replicationTargets returns the targets of a replication request (nil
+// for a backup), checked.
+func replicationTargets(req *StartRequest) (map[string]string, *apiError) {
+	one := req.Target
+	field := "target"
+	if one == "" {
+		one, field = req.TargetEndpoint, "target_endpoint"
+	}
+	switch {
+	case one == "" && len(req.Targets) == 0:
+		return nil, nil
+	case req.Repository != "":
+		return nil, errorf(http.StatusBadRequest, `invalid field "repository"`, "a job backs up into a repository or replicates into targets, not both")
+	case one != "" && len(req.Targets) > 0:
+		return nil, errorf(http.StatusBadRequest, `invalid field "targets"`, "give %q (a single-disk VM) or \"targets\" (by disk key), not both", field)
+	}
+	targets := map[string]string{}
+	if one != "" {
+		targets[""] = one
+	}
+	for key, uri := range req.Targets {
+		if _, err := strconv.ParseInt(key, 10, 32); err != nil {
+			return nil, errorf(http.StatusBadRequest, `invalid field "targets"`, "key %q is not a disk device key such as \"2000\"", key)
+		}
+		targets[key] = uri
+	}
+	for key, uri := range targets {
+		if _, err := orchestrator.ParseTargetURI(uri); err != nil {
+			f := field
+			if key != "" {
+				f = "targets"
+			}
+			return nil, errorf(http.StatusBadRequest, fmt.Sprintf("invalid field %q", f), "%v", err)
+		}
+	}
+	return targets, nil
+}
+
+// newReplicationJob makes a replication job.
+func (s *Server) newReplicationJob(ctx context.Context, req *StartRequest, typ string, targets map[string]string) (*job, *apiError) {
+	quiesce := s.cfg.Backup.Quiesce
+	if req.Quiesce != nil {
+		quiesce = *req.Quiesce
+	}
+	_, vm, aerr := s.findVM(ctx, req.VMPath)
+	if aerr != nil {
+		return nil, aerr
+	}
+	now := s.now()
+	return &job{Job: Job{
+		ID: newJobID(now), Kind: KindReplicate, VMPath: req.VMPath, VM: *vm, Type: typ, Targets: targets,
+		Force: req.Force, Quiesce: quiesce, AllowCrashConsistent: req.AllowCrashConsistent,
+		State: StateQueued, Phase: phaseQueued, Created: now,
+	}}, nil
 }

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"time"
 
@@ -127,7 +128,8 @@ func New(opts Options) (*Server, error) {
 	s.sched = newScheduler(s, cfg.Performance.MaxConcurrentBackups)
 	s.vc.onConnect = s.sched.kick
 	s.runners = map[string]func(context.Context, *job) (*orchestrator.BackupReport, error){
-		KindBackup: s.runBackup,
+		KindBackup:    s.runBackup,
+		KindReplicate: s.runReplicate,
 	}
 	if err := s.recoverJobs(); err != nil {
 		s.store.close()
@@ -194,6 +196,39 @@ func (s *Server) runBackup(ctx context.Context, j *job) (*orchestrator.BackupRep
 	vm := j.VM.Moref
 	j.mu.Unlock()
 	return orchestrator.Backup(ctx, &svc, vm, opt)
+}
+
+// runReplicate runs a replication job through the orchestrator, with the
+// state file next to the configuration (the CLI's default).
+func (s *Server) runReplicate(ctx context.Context, j *job) (*orchestrator.Report, error) {
+	base, err := s.vc.services()
+	if err != nil {
+		return nil, err
+	}
+	svc := *base
+	svc.Reporter = jobReporter{s: s, j: j}
+	j.mu.Lock()
+	opt := orchestrator.ReplicateOptions{
+		Targets:              map[int32]string{},
+		StateFile:            orchestrator.DefaultReplicationState(s.cfg),
+		Full:                 j.Type == TypeFull,
+		Quiesce:              j.Quiesce,
+		AllowCrashConsistent: j.AllowCrashConsistent,
+	}
+	for key, uri := range j.Targets {
+		if key == "" {
+			opt.Target = uri
+			continue
+		}
+		k, _ := strconv.ParseInt(key, 10, 32) // checked when the job was made
+		opt.Targets[int32(k)] = uri
+	}
+	vm := j.VM.Moref
+	j.mu.Unlock()
+	if err := os.MkdirAll(filepath.Dir(opt.StateFile), 0o700); err != nil {
+		return nil, err
+	}
+	return orchestrator.Replicate(ctx, &svc, vm, opt)
 }
 
 // Serve serves the API on ln until ctx is cancelled (SIGTERM/SIGINT in
