@@ -87,6 +87,16 @@ func (s *Server) newJob(ctx context.Context, req *StartRequest) (*job, *apiError
 	if aerr := checkRepoDir(dir); aerr != nil {
 		return nil, aerr
 	}
+	j, aerr := s.jobFor(ctx, req, KindBackup, typ)
+	if aerr != nil {
+		return nil, aerr
+	}
+	j.Repo = dir
+	return j, nil
+}
+
+// jobFor makes a queued job of kind for the request's VM.
+func (s *Server) jobFor(ctx context.Context, req *StartRequest, kind, typ string) (*job, *apiError) {
 	quiesce := s.cfg.Backup.Quiesce
 	if req.Quiesce != nil {
 		quiesce = *req.Quiesce
@@ -99,12 +109,11 @@ func (s *Server) newJob(ctx context.Context, req *StartRequest) (*job, *apiError
 		vm.Path = req.VMPath
 	}
 	now := s.now()
-	j := &job{Job: Job{
-		ID: newJobID(now), Kind: KindBackup, VMPath: req.VMPath, VM: *vm, Type: typ, Repo: dir,
+	return &job{Job: Job{
+		ID: newJobID(now), Kind: kind, VMPath: req.VMPath, VM: *vm, Type: typ,
 		Force: req.Force, Quiesce: quiesce, AllowCrashConsistent: req.AllowCrashConsistent,
 		State: StateQueued, Phase: phaseQueued, Created: now,
-	}}
-	return j, nil
+	}}, nil
 }
 
 func (s *Server) handleStart(w http.ResponseWriter, r *http.Request) {
@@ -300,18 +309,10 @@ func replicationTargets(req *StartRequest) (map[string]string, *apiError) {
 
 // newReplicationJob makes a replication job.
 func (s *Server) newReplicationJob(ctx context.Context, req *StartRequest, typ string, targets map[string]string) (*job, *apiError) {
-	quiesce := s.cfg.Backup.Quiesce
-	if req.Quiesce != nil {
-		quiesce = *req.Quiesce
-	}
-	_, vm, aerr := s.findVM(ctx, req.VMPath)
+	j, aerr := s.jobFor(ctx, req, KindReplicate, typ)
 	if aerr != nil {
 		return nil, aerr
 	}
-	now := s.now()
-	return &job{Job: Job{
-		ID: newJobID(now), Kind: KindReplicate, VMPath: req.VMPath, VM: *vm, Type: typ, Targets: targets,
-		Force: req.Force, Quiesce: quiesce, AllowCrashConsistent: req.AllowCrashConsistent,
-		State: StateQueued, Phase: phaseQueued, Created: now,
-	}}, nil
+	j.Targets = targets
+	return j, nil
 }

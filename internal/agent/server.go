@@ -180,12 +180,10 @@ func (s *Server) save(j *job) {
 // runBackup runs a backup job through orchestrator.Backup with the shared
 // services and the job's own progress reporter.
 func (s *Server) runBackup(ctx context.Context, j *job) (*orchestrator.BackupReport, error) {
-	base, err := s.vc.services()
+	svc, err := s.jobServices(j)
 	if err != nil {
 		return nil, err
 	}
-	svc := *base
-	svc.Reporter = jobReporter{s: s, j: j}
 	j.mu.Lock()
 	opt := orchestrator.BackupOptions{
 		Repo:                 j.Repo,
@@ -195,18 +193,27 @@ func (s *Server) runBackup(ctx context.Context, j *job) (*orchestrator.BackupRep
 	}
 	vm := j.VM.Moref
 	j.mu.Unlock()
-	return orchestrator.Backup(ctx, &svc, vm, opt)
+	return orchestrator.Backup(ctx, svc, vm, opt)
 }
 
-// runReplicate runs a replication job through the orchestrator, with the
-// state file next to the configuration (the CLI's default).
-func (s *Server) runReplicate(ctx context.Context, j *job) (*orchestrator.Report, error) {
+// jobServices are the shared services with the job's progress reporter.
+func (s *Server) jobServices(j *job) (*orchestrator.Services, error) {
 	base, err := s.vc.services()
 	if err != nil {
 		return nil, err
 	}
 	svc := *base
 	svc.Reporter = jobReporter{s: s, j: j}
+	return &svc, nil
+}
+
+// runReplicate runs a replication job through the orchestrator, with the
+// state file next to the configuration (the CLI's default).
+func (s *Server) runReplicate(ctx context.Context, j *job) (*orchestrator.Report, error) {
+	svc, err := s.jobServices(j)
+	if err != nil {
+		return nil, err
+	}
 	j.mu.Lock()
 	opt := orchestrator.ReplicateOptions{
 		Targets:              map[int32]string{},
@@ -228,7 +235,7 @@ func (s *Server) runReplicate(ctx context.Context, j *job) (*orchestrator.Report
 	if err := os.MkdirAll(filepath.Dir(opt.StateFile), 0o700); err != nil {
 		return nil, err
 	}
-	return orchestrator.Replicate(ctx, &svc, vm, opt)
+	return orchestrator.Replicate(ctx, svc, vm, opt)
 }
 
 // Serve serves the API on ln until ctx is cancelled (SIGTERM/SIGINT in

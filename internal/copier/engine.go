@@ -10,6 +10,7 @@
 package copier
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -276,7 +277,7 @@ func run(ctx context.Context, srcs []Source, dsts []Destination, size uint64, wo
 		e.zeroBuf.Free()
 	}
 	res.Completed = extent.Normalize(res.Completed)
-	slices.SortFunc(res.Chunks, func(a, b Chunk) int { return cmpUint(a.Offset, b.Offset) })
+	slices.SortFunc(res.Chunks, func(a, b Chunk) int { return cmp.Compare(a.Offset, b.Offset) })
 	if e.seq != nil {
 		if e.err == nil {
 			sum, err := e.seq.finish()
@@ -291,16 +292,6 @@ func run(ctx context.Context, srcs []Source, dsts []Destination, size uint64, wo
 	res.Stats = e.stats.snapshot(time.Since(start).Seconds())
 	stopProgress()
 	return res, e.err
-}
-
-func cmpUint(a, b uint64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // appendRange appends [off, off+n) to l, merging with the last range when
