@@ -85,14 +85,13 @@ func (s *Server) tunnelStatus() string {
 	if s.opts.TunnelStatus != nil {
 		return s.opts.TunnelStatus()
 	}
-	if s.cfg.Tunnel.Host == "" {
+	switch {
+	case s.cfg.Tunnel.Host == "":
 		return "not configured"
+	case s.cfg.Tunnel.APIForward != "" && s.rev.up.Load():
+		return "connected"
 	}
-	svc, err := s.vc.services()
-	if err != nil {
-		return "disconnected"
-	}
-	return svc.TunnelStatus()
+	return s.rev.tun.TunnelStatus()
 }
 
 // recentBackups returns when the last succeeded backup ended and the read

@@ -66,6 +66,7 @@ func (e *ConfigError) Unwrap() error { return e.Err }
 type Server struct {
 	cfg      *config.Config
 	opts     Options
+	rev      reverse
 	log      *slog.Logger
 	now      func() time.Time
 	history  int
@@ -125,6 +126,7 @@ func New(opts Options) (*Server, error) {
 		return nil, err
 	}
 	s.vc = newVCenter(opts.Connect, s.log, s.now)
+	s.rev.tun = &orchestrator.Services{Config: cfg, Tunnels: orchestrator.NewTunnelPool()}
 	s.sched = newScheduler(s, cfg.Performance.MaxConcurrentBackups)
 	s.vc.onConnect = s.sched.kick
 	s.runners = map[string]func(context.Context, *job) (*orchestrator.BackupReport, error){
@@ -204,6 +206,7 @@ func (s *Server) jobServices(j *job) (*orchestrator.Services, error) {
 	}
 	svc := *base
 	svc.Reporter = jobReporter{s: s, j: j}
+	svc.Tunnels = s.rev.tun.Tunnels // one SSH connection for the API and the jobs
 	return &svc, nil
 }
 
@@ -269,6 +272,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()
+	go s.serveReverse(bg, hs)
 	s.log.Info("serving the API", "listen", ln.Addr().String(), "tls", s.tlsCfg != nil, "auth", s.token != nil,
 		"state", s.store.path, "max_concurrent_backups", s.sched.max, "backup_window", s.window.String())
 
@@ -292,6 +296,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	stopBG()
 	bgWG.Wait()
 	s.vc.close()
+	s.rev.tun.CloseTunnels()
 	if serveErr != nil && !errors.Is(serveErr, http.ErrServerClosed) {
 		return fmt.Errorf("serving the API: %w", serveErr)
 	}

@@ -84,6 +84,9 @@ type Tunnel struct {
 	Key         string `toml:"key"`
 	KnownHosts  string `toml:"known_hosts"`
 	Connections int    `toml:"connections"`
+	// APIForward is the address on the control plane where `sendense
+	// serve` exposes its API through the tunnel (an SSH reverse forward).
+	APIForward string `toml:"api_forward"`
 }
 
 // API configures `sendense serve`, the capture agent's HTTP API.
@@ -108,7 +111,7 @@ func Defaults() *Config {
 	return &Config{
 		VDDK:        VDDK{Libdir: "/usr/lib/vmware-vix-disklib"},
 		Backup:      Backup{MaxConcurrentDisks: 4, MaxConcurrentVMs: 1},
-		Tunnel:      Tunnel{Port: 443, Connections: 1},
+		Tunnel:      Tunnel{Port: 443, Connections: 1, APIForward: "127.0.0.1:10808"},
 		API:         API{Listen: "127.0.0.1:8081"},
 		Performance: Performance{MaxConcurrentBackups: 1},
 	}
