@@ -25,9 +25,9 @@ const (
 // allocated, as VMware's own sample does. If this VDDK lacks the call or
 // answers VIX_E_NOT_SUPPORTED, every block is data.
 func (d *disk) Allocated(off, length uint64) (extent.List, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.h == nil {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	if d.c == nil {
 		return nil, errClosed
 	}
 	end := off + length
@@ -37,7 +37,7 @@ func (d *disk) Allocated(off, length uint64) (extent.List, error) {
 	if off >= end {
 		return nil, nil
 	}
-	if !d.canQuery {
+	if !d.canQuery.Load() {
 		return extent.List{{Offset: off, Length: end - off}}, nil
 	}
 
@@ -51,7 +51,7 @@ func (d *disk) Allocated(off, length uint64) (extent.List, error) {
 		out, err = d.queryBlocks(s, n, out)
 		if errors.Is(err, ErrNotSupported) {
 			debugf("%s: %v: reporting every block as data", d.path, err)
-			d.canQuery = false
+			d.canQuery.Store(false)
 			return extent.List{{Offset: off, Length: end - off}}, nil
 		}
 		if err != nil {
@@ -66,14 +66,14 @@ func (d *disk) Allocated(off, length uint64) (extent.List, error) {
 }
 
 // queryBlocks appends the allocated blocks of sectors [start, start+num)
-// to out, in bytes; d.mu held (or d not yet shared).
+// to out, in bytes; d.mu held shared (or d not yet shared).
 func (d *disk) queryBlocks(start, num uint64, out []extent.Extent) ([]extent.Extent, error) {
 	l := d.lib
 	var list *C.VixDiskLibBlockList
 	_, err := l.call(fnQueryAllocatedBlocks, 0, func() string {
 		return fmt.Sprintf("start=%d num=%d chunk=%d", start, num, chunkSectors)
 	}, func() C.struct_vdk_ret {
-		return C.vdk_QueryAllocatedBlocks(l.c, d.h, C.uint64_t(start), C.uint64_t(num), chunkSectors, &list)
+		return C.vdk_disk_QueryAllocatedBlocks(d.c, C.uint64_t(start), C.uint64_t(num), chunkSectors, &list)
 	})
 	if err != nil {
 		return out, err

@@ -27,6 +27,8 @@ const (
 	fnFreeInfo             = fnID(C.VDK_FN_FreeInfo)
 	fnRead                 = fnID(C.VDK_FN_Read)
 	fnGetTransportMode     = fnID(C.VDK_FN_GetTransportMode)
+	fnReadAsync            = fnID(C.VDK_FN_ReadAsync)
+	fnWait                 = fnID(C.VDK_FN_Wait)
 	fnQueryAllocatedBlocks = fnID(C.VDK_FN_QueryAllocatedBlocks)
 	fnFreeBlockList        = fnID(C.VDK_FN_FreeBlockList)
 	numFns                 = int(C.VDK_FN_COUNT)
@@ -54,8 +56,8 @@ type CallStats struct {
 	Name   string        // e.g. "VixDiskLib_Read"
 	Calls  uint64        // number of calls
 	Errors uint64        // calls that failed
-	Bytes  uint64        // bytes read (Read only)
-	Time   time.Duration // total time spent in the function
+	Bytes  uint64        // bytes read (Read and ReadAsync only)
+	Time   time.Duration // total time spent in the function (ReadAsync: until the read completed)
 }
 
 // Stats returns the totals of every function called at least once, in

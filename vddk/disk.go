@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"unsafe"
 
 	"github.com/sendense/capture/internal/extent"
@@ -21,7 +22,9 @@ const SectorSize = 512
 
 // Disk is an open virtual disk. Its methods may be called from several
 // goroutines: calls reach VDDK one at a time per Disk (VDDK handles are not
-// thread-safe), while different Disks work in parallel.
+// thread-safe), while different Disks work in parallel. With
+// VixDiskLib_ReadAsync, a read occupies the Disk only while VDDK accepts
+// it, so many reads of one Disk are in flight at once.
 type Disk interface {
 	// Size is the capacity in bytes (VDDK's capacity × 512).
 	Size() uint64
@@ -49,13 +52,17 @@ type disk struct {
 	conn *Connection
 	path string
 
-	mu       sync.Mutex         // serialises every VDDK call on h
-	h        C.VixDiskLibHandle // nil once closed
-	sectors  uint64
-	size     uint64
-	mode     string
-	canQuery bool
-	bounce   []byte // one sector, for unaligned heads and tails
+	// mu is held shared by every method using c and exclusively by Close,
+	// so c outlives every call on it. It never waits for a VDDK call:
+	// those are serialised in C, by c's pthread mutex (handle.c).
+	mu        sync.RWMutex
+	c         *C.struct_vdk_disk // nil once closed
+	sectors   uint64
+	size      uint64
+	mode      string
+	canQuery  atomic.Bool
+	async     atomic.Bool // reads use ReadAsync (until it answers VIX_E_NOT_SUPPORTED)
+	usedAsync atomic.Bool // a ReadAsync was made: Close calls Wait first
 }
 
 // Open calls VixDiskLib_Open(path, flags|OpenReadOnly), then GetInfo for
@@ -84,21 +91,29 @@ func (c *Connection) Open(path string, flags OpenFlags) (Disk, error) {
 		return nil, err
 	}
 
-	d := &disk{lib: l, conn: c, path: path, h: h, bounce: make([]byte, SectorSize)}
+	d := &disk{lib: l, conn: c, path: path, c: C.vdk_disk_new(l.c, h)}
+	if d.c == nil {
+		openCloseMu.Lock()
+		l.call(fnClose, 0, noArgs, func() C.struct_vdk_ret { return C.vdk_Close(l.c, h) })
+		openCloseMu.Unlock()
+		return nil, errors.New("vddk: out of memory")
+	}
 	if err := d.getInfo(); err != nil {
 		d.closeHandle()
 		return nil, err
 	}
 	if l.has(fnGetTransportMode) {
 		r, err := l.call(fnGetTransportMode, 0, noArgs, func() C.struct_vdk_ret {
-			return C.vdk_GetTransportMode(l.c, d.h)
+			return C.vdk_disk_GetTransportMode(d.c)
 		})
 		if err == nil && r.str != nil {
 			d.mode = C.GoString(r.str)
 		}
 	}
-	d.canQuery = d.probeQuery()
-	debugf("opened %s: %d bytes, transport %q, allocation query %v", path, d.size, d.mode, d.canQuery)
+	d.canQuery.Store(d.probeQuery())
+	d.async.Store(l.has(fnReadAsync) && l.has(fnWait))
+	debugf("opened %s: %d bytes, transport %q, allocation query %v, asynchronous reads %v",
+		path, d.size, d.mode, d.canQuery.Load(), d.async.Load())
 	c.disks[d] = struct{}{}
 	return d, nil
 }
@@ -107,7 +122,7 @@ func (d *disk) getInfo() error {
 	l := d.lib
 	var info *C.VixDiskLibInfo
 	_, err := l.call(fnGetInfo, 0, noArgs, func() C.struct_vdk_ret {
-		return C.vdk_GetInfo(l.c, d.h, &info)
+		return C.vdk_disk_GetInfo(d.c, &info)
 	})
 	if err != nil {
 		return err
@@ -138,15 +153,11 @@ func (d *disk) Size() uint64 { return d.size }
 
 func (d *disk) TransportMode() string { return d.mode }
 
-func (d *disk) CanQueryAllocated() bool {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.canQuery
-}
+func (d *disk) CanQueryAllocated() bool { return d.canQuery.Load() }
 
 func (d *disk) Close() error {
 	d.mu.Lock()
-	if d.h == nil {
+	if d.c == nil {
 		d.mu.Unlock()
 		return nil
 	}
@@ -156,15 +167,23 @@ func (d *disk) Close() error {
 	return err
 }
 
-// closeHandle calls VixDiskLib_Close; d.mu held (or d not yet shared).
+// closeHandle calls VixDiskLib_Wait if reads were made with ReadAsync
+// (none is in flight: every ReadAt waits for its own, but VDDK wants
+// the handle idle), then VixDiskLib_Close, and frees c; d.mu held
+// exclusively (or d not yet shared).
 func (d *disk) closeHandle() error {
 	l := d.lib
-	h := d.h
-	d.h = nil
+	c := d.c
+	d.c = nil
+	var werr error
+	if d.usedAsync.Load() {
+		_, werr = l.call(fnWait, 0, noArgs, func() C.struct_vdk_ret { return C.vdk_disk_Wait(c) })
+	}
 	openCloseMu.Lock()
-	defer openCloseMu.Unlock()
-	_, err := l.call(fnClose, 0, noArgs, func() C.struct_vdk_ret { return C.vdk_Close(l.c, h) })
-	return err
+	_, err := l.call(fnClose, 0, noArgs, func() C.struct_vdk_ret { return C.vdk_disk_Close(c) })
+	openCloseMu.Unlock()
+	C.vdk_disk_free(c)
+	return errors.Join(werr, err)
 }
 
 var _ Disk = (*disk)(nil)

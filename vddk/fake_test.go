@@ -4,15 +4,17 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 )
 
 // fakeProbe drives the fake's C ABI directly (the parts the Go package
-// never calls: ReadAsync/Wait, bad handles, bad QueryAllocatedBlocks
-// arguments) and prints one "name=value" line per check.
+// never calls: bad handles, bad QueryAllocatedBlocks and ReadAsync
+// arguments, Wait) and prints one "name=value" line per check.
 const fakeProbe = `
 #include <dlfcn.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -21,8 +23,10 @@ const fakeProbe = `
 #include "vixdisklib.h"
 
 static void nolog (const char *fmt, va_list ap) { (void) fmt; (void) ap; }
-static int cb_calls; static VixError cb_result; static void *cb_data;
-static void done (void *data, VixError err) { cb_calls++; cb_result = err; cb_data = data; }
+static int cb_calls; static VixError cb_result; static void *cb_data; static pthread_t cb_thread;
+static void done (void *data, VixError err) {
+  cb_calls++; cb_result = err; cb_data = data; cb_thread = pthread_self ();
+}
 
 int main (int argc, char **argv) {
   void *dl = dlopen (argv[1], RTLD_NOW);
@@ -69,11 +73,21 @@ int main (int argc, char **argv) {
   printf ("query_blocks=%u first=%llu+%llu\n", bl->numBlocks,
           (unsigned long long) bl->blocks[0].offset, (unsigned long long) bl->blocks[0].length);
   memset (buf, 0, sizeof buf);
+  printf ("readasync_bad_handle=%llu\n",
+          (unsigned long long) ReadAsync ((VixDiskLibHandle) buf, 0, 8, buf, done, NULL));
+  printf ("readasync_no_callback=%llu\n", (unsigned long long) ReadAsync (h, 0, 8, buf, NULL, NULL));
+  printf ("readasync_past_end=%llu\n",
+          (unsigned long long) ReadAsync (h, info->capacity - 1, 2, buf, done, NULL));
+  printf ("wait_idle=%llu\n", (unsigned long long) Wait (h));
   printf ("readasync=%llu\n", (unsigned long long) ReadAsync (h, 0, 8, buf, done, (void *) 0x1234));
-  printf ("callbacks_before_wait=%d\n", cb_calls);
   printf ("wait=%llu\n", (unsigned long long) Wait (h));
-  printf ("callbacks=%d result=%llu data_ok=%d bytes=%.5s\n", cb_calls, (unsigned long long) cb_result,
-          cb_data == (void *) 0x1234, buf);
+  printf ("callbacks=%d result=%llu data_ok=%d bytes=%.5s other_thread=%d\n", cb_calls,
+          (unsigned long long) cb_result, cb_data == (void *) 0x1234, buf,
+          !pthread_equal (cb_thread, pthread_self ()));
+  memset (buf, 0xAA, 512);
+  printf ("readasync_tail=%llu\n", (unsigned long long) ReadAsync (h, info->capacity - 1, 1, buf, done, NULL));
+  Wait (h);
+  printf ("tail=%.3s%d\n", buf, buf[511]);
   printf ("close=%llu\n", (unsigned long long) Close (h));
   printf ("read_after_close=%llu\n", (unsigned long long) Read (h, 0, 1, buf));
   printf ("close_again=%llu\n", (unsigned long long) Close (h));
@@ -92,7 +106,7 @@ func TestFakeABI(t *testing.T) {
 	os.WriteFile(src, []byte(fakeProbe), 0o644)
 	bin := filepath.Join(dir, "probe")
 	wd, _ := os.Getwd()
-	if out, err := exec.Command("gcc", "-Wall", "-I", wd, "-o", bin, src, "-ldl").CombinedOutput(); err != nil {
+	if out, err := exec.Command("gcc", "-Wall", "-I", wd, "-o", bin, src, "-ldl", "-lpthread").CombinedOutput(); err != nil {
 		t.Fatalf("gcc: %v\n%s", err, out)
 	}
 	// 300 KiB + 10: data at the start, a hole, data at the end.
@@ -112,8 +126,10 @@ func TestFakeABI(t *testing.T) {
 		"read_last=0\n",
 		"query_chunk64=3\n", "query_chunk192=3\n", "query_unaligned_start=3\n", "query_unaligned_num=3\n",
 		"query_too_many=3\n", "query_past_end=3\n", "query_ok=0\n", "query_blocks=1 first=0+128\n",
-		"readasync=25000\n", "callbacks_before_wait=0\n", "wait=0\n",
-		"callbacks=1 result=0 data_ok=1 bytes=HELLO\n",
+		"readasync_bad_handle=1000\n", "readasync_no_callback=3\n", "readasync_past_end=16007\n",
+		"wait_idle=0\n", "readasync=25000\n", "wait=0\n",
+		"callbacks=1 result=0 data_ok=1 bytes=HELLO other_thread=1\n",
+		"readasync_tail=25000\n", "tail=end0\n",
 		"close=0\n", "read_after_close=1000\n", "close_again=1000\n", "disconnect=0\n", "disconnect_again=1000\n",
 	} {
 		if !strings.Contains(out, want) {
@@ -122,5 +138,138 @@ func TestFakeABI(t *testing.T) {
 	}
 	if !strings.Contains(out, "uuid=") || len(strings.SplitN(strings.SplitN(out, "uuid=", 2)[1], "\n", 2)[0]) != 47 {
 		t.Errorf("bad uuid in:\n%s", out)
+	}
+}
+
+// asyncProbe drives the fake from several threads: "overlap" makes two
+// threads call Read on one handle at once (a violation); "inflight"
+// keeps ReadAsync reads in flight while calling Read (not one), then
+// closes the handle with reads still in flight (Close waits for them).
+const asyncProbe = `
+#include <dlfcn.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "vixdisklib.h"
+
+static void nolog (const char *fmt, va_list ap) { (void) fmt; (void) ap; }
+static VixError (*Read) (VixDiskLibHandle, uint64_t, uint64_t, unsigned char *);
+static VixDiskLibHandle h;
+static int callbacks, failures;
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+static void done (void *data, VixError err) {
+  (void) data;
+  pthread_mutex_lock (&mu); callbacks++; failures += err != 0; pthread_mutex_unlock (&mu);
+}
+static void *reader (void *arg) {
+  static unsigned char b[2][512];
+  Read (h, 0, 1, b[(intptr_t) arg]);
+  return NULL;
+}
+
+int main (int argc, char **argv) {
+  void *dl = dlopen (argv[1], RTLD_NOW);
+  if (!dl) { printf ("dlopen=%s\n", dlerror ()); return 1; }
+  VixError (*InitEx) (uint32_t, uint32_t, VixDiskLibGenericLogFunc *, VixDiskLibGenericLogFunc *,
+                      VixDiskLibGenericLogFunc *, const char *, const char *) = dlsym (dl, "VixDiskLib_InitEx");
+  VixError (*ConnectEx) (const VixDiskLibConnectParams *, char, const char *, const char *,
+                         VixDiskLibConnection *) = dlsym (dl, "VixDiskLib_ConnectEx");
+  VixError (*Open) (VixDiskLibConnection, const char *, uint32_t, VixDiskLibHandle *) = dlsym (dl, "VixDiskLib_Open");
+  VixError (*ReadAsync) (VixDiskLibHandle, uint64_t, uint64_t, unsigned char *, VixDiskLibCompletionCB, void *) =
+    dlsym (dl, "VixDiskLib_ReadAsync");
+  VixError (*Wait) (VixDiskLibHandle) = dlsym (dl, "VixDiskLib_Wait");
+  VixError (*Close) (VixDiskLibHandle) = dlsym (dl, "VixDiskLib_Close");
+  VixDiskLibConnectParams p; memset (&p, 0, sizeof p);
+  VixDiskLibConnection c = NULL;
+  static unsigned char buf[16][4096], one[512];
+  VixError err;
+  int i, ok = 0;
+
+  Read = dlsym (dl, "VixDiskLib_Read");
+  InitEx (6, 5, nolog, nolog, nolog, NULL, NULL);
+  ConnectEx (&p, 1, NULL, NULL, &c);
+  if (Open (c, argv[2], 4, &h) != 0) { printf ("open failed\n"); return 1; }
+  if (strcmp (argv[3], "overlap") == 0) {
+    pthread_t t[2];
+    for (i = 0; i < 2; i++) pthread_create (&t[i], NULL, reader, (void *) (intptr_t) i);
+    for (i = 0; i < 2; i++) pthread_join (t[i], NULL);
+    printf ("no abort\n");
+    return 0;
+  }
+  for (i = 0; i < 16; i++)
+    ok += ReadAsync (h, i * 8, 8, buf[i], done, NULL) == 25000;
+  printf ("submitted=%d\n", ok);
+  printf ("read_while_in_flight=%llu\n", (unsigned long long) Read (h, 0, 1, one));
+  err = Wait (h);
+  printf ("wait=%llu callbacks=%d failures=%d\n", (unsigned long long) err, callbacks, failures);
+  for (i = 0; i < 16; i++)
+    if (memcmp (buf[i], "sector", 6) != 0 || buf[i][6] != 'A' + i) { printf ("bad data in read %d\n", i); return 1; }
+  for (i = 0; i < 16; i++)
+    ReadAsync (h, i * 8, 8, buf[i], done, NULL);
+  err = Close (h);
+  printf ("close=%llu callbacks=%d\n", (unsigned long long) err, callbacks);
+  return 0;
+}
+`
+
+// The fake's ReadAsync is asynchronous and its overlap detector tells
+// calls (which must not overlap) from reads in flight (which may).
+func TestFakeAsync(t *testing.T) {
+	if _, err := exec.LookPath("gcc"); err != nil {
+		t.Skip("gcc is not installed")
+	}
+	dir := t.TempDir()
+	src := filepath.Join(dir, "probe.c")
+	os.WriteFile(src, []byte(asyncProbe), 0o644)
+	bin := filepath.Join(dir, "probe")
+	wd, _ := os.Getwd()
+	if out, err := exec.Command("gcc", "-Wall", "-I", wd, "-o", bin, src, "-ldl", "-lpthread").CombinedOutput(); err != nil {
+		t.Fatalf("gcc: %v\n%s", err, out)
+	}
+	data := map[int64][]byte{}
+	for i := range 16 {
+		data[int64(i)*4096] = []byte("sector" + string(rune('A'+i)))
+	}
+	img := writeFile(t, dir, "disk.raw", 1<<20, data)
+	lib := filepath.Join(fakeLibdir, "lib64", "libvixDiskLib.so.8")
+	run := func(mode string, env ...string) (string, string, error) {
+		log := filepath.Join(dir, mode+".log")
+		cmd := exec.Command(bin, lib, img, mode)
+		cmd.Env = append([]string{"FAKEVDDK_LOG=" + log, "FAKEVDDK_STRICT=1"}, env...)
+		out, err := cmd.CombinedOutput()
+		l, _ := os.ReadFile(log)
+		return string(out), string(l), err
+	}
+
+	// Two threads inside Read on one handle: the strict fake aborts.
+	out, log, err := run("overlap", "FAKEVDDK_READ_DELAY_US=100000")
+	if err == nil || !strings.Contains(out, "calls on one VixDiskLibHandle must not overlap") ||
+		!strings.Contains(out, "aborting (FAKEVDDK_STRICT is set)") ||
+		!strings.Contains(log, "FAKEVDDK_VIOLATION calls on one VixDiskLibHandle must not overlap fn=VixDiskLib_Read concurrent=VixDiskLib_Read") {
+		t.Fatalf("overlap: %v\n%s\n%s", err, out, log)
+	}
+
+	// 16 reads of 20 ms in flight on 4 threads; a Read meanwhile is fine;
+	// Wait waits for them all; Close waits for those still in flight.
+	out, log, err = run("inflight", "FAKEVDDK_READ_LATENCY_US=20000", "FAKEVDDK_ASYNC_THREADS=4")
+	if err != nil {
+		t.Fatalf("inflight: %v\n%s\n%s", err, out, log)
+	}
+	for _, want := range []string{
+		"submitted=16\n", "read_while_in_flight=0\n", "wait=0 callbacks=16 failures=0\n", "close=0 callbacks=32\n",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("inflight probe output lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(log, "FAKEVDDK_VIOLATION") {
+		t.Errorf("reads in flight reported as overlapping calls:\n%s", log)
+	}
+	if !regexp.MustCompile(`VixDiskLib_Wait handle=1 completed=16 result=0`).MatchString(log) ||
+		!regexp.MustCompile(`VixDiskLib_Close handle=1 inflight=([1-9]|1[0-6]) maxinflight=1[0-6] result=0`).MatchString(log) {
+		t.Errorf("Wait or Close line wrong:\n%s", log)
 	}
 }

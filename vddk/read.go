@@ -6,21 +6,27 @@ package vddk
 import "C"
 
 import (
+	"errors"
 	"io"
 	"strconv"
 	"unsafe"
 )
 
-// ReadAt reads whole sectors with VixDiskLib_Read: an aligned request goes
-// straight into p (no copy, no allocation); an unaligned head or tail
-// sector goes through a one-sector bounce buffer.
+// ReadAt reads whole sectors: an aligned request goes straight into p (no
+// copy, no allocation); an unaligned head or tail sector goes through a
+// one-sector bounce buffer in C. Each part is one VixDiskLib_ReadAsync,
+// submitted under the handle's C mutex and waited for without it, so
+// concurrent ReadAt calls on one Disk are in flight together; without
+// ReadAsync and Wait, or once ReadAsync answers VIX_E_NOT_SUPPORTED, each
+// part is one VixDiskLib_Read under that mutex. p is lent to C only until
+// the read has completed.
 func (d *disk) ReadAt(p []byte, off int64) (int, error) {
 	if off < 0 {
 		return 0, errNegativeOffset
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.h == nil {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	if d.c == nil {
 		return 0, errClosed
 	}
 	pos := uint64(off)
@@ -40,35 +46,55 @@ func (d *disk) ReadAt(p []byte, off int64) (int, error) {
 	done := 0
 
 	if skip := pos % SectorSize; skip != 0 { // unaligned head
-		if err := d.read(pos/SectorSize, 1, unsafe.Pointer(&d.bounce[0])); err != nil {
+		k := min(len(buf), int(SectorSize-skip))
+		if err := d.read(pos/SectorSize, 1, unsafe.Pointer(&buf[0]), uint32(skip), uint32(k)); err != nil {
 			return 0, err
 		}
-		k := copy(buf, d.bounce[skip:])
 		buf, pos, done = buf[k:], pos+uint64(k), done+k
 	}
 	if m := len(buf) / SectorSize * SectorSize; m > 0 { // aligned middle
-		if err := d.read(pos/SectorSize, uint64(m/SectorSize), unsafe.Pointer(&buf[0])); err != nil {
+		if err := d.read(pos/SectorSize, uint64(m/SectorSize), unsafe.Pointer(&buf[0]), 0, 0); err != nil {
 			return done, err
 		}
 		buf, pos, done = buf[m:], pos+uint64(m), done+m
 	}
 	if len(buf) > 0 { // unaligned tail
-		if err := d.read(pos/SectorSize, 1, unsafe.Pointer(&d.bounce[0])); err != nil {
+		if err := d.read(pos/SectorSize, 1, unsafe.Pointer(&buf[0]), 0, uint32(len(buf))); err != nil {
 			return done, err
 		}
-		done += copy(buf, d.bounce)
+		done += len(buf)
 	}
 	return done, eof
 }
 
-// read is VixDiskLib_Read of num sectors at start into buf; d.mu held.
-func (d *disk) read(start, num uint64, buf unsafe.Pointer) error {
+// read reads num sectors at start into buf, or with n > 0 bytes
+// [skip, skip+n) of sector start (num 1); d.mu held shared.
+func (d *disk) read(start, num uint64, buf unsafe.Pointer, skip, n uint32) error {
 	l := d.lib
-	h := d.h
-	_, err := l.call(fnRead, num*SectorSize, func() string {
+	c := d.c
+	bytes := num * SectorSize
+	if n > 0 {
+		bytes = uint64(n)
+	}
+	args := func() string {
 		return "start=" + strconv.FormatUint(start, 10) + " num=" + strconv.FormatUint(num, 10)
-	}, func() C.struct_vdk_ret {
-		return C.vdk_Read(l.c, h, C.uint64_t(start), C.uint64_t(num), buf)
+	}
+	if d.async.Load() {
+		if !d.usedAsync.Load() {
+			d.usedAsync.Store(true)
+		}
+		_, err := l.call(fnReadAsync, bytes, args, func() C.struct_vdk_ret {
+			return C.vdk_disk_ReadAsync(c, C.uint64_t(start), C.uint64_t(num), buf, C.uint32_t(skip), C.uint32_t(n))
+		})
+		if !errors.Is(err, ErrNotSupported) {
+			return err
+		}
+		if d.async.CompareAndSwap(true, false) {
+			debugf("%s: %v: reading with VixDiskLib_Read", d.path, err)
+		}
+	}
+	_, err := l.call(fnRead, bytes, args, func() C.struct_vdk_ret {
+		return C.vdk_disk_Read(c, C.uint64_t(start), C.uint64_t(num), buf, C.uint32_t(skip), C.uint32_t(n))
 	})
 	return err
 }

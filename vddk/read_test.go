@@ -5,8 +5,8 @@ import (
 	"errors"
 	"io"
 	"os"
+	"strings"
 	"testing"
-	"unsafe"
 )
 
 func TestReadAt(t *testing.T) {
@@ -80,38 +80,52 @@ func TestReadAt(t *testing.T) {
 }
 
 func TestReadAtCallsAndAllocations(t *testing.T) {
-	path := writeFile(t, t.TempDir(), "disk.raw", 1<<20, map[int64][]byte{0: randomBytes(2, 1<<20)})
-	log := callLog(t)
-	_, d := openLocal(t, path)
-	buf := make([]byte, 256<<10)
-	if _, err := d.ReadAt(buf, 4096); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := d.ReadAt(buf[:5000], 700); err != nil {
-		t.Fatal(err)
-	}
-	reads := grepLines(log(), "VixDiskLib_Read ")
-	want := []string{
-		"VixDiskLib_Read handle=", " start=8 num=512 result=0", // aligned: one call, straight
-		" start=1 num=1 result=0", " start=2 num=9 result=0", " start=11 num=1 result=0", // head, middle, tail
-	}
-	if len(reads) != 4 {
-		t.Fatalf("Read calls = %q, want 4", reads)
-	}
-	for i, w := range want[1:] {
-		if !bytes.Contains([]byte(reads[i]), []byte(w)) {
-			t.Errorf("Read call %d = %q, want %q", i, reads[i], w)
-		}
-	}
+	for _, mode := range []string{"async", "sync"} {
+		t.Run(mode, func(t *testing.T) {
+			fn := "VixDiskLib_ReadAsync "
+			if mode == "sync" {
+				t.Setenv("FAKEVDDK_NO_ASYNC", "1")
+				fn = "VixDiskLib_Read "
+			}
+			path := writeFile(t, t.TempDir(), "disk.raw", 1<<20, map[int64][]byte{0: randomBytes(2, 1<<20)})
+			log := callLog(t)
+			_, d := openLocal(t, path)
+			buf := make([]byte, 256<<10)
+			if _, err := d.ReadAt(buf, 4096); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := d.ReadAt(buf[:5000], 700); err != nil {
+				t.Fatal(err)
+			}
+			var reads []string
+			for _, l := range grepLines(log(), fn) {
+				if !strings.Contains(l, " result=6 ") { // the refused ReadAsync of "sync"
+					reads = append(reads, l)
+				}
+			}
+			want := []string{
+				" start=8 num=512 ", // aligned: one call, straight
+				" start=1 num=1 ", " start=2 num=9 ", " start=11 num=1 ", // head, middle, tail
+			}
+			if len(reads) != 4 {
+				t.Fatalf("%s calls = %q, want 4", fn, reads)
+			}
+			for i, w := range want {
+				if !strings.Contains(reads[i], w) {
+					t.Errorf("read call %d = %q, want %q", i, reads[i], w)
+				}
+			}
 
-	t.Setenv("FAKEVDDK_LOG", "")
-	allocs := testing.AllocsPerRun(100, func() {
-		if _, err := d.ReadAt(buf, 65536); err != nil {
-			t.Fatal(err)
-		}
-	})
-	if allocs != 0 {
-		t.Errorf("aligned ReadAt allocates %.1f times per call, want 0", allocs)
+			t.Setenv("FAKEVDDK_LOG", "")
+			allocs := testing.AllocsPerRun(100, func() {
+				if _, err := d.ReadAt(buf, 65536); err != nil {
+					t.Fatal(err)
+				}
+			})
+			if allocs != 0 {
+				t.Errorf("aligned ReadAt allocates %.1f times per call, want 0", allocs)
+			}
+		})
 	}
 }
 
@@ -148,8 +162,6 @@ func TestClosed(t *testing.T) {
 		t.Error("Open on a closed connection succeeded")
 	}
 }
-
-func unsafePointer(b []byte) unsafe.Pointer { return unsafe.Pointer(&b[0]) }
 
 // BenchmarkReadAt compares Disk.ReadAt through the fake VDDK with
 // os.File.ReadAt on the same file (256 KiB requests, like nbdcopy).

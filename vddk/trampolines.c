@@ -1,6 +1,7 @@
 /* Sendense capture — one C trampoline per VixDiskLib function (cgo cannot
  * call function pointers).  Each returns the VixError together with VDDK's
- * text for it, fetched and freed inside the same C call and thread.
+ * text for it, fetched and freed inside the same C call and thread.  The
+ * calls on a disk handle are in handle.c, under the handle's mutex.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -111,6 +112,7 @@ vdk_Open (const struct vdk_lib *l, VixDiskLibConnection c, const char *path,
   return result (l, l->Open (c, path, flags, out));
 }
 
+/* Close of a handle that never became a struct vdk_disk. */
 struct vdk_ret
 vdk_Close (const struct vdk_lib *l, VixDiskLibHandle h)
 {
@@ -118,44 +120,10 @@ vdk_Close (const struct vdk_lib *l, VixDiskLibHandle h)
 }
 
 struct vdk_ret
-vdk_GetInfo (const struct vdk_lib *l, VixDiskLibHandle h, VixDiskLibInfo **out)
-{
-  return result (l, l->GetInfo (h, out));
-}
-
-struct vdk_ret
 vdk_FreeInfo (const struct vdk_lib *l, VixDiskLibInfo *info)
 {
   l->FreeInfo (info);
   return result (l, VDK_VIX_OK);
-}
-
-struct vdk_ret
-vdk_Read (const struct vdk_lib *l, VixDiskLibHandle h, uint64_t start,
-          uint64_t num, void *buf)
-{
-  return result (l, l->Read (h, start, num, buf));
-}
-
-struct vdk_ret
-vdk_GetTransportMode (const struct vdk_lib *l, VixDiskLibHandle h)
-{
-  struct vdk_ret r = { VDK_VIX_OK, NULL, NULL };
-
-  if (l->GetTransportMode == NULL)
-    return absent ("VixDiskLib_GetTransportMode");
-  r.str = l->GetTransportMode (h);
-  return r;
-}
-
-struct vdk_ret
-vdk_QueryAllocatedBlocks (const struct vdk_lib *l, VixDiskLibHandle h,
-                          uint64_t start, uint64_t num, uint64_t chunk,
-                          VixDiskLibBlockList **out)
-{
-  if (l->QueryAllocatedBlocks == NULL)
-    return absent ("VixDiskLib_QueryAllocatedBlocks");
-  return result (l, l->QueryAllocatedBlocks (h, start, num, chunk, out));
 }
 
 struct vdk_ret

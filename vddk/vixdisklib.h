@@ -13,6 +13,7 @@
 typedef uint64_t VixError;
 #define VDK_VIX_OK 0
 #define VDK_VIX_ASYNC 25000
+#define VDK_SECTOR_SIZE 512
 
 typedef void VixDiskLibGenericLogFunc (const char *fmt, va_list args);
 typedef void (*VixDiskLibCompletionCB) (void *data, VixError result);
@@ -143,20 +144,38 @@ extern struct vdk_ret vdk_Open (const struct vdk_lib *l, VixDiskLibConnection c,
                                 const char *path, uint32_t flags,
                                 VixDiskLibHandle *out);
 extern struct vdk_ret vdk_Close (const struct vdk_lib *l, VixDiskLibHandle h);
-extern struct vdk_ret vdk_GetInfo (const struct vdk_lib *l, VixDiskLibHandle h,
-                                   VixDiskLibInfo **out);
 extern struct vdk_ret vdk_FreeInfo (const struct vdk_lib *l,
                                     VixDiskLibInfo *info);
-extern struct vdk_ret vdk_Read (const struct vdk_lib *l, VixDiskLibHandle h,
-                                uint64_t start, uint64_t num, void *buf);
-extern struct vdk_ret vdk_GetTransportMode (const struct vdk_lib *l,
-                                            VixDiskLibHandle h);
-extern struct vdk_ret vdk_QueryAllocatedBlocks (const struct vdk_lib *l,
-                                                VixDiskLibHandle h,
-                                                uint64_t start, uint64_t num,
-                                                uint64_t chunk,
-                                                VixDiskLibBlockList **out);
 extern struct vdk_ret vdk_FreeBlockList (const struct vdk_lib *l,
                                          VixDiskLibBlockList *list);
+
+/* handle.c: the calls on one disk handle, each made under the handle's
+ * mutex (VDDK handles are not thread-safe).  Read and ReadAsync read num
+ * sectors at start into buf; with n > 0, num is 1 and bytes [skip, skip+n)
+ * of the sector are copied to buf through a bounce buffer.  ReadAsync holds
+ * the mutex only while VDDK accepts the read and returns once it has
+ * completed.
+ */
+struct vdk_disk;
+extern struct vdk_disk *vdk_disk_new (const struct vdk_lib *l,
+                                      VixDiskLibHandle h);
+extern void vdk_disk_free (struct vdk_disk *d);
+extern VixDiskLibHandle vdk_disk_handle (const struct vdk_disk *d);
+extern struct vdk_ret vdk_disk_GetInfo (struct vdk_disk *d,
+                                        VixDiskLibInfo **out);
+extern struct vdk_ret vdk_disk_GetTransportMode (struct vdk_disk *d);
+extern struct vdk_ret vdk_disk_QueryAllocatedBlocks (struct vdk_disk *d,
+                                                     uint64_t start,
+                                                     uint64_t num,
+                                                     uint64_t chunk,
+                                                     VixDiskLibBlockList **out);
+extern struct vdk_ret vdk_disk_Read (struct vdk_disk *d, uint64_t start,
+                                     uint64_t num, void *buf, uint32_t skip,
+                                     uint32_t n);
+extern struct vdk_ret vdk_disk_ReadAsync (struct vdk_disk *d, uint64_t start,
+                                          uint64_t num, void *buf,
+                                          uint32_t skip, uint32_t n);
+extern struct vdk_ret vdk_disk_Wait (struct vdk_disk *d);
+extern struct vdk_ret vdk_disk_Close (struct vdk_disk *d);
 
 #endif /* SENDENSE_VDDK_VIXDISKLIB_H */

@@ -388,13 +388,7 @@ static int
 front_pread (void *h, void *buf, uint32_t count, uint64_t offset,
              uint32_t flags)
 {
-  struct conn *c = h;
-  int r;
-
-  pthread_mutex_lock (&c->lock);
-  r = go.pread (c->go, buf, count, offset, flags);
-  pthread_mutex_unlock (&c->lock);
-  return r;
+  return go.pread (GO (h), buf, count, offset, flags);
 }
 
 static int

@@ -1,7 +1,8 @@
 /* Sendense capture — fake libvixDiskLib: disks.
  *
- * Open/Close, GetInfo/FreeInfo, GetTransportMode, Read, ReadAsync/Wait,
- * QueryAllocatedBlocks/FreeBlockList over a local file opened O_RDONLY.
+ * Open/Close, GetInfo/FreeInfo, GetTransportMode, Read,
+ * QueryAllocatedBlocks/FreeBlockList over a local file opened O_RDONLY
+ * (ReadAsync/Wait are in async.c).
  * Handles are never freed (a closed one is marked dead), so stale and
  * bogus handles get VIX_E_INVALID_HANDLE instead of a crash; calls that
  * overlap on one handle are reported (and abort under FAKEVDDK_STRICT=1).
@@ -20,11 +21,13 @@
 static unsigned next_handle_id;
 static long long read_calls;    /* Read + ReadAsync calls in this process */
 
-static int
-handle_valid (const struct fake_handle *h)
+int
+fake_handle_valid (const struct fake_handle *h)
 {
   return h != NULL && h->magic == FAKE_HANDLE_MAGIC;
 }
+
+#define handle_valid fake_handle_valid
 
 void
 fake_busy_enter (struct fake_handle *h, const char *fn)
@@ -133,7 +136,15 @@ VixDiskLib_Open (VixDiskLibConnection c, const char *path, uint32_t flags,
     h->read_delay_us = env_ll ("FAKEVDDK_READ_DELAY_US", 0);
     h->fail_read_after = env_ll ("FAKEVDDK_FAIL_READ_AFTER", -1);
     h->fail_read_count = env_ll ("FAKEVDDK_FAIL_READ_COUNT", 1);
+    h->read_latency_us = env_ll ("FAKEVDDK_READ_LATENCY_US", 0);
     h->no_query_allocated = env_bool ("FAKEVDDK_NO_QUERY_ALLOCATED");
+    h->no_async = env_bool ("FAKEVDDK_NO_ASYNC");
+    h->async_threads = env_ll ("FAKEVDDK_ASYNC_THREADS", 4);
+    if (h->async_threads < 1)
+      h->async_threads = 1;
+    if (h->async_threads > 64)
+      h->async_threads = 64;
+    pthread_mutex_init (&h->link, NULL);
     choose_mode (h);
     *handle = h;
   }
@@ -155,33 +166,11 @@ VixDiskLib_Open (VixDiskLibConnection c, const char *path, uint32_t flags,
   return err;
 }
 
-/* Run the queued ReadAsync completions. */
-static int
-complete_pending (struct fake_handle *h)
-{
-  struct fake_async *list = h->pending, *rev = NULL, *next;
-  int n = 0;
-
-  h->pending = NULL;
-  for (; list; list = next) {   /* the queue is newest first */
-    next = list->next;
-    list->next = rev;
-    rev = list;
-  }
-  for (; rev; rev = next) {
-    next = rev->next;
-    rev->cb (rev->data, rev->result);
-    free (rev);
-    n++;
-  }
-  return n;
-}
-
 EXPORT VixError
 VixDiskLib_Close (VixDiskLibHandle h)
 {
   VixError err = VIX_OK;
-  unsigned id = 0;
+  unsigned id = 0, inflight = 0, max_inflight = 0;
 
   fake_clear_error ();
   fake_serial_enter ("VixDiskLib_Close");
@@ -190,7 +179,10 @@ VixDiskLib_Close (VixDiskLibHandle h)
   else {
     fake_busy_enter (h, "VixDiskLib_Close");
     id = h->id;
-    complete_pending (h);
+    /* Reads still in flight finish first (and their callbacks run):
+     * closing under them would pull the file from under the pool.
+     */
+    fake_pool_stop (h, &inflight, &max_inflight);
     close (h->fd);
     h->fd = -1;
     free (h->file);
@@ -198,8 +190,9 @@ VixDiskLib_Close (VixDiskLibHandle h)
     h->magic = FAKE_DEAD_MAGIC;
     fake_busy_leave (h);
   }
-  fake_logline ("VixDiskLib_Close handle=%u result=%llu",
-                id, (unsigned long long) err);
+  fake_logline ("VixDiskLib_Close handle=%u inflight=%u maxinflight=%u "
+                "result=%llu", id, inflight, max_inflight,
+                (unsigned long long) err);
   fake_serial_leave ();
   return err;
 }
@@ -286,16 +279,11 @@ VixDiskLib_GetTransportMode (VixDiskLibHandle h)
   return mode;
 }
 
-/* Read sectors [start, start+num) of h into buf; the file's tail past
- * EOF (up to the capacity) reads as zeroes.
- */
-static VixError
-do_read (struct fake_handle *h, uint64_t start, uint64_t num,
-         unsigned char *buf)
+/* The argument checks of Read and ReadAsync. */
+VixError
+fake_check_range (const struct fake_handle *h, uint64_t start, uint64_t num,
+                  const unsigned char *buf)
 {
-  uint64_t off, len, avail, done = 0;
-  long long n;
-
   if (buf == NULL)
     return fake_fail (VIX_E_INVALID_ARG, "NULL buffer");
   if (start > h->capacity || num > h->capacity - start)
@@ -303,14 +291,43 @@ do_read (struct fake_handle *h, uint64_t start, uint64_t num,
                       "sectors %llu+%llu are beyond the capacity %llu of %s",
                       (unsigned long long) start, (unsigned long long) num,
                       (unsigned long long) h->capacity, h->file);
-  n = __atomic_add_fetch (&read_calls, 1, __ATOMIC_RELAXED);
-  if (h->fail_read_after >= 0 && n > h->fail_read_after &&
-      n <= h->fail_read_after + h->fail_read_count)
+  return VIX_OK;
+}
+
+/* Number the Read/ReadAsync calls of the process that passed the checks,
+ * from 1 (FAKEVDDK_FAIL_READ_AFTER counts them).
+ */
+long long
+fake_next_read_call (void)
+{
+  return __atomic_add_fetch (&read_calls, 1, __ATOMIC_RELAXED);
+}
+
+/* Read sectors [start, start+num) of h into buf, the checks passed, for
+ * read call number call; the file's tail past EOF (up to the capacity)
+ * reads as zeroes.  FAKEVDDK_READ_DELAY_US is paid holding h->link, so the
+ * reads of one handle pay it one after another even when several are in
+ * flight (the handle's connection is busy for that long: a bandwidth);
+ * FAKEVDDK_READ_LATENCY_US is not (a latency that in-flight reads share).
+ */
+VixError
+fake_read (struct fake_handle *h, uint64_t start, uint64_t num,
+           unsigned char *buf, long long call)
+{
+  uint64_t off, len, avail, done = 0;
+
+  if (h->fail_read_after >= 0 && call > h->fail_read_after &&
+      call <= h->fail_read_after + h->fail_read_count)
     return fake_fail (VIX_E_FAIL, "injected failure of read call %lld "
                       "(FAKEVDDK_FAIL_READ_AFTER=%lld)",
-                      n, h->fail_read_after);
-  if (h->read_delay_us)
+                      call, h->fail_read_after);
+  if (h->read_latency_us)
+    usleep (h->read_latency_us);
+  if (h->read_delay_us) {
+    pthread_mutex_lock (&h->link);
     usleep (h->read_delay_us);
+    pthread_mutex_unlock (&h->link);
+  }
 
   off = start * VIXDISKLIB_SECTOR_SIZE;
   len = num * VIXDISKLIB_SECTOR_SIZE;
@@ -343,65 +360,14 @@ VixDiskLib_Read (VixDiskLibHandle h, uint64_t start, uint64_t num,
     err = fake_fail (VIX_E_INVALID_HANDLE, "disk handle %p", (void *) h);
   else {
     fake_busy_enter (h, "VixDiskLib_Read");
-    err = do_read (h, start, num, buf);
+    err = fake_check_range (h, start, num, buf);
+    if (err == VIX_OK)
+      err = fake_read (h, start, num, buf, fake_next_read_call ());
     fake_busy_leave (h);
   }
   fake_logline ("VixDiskLib_Read handle=%u start=%llu num=%llu result=%llu",
                 handle_valid (h) ? h->id : 0, (unsigned long long) start,
                 (unsigned long long) num, (unsigned long long) err);
-  return err;
-}
-
-/* The data is read at once; the completion callback runs in Wait (or
- * Close), as VDDK may call it any time before Wait returns.
- */
-EXPORT VixError
-VixDiskLib_ReadAsync (VixDiskLibHandle h, uint64_t start, uint64_t num,
-                      unsigned char *buf, VixDiskLibCompletionCB cb,
-                      void *data)
-{
-  VixError err = VIX_ASYNC;
-  struct fake_async *a;
-
-  fake_clear_error ();
-  if (!handle_valid (h))
-    err = fake_fail (VIX_E_INVALID_HANDLE, "disk handle %p", (void *) h);
-  else if (cb == NULL)
-    err = fake_fail (VIX_E_INVALID_ARG, "NULL completion callback");
-  else if ((a = calloc (1, sizeof *a)) == NULL)
-    err = fake_fail (VIX_E_OUT_OF_MEMORY, "async read");
-  else {
-    fake_busy_enter (h, "VixDiskLib_ReadAsync");
-    a->cb = cb;
-    a->data = data;
-    a->result = do_read (h, start, num, buf);
-    a->next = h->pending;
-    h->pending = a;
-    fake_busy_leave (h);
-  }
-  fake_logline ("VixDiskLib_ReadAsync handle=%u start=%llu num=%llu "
-                "result=%llu", handle_valid (h) ? h->id : 0,
-                (unsigned long long) start, (unsigned long long) num,
-                (unsigned long long) err);
-  return err;
-}
-
-EXPORT VixError
-VixDiskLib_Wait (VixDiskLibHandle h)
-{
-  VixError err = VIX_OK;
-  int n = 0;
-
-  fake_clear_error ();
-  if (!handle_valid (h))
-    err = fake_fail (VIX_E_INVALID_HANDLE, "disk handle %p", (void *) h);
-  else {
-    fake_busy_enter (h, "VixDiskLib_Wait");
-    n = complete_pending (h);
-    fake_busy_leave (h);
-  }
-  fake_logline ("VixDiskLib_Wait handle=%u completed=%d result=%llu",
-                handle_valid (h) ? h->id : 0, n, (unsigned long long) err);
   return err;
 }
 

@@ -12,6 +12,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <pthread.h>
 
 /* Only the VixDiskLib_* symbols are exported from the library. */
 #define HIDDEN __attribute__((visibility ("hidden")))
@@ -136,12 +137,10 @@ struct fake_connection {
   char *transports;           /* transportModes or NULL */
 };
 
-struct fake_async {
-  struct fake_async *next;
-  VixDiskLibCompletionCB cb;
-  void *data;
-  VixError result;
-};
+/* The ReadAsync machinery of one handle (async.c): a queue and a few
+ * threads, started by the first ReadAsync and stopped by Close.
+ */
+struct fake_pool;
 
 struct fake_handle {
   uint64_t magic;
@@ -154,11 +153,15 @@ struct fake_handle {
   char mode[16];              /* transport mode reported */
   const char *owner;          /* function running on it (detector) */
   /* Knobs, read from the environment when the disk is opened. */
-  unsigned read_delay_us;
+  unsigned read_delay_us;     /* serialised per handle (the link) */
+  unsigned read_latency_us;   /* overlaps between reads in flight */
   long long fail_read_after;  /* -1 = off */
   long long fail_read_count;
   int no_query_allocated;
-  struct fake_async *pending; /* ReadAsync completions delivered by Wait */
+  int no_async;               /* ReadAsync answers VIX_E_NOT_SUPPORTED */
+  unsigned async_threads;     /* threads of the ReadAsync pool */
+  pthread_mutex_t link;       /* held while paying read_delay_us */
+  struct fake_pool *pool;     /* NULL until the first ReadAsync */
 };
 
 /* errors.c */
@@ -186,10 +189,20 @@ HIDDEN void fake_serial_enter (const char *fn);
 HIDDEN void fake_serial_leave (void);
 
 /* disk.c */
+HIDDEN int fake_handle_valid (const struct fake_handle *h);
 HIDDEN void fake_busy_enter (struct fake_handle *h, const char *fn);
 HIDDEN void fake_violation (const char *what, const char *fn,
                             const char *other);
 HIDDEN void fake_busy_leave (struct fake_handle *h);
+HIDDEN VixError fake_check_range (const struct fake_handle *h, uint64_t start,
+                                  uint64_t num, const unsigned char *buf);
+HIDDEN long long fake_next_read_call (void);
+HIDDEN VixError fake_read (struct fake_handle *h, uint64_t start,
+                           uint64_t num, unsigned char *buf, long long call);
+
+/* async.c */
+HIDDEN void fake_pool_stop (struct fake_handle *h, unsigned *inflight,
+                            unsigned *max_inflight);
 
 /* paths.c */
 HIDDEN char *fake_map_path (const struct fake_connection *c, const char *path);

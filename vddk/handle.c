@@ -1,0 +1,238 @@
+/* Sendense capture — the calls on one VDDK disk handle.
+ *
+ * A VixDiskLibHandle is not thread-safe: every call on it is made under
+ * the pthread mutex of its struct vdk_disk, in C, so that no Go code ever
+ * waits for another goroutine's VDDK call.  A read with ReadAsync holds the
+ * mutex only while VDDK accepts it; the caller then waits for the
+ * completion callback (which only records the result and signals) on a
+ * condition variable of its own, so many reads of one handle are in flight
+ * at once.  The buffer is only used until the call returns: it returns
+ * after the completion, never before.
+ */
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "vixdisklib.h"
+
+#define VIX_E_NOT_SUPPORTED 6
+
+struct vdk_disk {
+  const struct vdk_lib *l;
+  VixDiskLibHandle h;
+  pthread_mutex_t lock;         /* held during every call on h */
+};
+
+struct vdk_disk *
+vdk_disk_new (const struct vdk_lib *l, VixDiskLibHandle h)
+{
+  struct vdk_disk *d = calloc (1, sizeof *d);
+
+  if (d == NULL)
+    return NULL;
+  d->l = l;
+  d->h = h;
+  pthread_mutex_init (&d->lock, NULL);
+  return d;
+}
+
+void
+vdk_disk_free (struct vdk_disk *d)
+{
+  if (d == NULL)
+    return;
+  pthread_mutex_destroy (&d->lock);
+  free (d);
+}
+
+VixDiskLibHandle
+vdk_disk_handle (const struct vdk_disk *d)
+{
+  return d->h;
+}
+
+/* The VixError and, on failure, a malloc'd copy of VDDK's text for it,
+ * fetched on the calling thread (VDDK may keep details per thread).
+ */
+static struct vdk_ret
+result (const struct vdk_lib *l, VixError err)
+{
+  struct vdk_ret r = { err, NULL, NULL };
+
+  if (err != VDK_VIX_OK && err != VDK_VIX_ASYNC) {
+    char *t = l->GetErrorText (err, NULL);
+    if (t) {
+      r.text = strdup (t);
+      l->FreeErrorText (t);
+    }
+  }
+  return r;
+}
+
+static struct vdk_ret
+absent (const char *name)
+{
+  struct vdk_ret r = { VIX_E_NOT_SUPPORTED, NULL, NULL };
+  const char *suffix = " is not in this VDDK";
+
+  r.text = malloc (strlen (name) + strlen (suffix) + 1);
+  if (r.text) {
+    strcpy (r.text, name);
+    strcat (r.text, suffix);
+  }
+  return r;
+}
+
+struct vdk_ret
+vdk_disk_GetInfo (struct vdk_disk *d, VixDiskLibInfo **out)
+{
+  VixError err;
+
+  pthread_mutex_lock (&d->lock);
+  err = d->l->GetInfo (d->h, out);
+  pthread_mutex_unlock (&d->lock);
+  return result (d->l, err);
+}
+
+struct vdk_ret
+vdk_disk_GetTransportMode (struct vdk_disk *d)
+{
+  struct vdk_ret r = { VDK_VIX_OK, NULL, NULL };
+
+  if (d->l->GetTransportMode == NULL)
+    return absent ("VixDiskLib_GetTransportMode");
+  pthread_mutex_lock (&d->lock);
+  r.str = d->l->GetTransportMode (d->h);
+  pthread_mutex_unlock (&d->lock);
+  return r;
+}
+
+struct vdk_ret
+vdk_disk_QueryAllocatedBlocks (struct vdk_disk *d, uint64_t start,
+                               uint64_t num, uint64_t chunk,
+                               VixDiskLibBlockList **out)
+{
+  VixError err;
+
+  if (d->l->QueryAllocatedBlocks == NULL)
+    return absent ("VixDiskLib_QueryAllocatedBlocks");
+  pthread_mutex_lock (&d->lock);
+  err = d->l->QueryAllocatedBlocks (d->h, start, num, chunk, out);
+  pthread_mutex_unlock (&d->lock);
+  return result (d->l, err);
+}
+
+/* Read with VixDiskLib_Read.  With n > 0, num is 1 and the sector goes
+ * through a bounce buffer of which bytes [skip, skip+n) are copied to buf.
+ */
+struct vdk_ret
+vdk_disk_Read (struct vdk_disk *d, uint64_t start, uint64_t num, void *buf,
+               uint32_t skip, uint32_t n)
+{
+  unsigned char bounce[VDK_SECTOR_SIZE];
+  VixError err;
+
+  pthread_mutex_lock (&d->lock);
+  err = d->l->Read (d->h, start, num, n ? bounce : buf);
+  pthread_mutex_unlock (&d->lock);
+  if (err == VDK_VIX_OK && n)
+    memcpy (buf, bounce + skip, n);
+  return result (d->l, err);
+}
+
+/* One read in flight: the completion callback fills it and signals. */
+struct vdk_req {
+  const struct vdk_lib *l;
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int done;
+  VixError err;
+  char *text;                   /* malloc'd VDDK text of a failure */
+};
+
+static void
+read_done (void *data, VixError err)
+{
+  struct vdk_req *r = data;
+  char *text = NULL;
+
+  /* The text is fetched here, on VDDK's thread, as nbdkit-vddk does:
+   * that is where VDDK knows about the failure.
+   */
+  if (err != VDK_VIX_OK) {
+    char *t = r->l->GetErrorText (err, NULL);
+    if (t) {
+      text = strdup (t);
+      r->l->FreeErrorText (t);
+    }
+  }
+  pthread_mutex_lock (&r->mu);
+  r->err = err;
+  r->text = text;
+  r->done = 1;
+  pthread_cond_signal (&r->cv);
+  pthread_mutex_unlock (&r->mu);
+}
+
+/* Read with VixDiskLib_ReadAsync and wait for its completion; the
+ * handle's mutex is held only while VDDK accepts the read.  skip and n as
+ * for vdk_disk_Read.  Any answer but VIX_ASYNC is the read's result (VDDK
+ * calls the callback only for reads it accepted), so VIX_E_NOT_SUPPORTED
+ * comes back as is and the caller falls back to Read.
+ */
+struct vdk_ret
+vdk_disk_ReadAsync (struct vdk_disk *d, uint64_t start, uint64_t num,
+                    void *buf, uint32_t skip, uint32_t n)
+{
+  unsigned char bounce[VDK_SECTOR_SIZE];
+  struct vdk_req r = { .l = d->l };
+  struct vdk_ret ret = { VDK_VIX_OK, NULL, NULL };
+  VixError err;
+
+  if (d->l->ReadAsync == NULL)
+    return absent ("VixDiskLib_ReadAsync");
+  pthread_mutex_init (&r.mu, NULL);
+  pthread_cond_init (&r.cv, NULL);
+  pthread_mutex_lock (&d->lock);
+  err = d->l->ReadAsync (d->h, start, num, n ? bounce : buf, read_done, &r);
+  pthread_mutex_unlock (&d->lock);
+  if (err == VDK_VIX_ASYNC) {
+    pthread_mutex_lock (&r.mu);
+    while (!r.done)
+      pthread_cond_wait (&r.cv, &r.mu);
+    pthread_mutex_unlock (&r.mu);
+    ret.err = r.err;
+    ret.text = r.text;
+  }
+  else
+    ret = result (d->l, err);
+  pthread_cond_destroy (&r.cv);
+  pthread_mutex_destroy (&r.mu);
+  if (ret.err == VDK_VIX_OK && n)
+    memcpy (buf, bounce + skip, n);
+  return ret;
+}
+
+struct vdk_ret
+vdk_disk_Wait (struct vdk_disk *d)
+{
+  VixError err;
+
+  if (d->l->Wait == NULL)
+    return absent ("VixDiskLib_Wait");
+  pthread_mutex_lock (&d->lock);
+  err = d->l->Wait (d->h);
+  pthread_mutex_unlock (&d->lock);
+  return result (d->l, err);
+}
+
+struct vdk_ret
+vdk_disk_Close (struct vdk_disk *d)
+{
+  VixError err;
+
+  pthread_mutex_lock (&d->lock);
+  err = d->l->Close (d->h);
+  pthread_mutex_unlock (&d->lock);
+  return result (d->l, err);
+}
