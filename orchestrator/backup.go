@@ -15,7 +15,7 @@ import (
 
 // BackupOptions select what a backup does.
 type BackupOptions struct {
-	Repo                 string // repository directory
+	Repo                 string // repository: a directory, or ssh://[user@]host[:port]/path
 	Full                 bool   // full backup of every disk, whatever CBT says
 	Quiesce              bool   // quiesced (application-consistent) snapshot
 	AllowCrashConsistent bool   // fall back to a crash-consistent snapshot when quiescing fails
@@ -45,10 +45,11 @@ func Backup(ctx context.Context, s *Services, vmSpec string, opt BackupOptions) 
 		return nil, err
 	}
 	defer vj.close()
-	r, err := repo.OpenOrInit(opt.Repo)
+	r, err := OpenOrInitRepository(ctx, s, opt.Repo)
 	if err != nil {
 		return nil, err
 	}
+	defer r.Close()
 	j := &backupJob{vmJob: vj, opt: opt, repo: r,
 		report: &BackupReport{Kind: KindBackup, VM: vj.vm.Name, Moref: vj.vm.Moref, Started: started, Repo: opt.Repo}}
 	err = j.run(ctx)
@@ -216,10 +217,15 @@ func (j *backupJob) backupDisk(ctx context.Context, pending *repo.Pending, prev 
 		backing = prev.Disk(d.Key).Image
 	}
 	image := pending.ImagePath(d.Key)
-	if err := qemu.CreateImage(ctx, image, d.Capacity, backing); err != nil {
+	tools := j.repo.Qemu() // where the repository is
+	if err := tools.CreateImage(ctx, image, d.Capacity, backing); err != nil {
 		return nil, DiskReport{}, err
 	}
-	dst, err := qemu.ServeNBD(ctx, image, qemu.ServeOptions{Format: "qcow2", SocketDir: j.tmp})
+	sopts := qemu.ServeOptions{Format: "qcow2"}
+	if j.repo.Local() {
+		sopts.SocketDir = j.tmp
+	}
+	dst, err := tools.ServeNBD(ctx, image, sopts)
 	if err != nil {
 		return nil, DiskReport{}, err
 	}
@@ -228,7 +234,11 @@ func (j *backupJob) backupDisk(ctx context.Context, pending *repo.Pending, prev 
 	opts.DestinationIsZero = p.full
 	opts.Checksum = p.full
 	opts.HashChunks = true
-	res, err := j.copyDisk(ctx, snap, p, dst.URI(), opts, nil)
+	var reconnect Reconnector
+	if !j.repo.Local() {
+		reconnect = serverReconnector(dst) // a lost tunnel is resumed
+	}
+	res, err := j.copyDisk(ctx, snap, p, dst.URI(), opts, reconnect)
 	if err != nil {
 		return nil, DiskReport{}, err
 	}

@@ -5,9 +5,11 @@ import (
 	"io"
 	"net"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/sendense/capture/cbt"
 	"github.com/sendense/capture/internal/copier"
@@ -102,5 +104,39 @@ func TestCopyResumesAfterConnectionLoss(t *testing.T) {
 	cut2 := cuttingProxy(t, dstSock, 8<<20)
 	if _, err := j.copyResumable(context.Background(), srcURI, cut2, copier.Options{Requests: 4, RequestSize: 1 << 20}, nil); err == nil || !isConnectionLoss(err) {
 		t.Fatalf("a cut without reconnect: %v", err)
+	}
+}
+
+// TestCopyGivesUpAfterRetryBudget: a destination whose every connection
+// breaks, or that cannot be reached again, ends the copy with the
+// connection error once the reconnections allowed are spent, not with a
+// copy that hangs or claims success.
+func TestCopyGivesUpAfterRetryBudget(t *testing.T) {
+	defer func(a int, d time.Duration) { resumeAttempts, resumeFirstDelay = a, d }(resumeAttempts, resumeFirstDelay)
+	resumeAttempts, resumeFirstDelay = 2, 0
+	_, srcURI := nbdtest.NBDKit(t, "-r", "pattern", "size=64M")
+	dstSock, _ := nbdtest.NBDKit(t, "memory", "size=64M")
+	j := &vmJob{vm: &cbt.VM{Name: "test"}, rep: nopReporter{}}
+	for _, tc := range []struct {
+		name      string
+		reconnect Reconnector
+	}{
+		{"every connection cut", func(ctx context.Context) (string, error) { return cuttingProxy(t, dstSock, 4<<20), nil }},
+		{"unreachable", func(ctx context.Context) (string, error) { return "", io.ErrClosedPipe }},
+	} {
+		calls := 0
+		reconnect := func(ctx context.Context) (string, error) { calls++; return tc.reconnect(ctx) }
+		res, err := j.copyResumable(context.Background(), srcURI, cuttingProxy(t, dstSock, 4<<20),
+			copier.Options{Requests: 4, RequestSize: 1 << 20}, reconnect)
+		if err == nil {
+			t.Fatalf("%s: the copy succeeded: %+v", tc.name, res)
+		}
+		if !isConnectionLoss(err) || !strings.Contains(err.Error(), "gave up after 2 reconnections") {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if calls != 2 {
+			t.Fatalf("%s: %d reconnections, want 2", tc.name, calls)
+		}
+		t.Logf("%s: %v", tc.name, err)
 	}
 }

@@ -25,6 +25,7 @@ type backupOptions struct {
 	vcenter              vcenterFlags
 	vddk                 vddkFlags
 	copy                 copyTuning
+	tunnel               tunnelFlags
 	repo                 string
 	full                 bool
 	quiesce              bool
@@ -60,7 +61,8 @@ func (o *backupOptions) AddFlags(fs *pflag.FlagSet) {
 	o.vcenter.register(fs)
 	o.vddk.register(fs)
 	o.copy.register(fs)
-	fs.StringVar(&o.repo, "repo", "", "repository `directory` ([repository] path) [$SENDENSE_REPOSITORY]")
+	o.tunnel.register(fs)
+	fs.StringVar(&o.repo, "repo", "", "repository `directory`, or ssh://[user@]host[:port]/path on the control plane ([repository] path) [$SENDENSE_REPOSITORY]")
 	fs.BoolVar(&o.full, "full", false, "full backup of every disk, whatever CBT says (default: incremental when a usable previous backup exists)")
 	fs.BoolVar(&o.quiesce, "quiesce", false, "quiesce the guest through VMware Tools for an application-consistent snapshot ([backup] quiesce)")
 	fs.BoolVar(&o.allowCrashConsistent, "allow-crash-consistent", false, "when quiescing fails, take a crash-consistent snapshot instead of failing")
@@ -77,6 +79,7 @@ func (o *backupOptions) config(cmd *cobra.Command) (*config.Config, error) {
 	o.vcenter.apply(fs, cfg)
 	o.vddk.apply(fs, cfg)
 	o.copy.apply(fs, cfg)
+	o.tunnel.apply(fs, cfg)
 	setString(fs, "repo", &cfg.Repository.Path, o.repo)
 	if fs.Changed("quiesce") {
 		cfg.Backup.Quiesce = o.quiesce
@@ -86,6 +89,11 @@ func (o *backupOptions) config(cmd *cobra.Command) (*config.Config, error) {
 	}
 	if cfg.Repository.Path == "" {
 		return nil, usageErrorf("no repository given: use --repo DIR, [repository] path or SENDENSE_REPOSITORY")
+	}
+	if orchestrator.IsRemoteRepository(cfg.Repository.Path) {
+		if _, err := orchestrator.ParseRepositoryURL(cfg.Repository.Path); err != nil {
+			return nil, usageErrorf("--repo: %v", err)
+		}
 	}
 	return cfg, nil
 }
@@ -111,6 +119,13 @@ The snapshot is removed whatever happens (success, error, SIGINT, SIGTERM),
 and snapshots named sendense-* left by a crash are removed first. A backup
 that fails leaves the previous restore points as they were.
 
+The repository may be on the control plane: --repo ssh://[user@]host[:port]/path
+(the same format; qemu-img and qemu-nbd run there, the data goes through the
+SSH tunnel, [tunnel] and --ssh-key, --known-hosts configure it). When the
+connection drops during a copy, the backup reconnects with a bounded
+exponential backoff and continues from what was already copied and
+flushed; see docs/repository.md.
+
 VM is a managed object id (vm-42), an inventory path (/DC/vm/folder/name)
 or a unique name. Several VMs are backed up [backup] max_concurrent_vms at a
 time; the disks of a VM [backup] max_concurrent_disks at a time.
@@ -119,6 +134,8 @@ EXAMPLES
   sendense backup --repo /srv/backups /DC0/vm/db01
   sendense backup --config /etc/sendense/sendense.toml --quiesce db01 web01
   sendense backup --repo /srv/backups --full --json db01 | jq .
+  sendense backup --repo ssh://sendense@cp.example.com/srv/backups \
+      --ssh-key /etc/sendense/id_ed25519 db01
 
 EXIT STATUS
   0    every VM was backed up
@@ -183,6 +200,8 @@ func runBackup(ctx context.Context, cfg *config.Config, o backupOptions, vms []s
 		return err
 	}
 	defer s.Client.Close(context.WithoutCancel(ctx))
+	s.AcceptNewHostKey = o.tunnel.acceptNewHostKey
+	defer s.CloseTunnels()
 	opt := orchestrator.BackupOptions{
 		Repo:                 cfg.Repository.Path,
 		Full:                 o.full,

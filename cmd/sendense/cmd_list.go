@@ -9,35 +9,54 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/sendense/capture/internal/config"
 	"github.com/sendense/capture/internal/repo"
 	"github.com/sendense/capture/internal/units"
+	"github.com/sendense/capture/orchestrator"
 )
 
 func init() {
 	rootCmd.AddCommand(newListCommand())
 }
 
-// repoDirFlag is the --repo flag of list, restore, verify and prune.
+// repoDirFlag is the --repo flag of list, restore, verify and prune, with
+// the SSH flags of ssh:// repositories.
 type repoDirFlag struct {
-	dir string
+	dir    string
+	tunnel tunnelFlags
+	cfg    *config.Config // the configuration, loaded when needed
 }
 
 func (f *repoDirFlag) register(fs *pflag.FlagSet) {
-	fs.StringVar(&f.dir, "repo", "", "repository `directory` (default: [repository] path of the --config file, else $SENDENSE_REPOSITORY)")
+	fs.StringVar(&f.dir, "repo", "", "repository `directory`, or ssh://[user@]host[:port]/path on the control plane (default: [repository] path of the --config file, else $SENDENSE_REPOSITORY)")
+	f.tunnel.register(fs)
 }
 
 // resolve fills in a --repo not given from the configuration file or
-// $SENDENSE_REPOSITORY.
+// $SENDENSE_REPOSITORY, and reads the [tunnel] settings (under the SSH
+// flags) for an ssh:// repository.
 func (f *repoDirFlag) resolve(cmd *cobra.Command) error {
-	if f.dir != "" {
+	if f.dir != "" && !orchestrator.IsRemoteRepository(f.dir) {
 		return nil
 	}
 	cfg, err := loadConfig(cmd) // the file, over $SENDENSE_REPOSITORY
 	if err != nil {
 		return err
 	}
-	f.dir = cfg.Repository.Path
-	return f.check()
+	if f.dir == "" {
+		f.dir = cfg.Repository.Path
+	}
+	f.tunnel.apply(cmd.Flags(), cfg)
+	f.cfg = cfg
+	if err := f.check(); err != nil {
+		return err
+	}
+	if orchestrator.IsRemoteRepository(f.dir) {
+		if _, err := orchestrator.ParseRepositoryURL(f.dir); err != nil {
+			return usageErrorf("--repo: %v", err)
+		}
+	}
+	return nil
 }
 
 func (f *repoDirFlag) check() error {
@@ -47,12 +66,27 @@ func (f *repoDirFlag) check() error {
 	return nil
 }
 
-// openRepo opens the repository named by --repo.
-func (f *repoDirFlag) open(ctx context.Context) (*repo.Repo, error) {
+// open opens the repository named by --repo; close releases it (and the
+// SSH tunnel of an ssh:// one).
+func (f *repoDirFlag) open(ctx context.Context) (r *repo.Repo, close func(), err error) {
 	if err := f.check(); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return repo.OpenContext(ctx, f.dir)
+	if !orchestrator.IsRemoteRepository(f.dir) {
+		r, err := repo.OpenContext(ctx, f.dir)
+		return r, func() {}, err
+	}
+	cfg := f.cfg
+	if cfg == nil {
+		cfg = config.Defaults()
+	}
+	s := &orchestrator.Services{Config: cfg, AcceptNewHostKey: f.tunnel.acceptNewHostKey}
+	r, err = orchestrator.OpenRepository(ctx, s, f.dir)
+	if err != nil {
+		s.CloseTunnels()
+		return nil, nil, err
+	}
+	return r, func() { r.Close(); s.CloseTunnels() }, nil
 }
 
 // listOptions are the flags of "sendense list".
@@ -80,6 +114,10 @@ EXAMPLES
 
   One VM, for a script:
     SENDENSE_REPOSITORY=/backups sendense list --json web01
+
+  A repository on the control plane, over SSH:
+    sendense list --repo ssh://sendense@cp.example.com/srv/backups \
+        --ssh-key /etc/sendense/id_ed25519
 
 EXIT STATUS
   0    the backups were listed
@@ -142,10 +180,11 @@ func runList(ctx context.Context, opts listOptions, gopts globalOptions, stdout,
 	if len(args) > 0 {
 		vm = args[0]
 	}
-	r, err := opts.repo.open(ctx)
+	r, closeRepo, err := opts.repo.open(ctx)
 	if err != nil {
 		return err
 	}
+	defer closeRepo()
 	res, err := r.List(ctx, vm)
 	if err != nil {
 		return err
@@ -178,7 +217,7 @@ func runList(ctx context.Context, opts listOptions, gopts globalOptions, stdout,
 	} else {
 		if len(res.Points) == 0 && len(res.Errors) == 0 {
 			if !gopts.Quiet {
-				fmt.Fprintf(stdout, "no backups in repository %s\n", r.Dir)
+				fmt.Fprintf(stdout, "no backups in repository %s\n", r.Location())
 			}
 			return nil
 		}

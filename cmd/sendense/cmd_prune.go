@@ -63,6 +63,9 @@ EXAMPLES
   See what keeping 2 backups of web01 would do:
     sendense prune --repo /backups --keep 2 --dry-run web01
 
+  Prune a repository on the control plane (merges run there):
+    sendense prune --repo ssh://sendense@cp.example.com/srv/backups --keep 7
+
 EXIT STATUS
   0    done (or nothing to do)
   1    a VM could not be pruned (locked by a backup, a corrupt manifest, a
@@ -100,10 +103,11 @@ func runPrune(ctx context.Context, opts pruneOptions, gopts globalOptions, stdou
 	if len(args) > 0 {
 		vm = args[0]
 	}
-	r, err := opts.repo.open(ctx)
+	r, closeRepo, err := opts.repo.open(ctx)
 	if err != nil {
 		return err
 	}
+	defer closeRepo()
 	var freed int64
 	var dropped, merged int
 	reports, err := r.Prune(ctx, repo.PruneOptions{

@@ -61,9 +61,17 @@ image or a backing file of the chain is missing, or when a manifest is
 missing or corrupt: the error names the file. See
 docs/restore-verify-prune.md.
 
+With --repo ssh://… the repository is on the control plane: each image is
+served there by qemu-nbd and read through the SSH tunnel by qemu-img here,
+so DIR is always on this machine and holes are not sent.
+
 EXAMPLES
   Restore the latest backup of web01 as raw disks:
     sendense restore --repo /backups web01 --to /restore
+
+  Restore from a repository on the control plane:
+    sendense restore --repo ssh://sendense@cp.example.com/srv/backups web01 \
+        --to /restore --ssh-key /etc/sendense/id_ed25519
 
   Restore one disk of an older backup as qcow2:
     sendense restore --repo /backups vm-42 --backup 20240501T120000Z \
@@ -105,10 +113,11 @@ func runRestore(ctx context.Context, opts restoreOptions, gopts globalOptions, s
 	if err := opts.Check(); err != nil {
 		return err
 	}
-	r, err := opts.repo.open(ctx)
+	r, closeRepo, err := opts.repo.open(ctx)
 	if err != nil {
 		return err
 	}
+	defer closeRepo()
 	var disks []int32
 	for _, k := range opts.Disks {
 		disks = append(disks, int32(k))

@@ -66,7 +66,7 @@ func TestRestore(t *testing.T) {
 func TestRunRestoreWithoutCobra(t *testing.T) {
 	r, b := testRepository(t)
 	var stdout, stderr bytes.Buffer
-	opts := restoreOptions{repo: repoDirFlag{r.Dir}, To: t.TempDir(), Format: "qcow2"}
+	opts := restoreOptions{repo: repoDirFlag{dir: r.Dir}, To: t.TempDir(), Format: "qcow2"}
 	if err := runRestore(context.Background(), opts, globalOptions{Quiet: true}, &stdout, &stderr, []string{"vm-1"}); err != nil {
 		t.Fatal(err)
 	}

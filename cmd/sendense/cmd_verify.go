@@ -52,6 +52,9 @@ EXAMPLES
   Verify the backup you are about to restore, and what it needs:
     sendense verify --repo /backups web01 --backup 20240501T120000Z
 
+  Verify a repository on the control plane (the images are read there):
+    sendense verify --repo ssh://sendense@cp.example.com/srv/backups
+
 EXIT STATUS
   0    everything verified
   1    verification could not run (no repository, unknown VM or backup,
@@ -105,10 +108,11 @@ func runVerify(ctx context.Context, opts verifyOptions, gopts globalOptions, std
 	if opts.Backup != "" && vm == "" {
 		return usageErrorf("--backup needs the VM it belongs to")
 	}
-	r, err := opts.repo.open(ctx)
+	r, closeRepo, err := opts.repo.open(ctx)
 	if err != nil {
 		return err
 	}
+	defer closeRepo()
 	problem := func(p repo.Problem) {
 		if gopts.JSON {
 			printJSON(stdout, "problem", p)
@@ -164,7 +168,7 @@ func runVerify(ctx context.Context, opts verifyOptions, gopts globalOptions, std
 		fmt.Fprintf(stdout, "verified %d images: %s\n", len(res.Images), verifyPlural(n, "problem"))
 	}
 	if !res.OK() {
-		return &codedError{exitVerify, fmt.Errorf("verify found %s in repository %s", verifyPlural(n, "problem"), r.Dir)}
+		return &codedError{exitVerify, fmt.Errorf("verify found %s in repository %s", verifyPlural(n, "problem"), r.Location())}
 	}
 	if len(res.Images) == 0 && vm != "" {
 		return fmt.Errorf("VM %s has no backups to verify", vm)

@@ -58,13 +58,18 @@ func (t *Tools) nbd() string {
 // runImg runs qemu-img with args.
 func (t *Tools) runImg(ctx context.Context, args ...string) ([]byte, error) {
 	out, err := t.runner().Run(ctx, t.img(), args...)
-	return out, toolError(t.img(), err)
+	return out, t.toolError(t.img(), err)
 }
 
-// toolError turns "program not found" into a *ToolMissingError.
-func toolError(tool string, err error) error {
+// toolError turns "program not found" into a *ToolMissingError naming
+// the machine when the runner runs the tools elsewhere.
+func (t *Tools) toolError(tool string, err error) error {
 	if err != nil && errors.Is(err, exec.ErrNotFound) {
-		return &ToolMissingError{Tool: tool, Err: err}
+		e := &ToolMissingError{Tool: tool, Err: err}
+		if l, ok := t.runner().(Locator); ok {
+			e.Where = l.Where()
+		}
+		return e
 	}
 	return err
 }
@@ -86,8 +91,15 @@ func NoBacking(path string) string {
 // (relative to path's directory, or absolute) the image is an overlay of
 // that qcow2 image. It refuses to replace an existing file.
 func (t *Tools) CreateImage(ctx context.Context, path string, size uint64, backing string) error {
-	if _, local := t.runner().(LocalRunner); local {
+	switch r := t.runner().(type) {
+	case LocalRunner:
 		if _, err := os.Lstat(path); err == nil {
+			return fmt.Errorf("create image %s: the file already exists; remove it first", path)
+		}
+	case interface {
+		Lstat(path string) (os.FileInfo, error)
+	}:
+		if _, err := r.Lstat(path); err == nil {
 			return fmt.Errorf("create image %s: the file already exists; remove it first", path)
 		}
 	}

@@ -56,7 +56,9 @@ type ServeOptions struct {
 
 // Server is a running qemu-nbd, persistent (it keeps serving after
 // clients disconnect) until Close. Its context's cancellation also stops
-// it.
+// it. When the Runner runs it on another machine (an Exposer), URI is the
+// local end of a forward to its socket, which Reconnect re-establishes
+// after the connection to that machine was lost.
 type Server struct {
 	image  string
 	dir    string
@@ -65,14 +67,24 @@ type Server struct {
 	runner Runner
 	tool   string
 
+	mu  sync.Mutex
+	uri string    // "": the socket itself
+	exp io.Closer // the exposure of a remote socket
+
 	once      sync.Once
 	closeErr  error
 	closing   chan struct{}
 	cancelled atomic.Bool // stopped because its context was cancelled
 }
 
-// URI is the NBD URI of the export (nbd+unix:///?socket=…).
+// URI is the NBD URI of the export (nbd+unix:///?socket=…) on this
+// machine.
 func (s *Server) URI() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.uri != "" {
+		return s.uri
+	}
 	return "nbd+unix:///?socket=" + escapeQuery(s.socket)
 }
 
@@ -91,7 +103,7 @@ func escapeQuery(s string) string {
 	return b.String()
 }
 
-// Socket is the path of the unix socket.
+// Socket is the path of the unix socket (on the machine qemu-nbd runs on).
 func (s *Server) Socket() string { return s.socket }
 
 // Pid is qemu-nbd's process id.
@@ -166,7 +178,7 @@ func (t *Tools) serve(ctx context.Context, image string, opts ServeOptions, cach
 	proc, err := r.Start(t.nbd(), args...)
 	if err != nil {
 		r.RemoveAll(dir)
-		return nil, fmt.Errorf("serve %s: %w", image, toolError(t.nbd(), err))
+		return nil, fmt.Errorf("serve %s: %w", image, t.toolError(t.nbd(), err))
 	}
 	s := &Server{image: image, dir: dir, socket: sock, proc: proc, runner: r, tool: t.nbd(), closing: make(chan struct{})}
 	if err := s.waitReady(ctx, opts.StartTimeout); err != nil {
@@ -179,6 +191,16 @@ func (t *Tools) serve(ctx context.Context, image string, opts ServeOptions, cach
 		}
 		return nil, fmt.Errorf("serve %s: %w", image, err)
 	}
+	if ex, ok := r.(Exposer); ok {
+		uri, c, err := ex.Expose(ctx, sock)
+		if err != nil {
+			proc.Signal(syscall.SIGKILL)
+			proc.Wait()
+			r.RemoveAll(dir)
+			return nil, fmt.Errorf("serve %s: %w", image, err)
+		}
+		s.uri, s.exp = uri, c
+	}
 	go func() {
 		select {
 		case <-ctx.Done():
@@ -189,6 +211,53 @@ func (t *Tools) serve(ctx context.Context, image string, opts ServeOptions, cach
 		}
 	}()
 	return s, nil
+}
+
+// Reconnect makes the server reachable again after the connection to the
+// machine it runs on was lost (a new forward through a new connection)
+// and returns its new URI, once it answers. The server itself is the same
+// process: what it acknowledged before the loss is still in it. A server
+// that has exited is an error: it is never restarted, since a qcow2 image
+// whose server was killed may hold writes that were never flushed. On
+// this machine it only checks that the server still answers.
+func (s *Server) Reconnect(ctx context.Context) (string, error) {
+	select {
+	case <-s.proc.Done():
+		err := s.proc.Wait()
+		if err == nil {
+			err = errors.New("exited")
+		}
+		return "", fmt.Errorf("qemu-nbd serving %s is gone: %w", s.image, err)
+	case <-s.closing:
+		return "", fmt.Errorf("qemu-nbd serving %s: closed", s.image)
+	default:
+	}
+	ex, ok := s.runner.(Exposer)
+	if !ok {
+		if err := s.probe(ctx); err != nil {
+			return "", fmt.Errorf("qemu-nbd serving %s does not answer: %w", s.image, err)
+		}
+		return s.URI(), nil
+	}
+	s.mu.Lock()
+	old := s.exp
+	s.exp = nil
+	s.mu.Unlock()
+	if old != nil {
+		old.Close()
+	}
+	uri, c, err := ex.Expose(ctx, s.socket)
+	if err != nil {
+		return "", fmt.Errorf("qemu-nbd serving %s: %w", s.image, err)
+	}
+	if err := s.probe(ctx); err != nil {
+		c.Close()
+		return "", fmt.Errorf("qemu-nbd serving %s does not answer: %w", s.image, err)
+	}
+	s.mu.Lock()
+	s.uri, s.exp = uri, c
+	s.mu.Unlock()
+	return uri, nil
 }
 
 // waitReady polls the socket until an NBD handshake succeeds.
@@ -286,6 +355,13 @@ func (s *Server) Close() error {
 			s.closeErr = fmt.Errorf("qemu-nbd serving %s: %w", s.image, err)
 		case early && !s.cancelled.Load():
 			s.closeErr = fmt.Errorf("qemu-nbd serving %s exited before it was closed", s.image)
+		}
+		s.mu.Lock()
+		exp := s.exp
+		s.exp = nil
+		s.mu.Unlock()
+		if exp != nil {
+			exp.Close()
 		}
 		if rerr := s.runner.RemoveAll(s.dir); rerr != nil && s.closeErr == nil {
 			s.closeErr = fmt.Errorf("removing the socket directory %s: %w", s.dir, rerr)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -34,6 +35,21 @@ type Runner interface {
 	RemoveAll(path string) error
 	// DialUnix connects to a unix socket.
 	DialUnix(ctx context.Context, path string) (net.Conn, error)
+}
+
+// Exposer is implemented by a Runner whose unix sockets are on another
+// machine (the control plane, over SSH): Expose makes the socket at path
+// there reachable from this machine and returns the NBD URI to connect to
+// (e.g. a forwarded local socket) and what to close to stop exposing it.
+// ServeNBD uses it so that Server.URI works here.
+type Exposer interface {
+	Expose(ctx context.Context, path string) (uri string, c io.Closer, err error)
+}
+
+// Locator is implemented by a Runner that runs the tools elsewhere: Where
+// names that machine for messages ("sendense@cp.example.com:22").
+type Locator interface {
+	Where() string
 }
 
 // Process is a program started with Runner.Start.
@@ -79,11 +95,15 @@ func firstArg(args []string) string {
 
 // ToolMissingError says that a QEMU program is not installed.
 type ToolMissingError struct {
-	Tool string
-	Err  error
+	Tool  string
+	Where string // the machine it is missing on ("": this one)
+	Err   error
 }
 
 func (e *ToolMissingError) Error() string {
+	if e.Where != "" {
+		return fmt.Sprintf("%s is not installed or not in $PATH on %s: install the Debian package qemu-utils there (apt-get install qemu-utils)", e.Tool, e.Where)
+	}
 	return fmt.Sprintf("%s is not installed or not in $PATH: install the Debian package qemu-utils (apt-get install qemu-utils)", e.Tool)
 }
 

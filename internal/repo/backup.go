@@ -5,13 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"slices"
 	"sync"
-
-	"github.com/sendense/capture/internal/atomicfile"
-	"github.com/sendense/capture/internal/lockfile"
 )
 
 // Pending is a backup being written: it holds the VM directory's writer
@@ -24,7 +20,7 @@ type Pending struct {
 	vd     *vmDir
 	vm     VMRef
 	parent *Manifest
-	lock   *lockfile.Lock
+	lock   Lock
 
 	mu   sync.Mutex
 	done bool
@@ -44,7 +40,7 @@ func (r *Repo) Begin(vm VMRef) (*Pending, error) {
 	if err != nil {
 		return nil, err
 	}
-	lock, err := lockWriter(vd.Path, "backup")
+	lock, err := r.lockWriter(vd.Path, "backup")
 	if err != nil {
 		return nil, err
 	}
@@ -54,7 +50,7 @@ func (r *Repo) Begin(vm VMRef) (*Pending, error) {
 			lock.Unlock()
 		}
 	}()
-	if exists(filepath.Join(vd.Path, journalName)) {
+	if r.exists(filepath.Join(vd.Path, journalName)) {
 		if err := r.recoverLocked(ctx, vd); err != nil {
 			// The points stay restorable and the backup only adds files.
 			slog.Warn("could not finish an interrupted prune; continuing with the backup", "vm", vd.Name, "error", err)
@@ -75,7 +71,7 @@ func (r *Repo) Begin(vm VMRef) (*Pending, error) {
 	}
 	// state.json records who the directory belongs to (kept current when
 	// the VM is renamed, so that its new name finds it).
-	if st, err := readState(vd.Path); err != nil {
+	if st, err := r.readState(vd.Path); err != nil {
 		return nil, err
 	} else if st == nil || st.VM != vm {
 		if st == nil {
@@ -86,11 +82,10 @@ func (r *Repo) Begin(vm VMRef) (*Pending, error) {
 		}
 	}
 	id := nextID(r.now(), latest, func(id string) bool {
-		if exists(filepath.Join(vd.Path, id+".json")) {
+		if r.exists(filepath.Join(vd.Path, id+".json")) {
 			return true
 		}
-		m, _ := filepath.Glob(filepath.Join(vd.Path, id+"-disk*.qcow2"))
-		return len(m) > 0
+		return len(r.glob(vd.Path, id+"-disk", ".qcow2")) > 0
 	})
 	ok = true
 	return &Pending{ID: id, r: r, vd: vd, vm: vm, parent: parent, lock: lock}, nil
@@ -100,18 +95,18 @@ func (r *Repo) Begin(vm VMRef) (*Pending, error) {
 // a backup that crashed before its manifest was written. (Older images
 // without a manifest are left alone: they may be backing files.)
 func (r *Repo) removeOrphans(vd *vmDir, latest string) error {
-	entries, err := os.ReadDir(vd.Path)
+	entries, err := r.fs.ReadDir(vd.Path)
 	if err != nil {
 		return err
 	}
 	for _, e := range entries {
 		id, _, ok := parseImageName(e.Name())
-		if !ok || (latest != "" && compareIDs(id, latest) <= 0) || exists(filepath.Join(vd.Path, id+".json")) {
+		if !ok || (latest != "" && compareIDs(id, latest) <= 0) || r.exists(filepath.Join(vd.Path, id+".json")) {
 			continue
 		}
 		path := filepath.Join(vd.Path, e.Name())
-		slog.Info("removing the image of an unfinished backup", "file", path)
-		if err := os.Remove(path); err != nil {
+		slog.Info("removing the image of an unfinished backup", "file", location(r.fs, path))
+		if err := r.fs.Remove(path); err != nil {
 			return fmt.Errorf("removing %s, left by an unfinished backup: %w", path, err)
 		}
 	}
@@ -163,12 +158,19 @@ func (p *Pending) Commit(m *Manifest) error {
 	if err := p.validate(ctx, m); err != nil {
 		return fmt.Errorf("backup %s of VM %s: %w", p.ID, p.vm, err)
 	}
+	// A remote lock whose holder lost its connection for longer than its
+	// lease may have been taken by someone else meanwhile.
+	if le, ok := p.lock.(lockErr); ok {
+		if err := le.Err(); err != nil {
+			return fmt.Errorf("backup %s of VM %s: the VM directory's lock was lost (%w): the backup is not committed", p.ID, p.vm, err)
+		}
+	}
 	b, err := encodeManifest(m)
 	if err != nil {
 		return err
 	}
 	path := filepath.Join(p.vd.Path, p.ID+".json")
-	if err := atomicfile.WriteFile(path, b, 0o600); err != nil {
+	if err := p.r.fs.WriteFileAtomic(path, b, 0o600); err != nil {
 		return fmt.Errorf("writing manifest %s: %w", path, err)
 	}
 	p.done = true
@@ -236,17 +238,16 @@ func (p *Pending) Abort() error {
 	}
 	p.done = true
 	defer p.lock.Unlock()
-	images, _ := filepath.Glob(filepath.Join(p.vd.Path, p.ID+"-disk*.qcow2"))
 	var errs []error
-	for _, img := range images {
-		if id, _, ok := parseImageName(filepath.Base(img)); !ok || id != p.ID {
+	for _, name := range p.r.glob(p.vd.Path, p.ID+"-disk", ".qcow2") {
+		if id, _, ok := parseImageName(name); !ok || id != p.ID {
 			continue
 		}
-		if err := os.Remove(img); err != nil {
+		if err := p.r.fs.Remove(filepath.Join(p.vd.Path, name)); err != nil {
 			errs = append(errs, err)
 		}
 	}
-	atomicfile.SyncDir(p.vd.Path)
+	p.r.fs.SyncDir(p.vd.Path)
 	return errors.Join(errs...)
 }
 
@@ -255,7 +256,7 @@ func (p *Pending) Abort() error {
 func (p *Pending) WriteState(st *State) error { return p.r.writeState(p.vd, p.vm, st) }
 
 // ReadState returns the VM's state (an empty one when there is none).
-func (p *Pending) ReadState() (*State, error) { return stateOf(p.vd) }
+func (p *Pending) ReadState() (*State, error) { return p.r.stateOf(p.vd) }
 
 // sortedKeys returns the disk keys of m in order.
 func sortedKeys(m *Manifest) []int32 {
@@ -282,7 +283,7 @@ func (r *Repo) CheckImage(vm string, d *DiskImage) error {
 		return err
 	}
 	path := filepath.Join(vd.Path, d.Image)
-	if !exists(path) {
+	if !r.exists(path) {
 		return fmt.Errorf("image %s is missing", path)
 	}
 	chain, err := r.Tools.InfoChain(ctx, path)

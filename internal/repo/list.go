@@ -36,10 +36,18 @@ func (r *Repo) List(ctx context.Context, vm string) (*ListResult, error) {
 		}
 		ms, errs := r.loadManifests(vd)
 		res.Errors = append(res.Errors, errs...)
+		var images []string
+		for _, m := range ms {
+			for _, d := range m.Disks {
+				images = append(images, filepath.Join(vd.Path, d.Image))
+			}
+		}
+		usage := r.fs.Usage(images...) // one call per VM: remote ones are a round trip
 		for _, m := range ms {
 			p := Point{VMDir: vd.Name, Path: filepath.Join(vd.Path, m.ID+".json"), Manifest: m}
-			for _, d := range m.Disks {
-				p.StoredBytes += allocated(filepath.Join(vd.Path, d.Image))
+			for range m.Disks {
+				p.StoredBytes += usage[0]
+				usage = usage[1:]
 			}
 			res.Points = append(res.Points, p)
 		}

@@ -47,14 +47,14 @@ type LockHolder = lockfile.Holder
 
 // lockWriter takes a VM directory's writer lock without waiting and
 // records the holder.
-func lockWriter(vmDir, operation string) (*lockfile.Lock, error) {
+func (r *Repo) lockWriter(vmDir, operation string) (Lock, error) {
 	path := filepath.Join(vmDir, lockName)
-	l, holder, err := lockfile.TryExclusive(path, operation)
+	l, holder, err := r.fs.TryExclusive(path, operation)
 	if err != nil {
 		return nil, err
 	}
 	if holder != nil {
-		return nil, &LockedError{VM: vmDir, Holder: *holder, Path: path}
+		return nil, &LockedError{VM: location(r.fs, vmDir), Holder: *holder, Path: path}
 	}
 	return l, nil
 }

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -290,8 +289,8 @@ func (e *ManifestError) Unwrap() error { return e.Err }
 
 // readManifest reads and validates the manifest at path; its id must match
 // the file name (id.json, or id.json.SUFFIX).
-func readManifest(path string) (*Manifest, error) {
-	b, err := os.ReadFile(path)
+func (r *Repo) readManifest(path string) (*Manifest, error) {
+	b, err := r.fs.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}

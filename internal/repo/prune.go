@@ -7,14 +7,11 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 
-	"github.com/sendense/capture/internal/atomicfile"
 	"github.com/sendense/capture/internal/extent"
-	"github.com/sendense/capture/internal/lockfile"
 	"github.com/sendense/capture/internal/qemu"
 )
 
@@ -84,9 +81,9 @@ func (j *journal) pendingFor(id string) bool {
 }
 
 // readJournal reads dir's prune journal; none is (nil, nil).
-func readJournal(dir string) (*journal, error) {
+func (r *Repo) readJournal(dir string) (*journal, error) {
 	path := filepath.Join(dir, journalName)
-	b, err := os.ReadFile(path)
+	b, err := r.fs.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
@@ -167,18 +164,18 @@ func (r *Repo) Prune(ctx context.Context, opts PruneOptions) ([]PruneReport, err
 }
 
 func (r *Repo) pruneVM(ctx context.Context, vd *vmDir, opts PruneOptions) (*PruneReport, error) {
-	wl, err := lockWriter(vd.Path, "prune")
+	wl, err := r.lockWriter(vd.Path, "prune")
 	if err != nil {
 		return nil, err
 	}
 	defer wl.Unlock()
-	rl, err := lockfile.Wait(ctx, filepath.Join(vd.Path, readLockName), !opts.DryRun, "waiting for a restore or verify of VM "+vd.Name+" to finish")
+	rl, err := r.fs.WaitLock(ctx, filepath.Join(vd.Path, readLockName), !opts.DryRun, "waiting for a restore or verify of VM "+vd.Name+" to finish")
 	if err != nil {
 		return nil, err
 	}
 	defer rl.Unlock()
 
-	if j, err := readJournal(vd.Path); err != nil {
+	if j, err := r.readJournal(vd.Path); err != nil {
 		return nil, err
 	} else if j != nil {
 		if opts.DryRun {
@@ -195,7 +192,7 @@ func (r *Repo) pruneVM(ctx context.Context, vd *vmDir, opts PruneOptions) (*Prun
 		return nil, fmt.Errorf("nothing was changed: %w", errors.Join(errs...))
 	}
 	rep := &PruneReport{VM: vd.Name, DryRun: opts.DryRun, Kept: []string{}, Dropped: []string{}}
-	j, err := planPrune(vd, ms, opts.Keep)
+	j, err := r.planPrune(vd, ms, opts.Keep)
 	if err != nil {
 		return nil, fmt.Errorf("nothing was changed: %w", err)
 	}
@@ -215,14 +212,18 @@ func (r *Repo) pruneVM(ctx context.Context, vd *vmDir, opts PruneOptions) (*Prun
 		}
 	}
 	if opts.DryRun {
+		var files []string
 		for _, f := range j.Delete {
-			rep.FreedBytes += allocated(filepath.Join(vd.Path, f))
+			files = append(files, filepath.Join(vd.Path, f))
+		}
+		for _, n := range r.fs.Usage(files...) {
+			rep.FreedBytes += n
 		}
 		return rep, nil
 	}
-	before := dirUsage(vd.Path)
+	before := r.dirUsage(vd.Path)
 	b, _ := json.MarshalIndent(j, "", "  ")
-	if err := atomicfile.WriteFile(filepath.Join(vd.Path, journalName), append(b, '\n'), 0o600); err != nil {
+	if err := r.fs.WriteFileAtomic(filepath.Join(vd.Path, journalName), append(b, '\n'), 0o600); err != nil {
 		return nil, fmt.Errorf("writing the prune journal: %w", err)
 	}
 	if err := r.step("journal"); err != nil {
@@ -232,23 +233,27 @@ func (r *Repo) pruneVM(ctx context.Context, vd *vmDir, opts PruneOptions) (*Prun
 		return nil, err
 	}
 	// Allocation is approximate (file systems preallocate): never negative.
-	rep.FreedBytes = max(0, before-dirUsage(vd.Path))
+	rep.FreedBytes = max(0, before-r.dirUsage(vd.Path))
 	return rep, nil
 }
 
 // dirUsage is the space the files of dir take.
-func dirUsage(dir string) int64 {
-	entries, _ := os.ReadDir(dir)
-	var n int64
+func (r *Repo) dirUsage(dir string) int64 {
+	entries, _ := r.fs.ReadDir(dir)
+	var files []string
 	for _, e := range entries {
-		n += allocated(filepath.Join(dir, e.Name()))
+		files = append(files, filepath.Join(dir, e.Name()))
+	}
+	var n int64
+	for _, u := range r.fs.Usage(files...) {
+		n += u
 	}
 	return n
 }
 
 // planPrune decides what pruning ms (oldest first) down to keep backups
 // does; nil when nothing. It checks that every chain to merge is complete.
-func planPrune(vd *vmDir, ms []*Manifest, keep int) (*journal, error) {
+func (r *Repo) planPrune(vd *vmDir, ms []*Manifest, keep int) (*journal, error) {
 	if len(ms) <= keep {
 		return nil, nil
 	}
@@ -311,7 +316,7 @@ func planPrune(vd *vmDir, ms []*Manifest, keep int) (*journal, error) {
 			}
 			bases[mg.Base] = true
 			for _, img := range mg.Chain {
-				if p := filepath.Join(vd.Path, img); !exists(p) {
+				if p := filepath.Join(vd.Path, img); !r.exists(p) {
 					return nil, fmt.Errorf("backup %s disk %d needs %s, which is missing: restore it from a copy, or remove the backups that need it by hand", k.ID, key, p)
 				}
 			}
@@ -330,10 +335,9 @@ func planPrune(vd *vmDir, ms []*Manifest, keep int) (*journal, error) {
 		for _, d := range m.Disks {
 			names = append(names, d.Image)
 		}
-		extra, _ := filepath.Glob(filepath.Join(vd.Path, m.ID+"-disk*.qcow2"))
-		for _, e := range extra {
-			if id, _, ok := parseImageName(filepath.Base(e)); ok && id == m.ID {
-				names = append(names, filepath.Base(e))
+		for _, e := range r.glob(vd.Path, m.ID+"-disk", ".qcow2") {
+			if id, _, ok := parseImageName(e); ok && id == m.ID {
+				names = append(names, e)
 			}
 		}
 		for _, n := range names {
@@ -354,11 +358,11 @@ func (r *Repo) finishPrune(ctx context.Context, vd *vmDir, j *journal) error {
 
 	// 1. The dropped backups stop being restore points.
 	for _, id := range j.Drop {
-		if err := os.Rename(path(id+".json"), path(id+droppedSuffix)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		if err := r.fs.Rename(path(id+".json"), path(id+droppedSuffix)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return err
 		}
 	}
-	if err := atomicfile.SyncDir(vd.Path); err != nil {
+	if err := r.fs.SyncDir(vd.Path); err != nil {
 		return err
 	}
 	if err := r.step("dropped"); err != nil {
@@ -374,7 +378,7 @@ func (r *Repo) finishPrune(ctx context.Context, vd *vmDir, j *journal) error {
 
 	// 3. Remove what is no longer needed.
 	for _, name := range j.Delete {
-		if err := os.Remove(path(name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		if err := r.fs.Remove(path(name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return err
 		}
 		if err := r.step("delete"); err != nil {
@@ -382,24 +386,24 @@ func (r *Repo) finishPrune(ctx context.Context, vd *vmDir, j *journal) error {
 		}
 	}
 	for _, id := range j.Drop {
-		if err := os.Remove(path(id + droppedSuffix)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		if err := r.fs.Remove(path(id + droppedSuffix)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return err
 		}
 	}
-	if err := atomicfile.SyncDir(vd.Path); err != nil {
+	if err := r.fs.SyncDir(vd.Path); err != nil {
 		return err
 	}
-	if err := os.Remove(path(journalName)); err != nil {
+	if err := r.fs.Remove(path(journalName)); err != nil {
 		return err
 	}
-	return atomicfile.SyncDir(vd.Path)
+	return r.fs.SyncDir(vd.Path)
 }
 
 func (r *Repo) finishSuccessor(ctx context.Context, vd *vmDir, j *journal, s successor) error {
 	path := func(name string) string { return filepath.Join(vd.Path, name) }
 	newPath := path(s.Backup + newSuffix)
-	if !exists(newPath) {
-		k, err := readManifest(path(s.Backup + ".json"))
+	if !r.exists(newPath) {
+		k, err := r.readManifest(path(s.Backup + ".json"))
 		if err != nil {
 			return err
 		}
@@ -413,13 +417,13 @@ func (r *Repo) finishSuccessor(ctx context.Context, vd *vmDir, j *journal, s suc
 			return nil // switched already
 		}
 		for _, mg := range s.Merges {
-			if !exists(path(mg.Base)) {
+			if !r.exists(path(mg.Base)) {
 				return fmt.Errorf("cannot merge disk %d: its base image %s is missing", mg.Disk, path(mg.Base))
 			}
 			if err := r.Tools.Commit(ctx, path(mg.Top), path(mg.Base)); err != nil {
 				return err
 			}
-			if err := syncFile(path(mg.Base)); err != nil {
+			if err := r.fs.SyncFile(path(mg.Base)); err != nil {
 				return err
 			}
 			if err := r.step("commit"); err != nil {
@@ -434,7 +438,7 @@ func (r *Repo) finishSuccessor(ctx context.Context, vd *vmDir, j *journal, s suc
 		if err != nil {
 			return err
 		}
-		if err := atomicfile.WriteFile(newPath, b, 0o600); err != nil {
+		if err := r.fs.WriteFileAtomic(newPath, b, 0o600); err != nil {
 			return err
 		}
 		if err := r.step("manifest-new"); err != nil {
@@ -442,27 +446,27 @@ func (r *Repo) finishSuccessor(ctx context.Context, vd *vmDir, j *journal, s suc
 		}
 	}
 	for _, mg := range s.Merges {
-		if !exists(path(mg.Base)) {
+		if !r.exists(path(mg.Base)) {
 			continue // renamed already
 		}
-		if err := atomicfile.Rename(path(mg.Base), path(mg.Top)); err != nil {
+		if err := r.rename(path(mg.Base), path(mg.Top)); err != nil {
 			return err
 		}
 		if err := r.step("rename"); err != nil {
 			return err
 		}
 	}
-	if err := atomicfile.Rename(newPath, path(s.Backup+".json")); err != nil {
+	if err := r.rename(newPath, path(s.Backup+".json")); err != nil {
 		return err
 	}
 	return r.step("switch")
 }
 
 // droppedManifest reads a dropped backup's manifest (renamed or not yet).
-func droppedManifest(vd *vmDir, id string) (*Manifest, error) {
-	m, err := readManifest(filepath.Join(vd.Path, id+droppedSuffix))
+func (r *Repo) droppedManifest(vd *vmDir, id string) (*Manifest, error) {
+	m, err := r.readManifest(filepath.Join(vd.Path, id+droppedSuffix))
 	if errors.Is(err, fs.ErrNotExist) {
-		m, err = readManifest(filepath.Join(vd.Path, id+".json"))
+		m, err = r.readManifest(filepath.Join(vd.Path, id+".json"))
 	}
 	return m, err
 }
@@ -499,7 +503,7 @@ func (r *Repo) mergedManifest(ctx context.Context, vd *vmDir, j *journal, k *Man
 			ids = append(ids, id)
 			mergedIDs[id] = true
 			var od *DiskImage
-			m, err := droppedManifest(vd, id)
+			m, err := r.droppedManifest(vd, id)
 			if err == nil {
 				od = m.Disk(key)
 			}

@@ -21,16 +21,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"time"
 
-	"github.com/sendense/capture/internal/atomicfile"
-	"github.com/sendense/capture/internal/lockfile"
 	"github.com/sendense/capture/internal/qemu"
 )
 
@@ -51,11 +49,13 @@ var (
 
 // Repo is an open repository.
 type Repo struct {
-	// Dir is the repository's absolute path.
+	// Dir is the repository's absolute path (on the machine of its FS).
 	Dir string
-	// Tools runs qemu-img and qemu-nbd (default qemu.Default).
+	// Tools runs qemu-img and qemu-nbd where the repository is (default
+	// qemu.Default, for a repository on this machine).
 	Tools *qemu.Tools
 
+	fs   FS
 	now  func() time.Time
 	hook func(step string) error // tests: fault injection between steps
 }
@@ -66,91 +66,143 @@ type repoFile struct {
 	Created time.Time `json:"created"`
 }
 
-func newRepo(dir string) *Repo {
-	return &Repo{Dir: dir, Tools: qemu.Default, now: time.Now}
+func newRepo(fsys FS, tools *qemu.Tools, dir string) *Repo {
+	if tools == nil {
+		tools = qemu.Default
+	}
+	return &Repo{Dir: dir, Tools: tools, fs: fsys, now: time.Now}
 }
 
-// Init creates a repository in dir, which must not exist or be empty. A
-// directory that is already a repository, or that holds other files, is
-// refused.
-func Init(dir string) (*Repo, error) {
-	abs, err := filepath.Abs(dir)
+// Qemu returns the tools that run where the repository is: create and
+// serve its images with them.
+func (r *Repo) Qemu() *qemu.Tools { return r.Tools }
+
+// FS returns the file system the repository lives on.
+func (r *Repo) FS() FS { return r.fs }
+
+// Local says whether the repository is on this machine.
+func (r *Repo) Local() bool { return r.fs.Name() == "" }
+
+// Location names the repository: its directory, prefixed with the
+// machine for a remote one (ssh://user@host:port/dir).
+func (r *Repo) Location() string { return location(r.fs, r.Dir) }
+
+func location(fsys FS, dir string) string { return fsys.Name() + dir }
+
+// Close releases what the repository's file system holds (a remote
+// one's sessions); the locks of pending operations are released by them.
+func (r *Repo) Close() error {
+	if c, ok := r.fs.(io.Closer); ok {
+		return c.Close()
+	}
+	return nil
+}
+
+// Init creates a repository in dir on this machine (InitFS).
+func Init(dir string) (*Repo, error) { return InitFS(Local, qemu.Default, dir) }
+
+// InitFS creates a repository in dir of fsys, whose images tools create
+// and serve; dir must not exist or be empty. A directory that is already
+// a repository, or that holds other files, is refused.
+func InitFS(fsys FS, tools *qemu.Tools, dir string) (*Repo, error) {
+	abs, err := fsys.Abs(dir)
 	if err != nil {
 		return nil, err
 	}
-	entries, err := os.ReadDir(abs)
+	where := location(fsys, abs)
+	entries, err := fsys.ReadDir(abs)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		if err := os.MkdirAll(abs, 0o700); err != nil {
-			return nil, fmt.Errorf("creating repository %s: %w", abs, err)
+		if err := fsys.MkdirAll(abs, 0o700); err != nil {
+			return nil, fmt.Errorf("creating repository %s: %w", where, err)
 		}
 	case err != nil:
-		return nil, fmt.Errorf("repository %s: %w", abs, err)
-	case exists(filepath.Join(abs, RepoFileName)):
-		return nil, fmt.Errorf("%s is already a sendense repository", abs)
+		return nil, fmt.Errorf("repository %s: %w", where, err)
+	case existsIn(fsys, filepath.Join(abs, RepoFileName)):
+		return nil, fmt.Errorf("%s is already a sendense repository", where)
 	case len(entries) > 0:
-		return nil, fmt.Errorf("%s exists, is not empty and is not a sendense repository: use an empty or new directory", abs)
+		return nil, fmt.Errorf("%s exists, is not empty and is not a sendense repository: use an empty or new directory", where)
 	}
 	b, _ := json.MarshalIndent(repoFile{RepoFormat, RepoVersion, time.Now().UTC()}, "", "  ")
-	if err := atomicfile.WriteFile(filepath.Join(abs, RepoFileName), append(b, '\n'), 0o600); err != nil {
-		return nil, fmt.Errorf("creating repository %s: %w", abs, err)
+	if err := fsys.WriteFileAtomic(filepath.Join(abs, RepoFileName), append(b, '\n'), 0o600); err != nil {
+		return nil, fmt.Errorf("creating repository %s: %w", where, err)
 	}
-	atomicfile.SyncDir(filepath.Dir(abs))
-	return newRepo(abs), nil
+	fsys.SyncDir(filepath.Dir(abs))
+	return newRepo(fsys, tools, abs), nil
+}
+
+func existsIn(fsys FS, path string) bool {
+	_, err := fsys.Lstat(path)
+	return !errors.Is(err, fs.ErrNotExist)
 }
 
 // Open opens the repository in dir (OpenContext without cancellation).
 func Open(dir string) (*Repo, error) { return OpenContext(context.Background(), dir) }
 
-// OpenContext opens the repository in dir. It finishes any prune that was
-// interrupted (a crash, a signal) in a VM directory nobody else is using;
-// failing that it only logs a warning: the points stay restorable.
+// OpenContext opens the repository in dir on this machine (OpenFS).
 func OpenContext(ctx context.Context, dir string) (*Repo, error) {
-	abs, err := filepath.Abs(dir)
+	return OpenFS(ctx, Local, qemu.Default, dir)
+}
+
+// OpenFS opens the repository in dir of fsys, whose images tools create
+// and serve. It finishes any prune that was interrupted (a crash, a
+// signal) in a VM directory nobody else is using; failing that it only
+// logs a warning: the points stay restorable.
+func OpenFS(ctx context.Context, fsys FS, tools *qemu.Tools, dir string) (*Repo, error) {
+	abs, err := fsys.Abs(dir)
 	if err != nil {
 		return nil, err
 	}
+	where := location(fsys, abs)
 	path := filepath.Join(abs, RepoFileName)
-	b, err := os.ReadFile(path)
+	b, err := fsys.ReadFile(path)
 	if err != nil {
-		if fi, serr := os.Stat(abs); serr != nil {
-			return nil, fmt.Errorf("repository %s does not exist (a backup creates it; check --repo or $SENDENSE_REPOSITORY)", abs)
+		if fi, serr := fsys.Stat(abs); serr != nil {
+			if !errors.Is(serr, fs.ErrNotExist) {
+				return nil, fmt.Errorf("repository %s: %w", where, serr)
+			}
+			return nil, fmt.Errorf("repository %s does not exist (a backup creates it; check --repo or $SENDENSE_REPOSITORY)", where)
 		} else if !fi.IsDir() {
-			return nil, fmt.Errorf("repository %s is not a directory", abs)
+			return nil, fmt.Errorf("repository %s is not a directory", where)
 		}
 		if errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("%s is %w: it has no %s (check --repo or $SENDENSE_REPOSITORY)", abs, ErrNotRepository, RepoFileName)
+			return nil, fmt.Errorf("%s is %w: it has no %s (check --repo or $SENDENSE_REPOSITORY)", where, ErrNotRepository, RepoFileName)
 		}
-		return nil, fmt.Errorf("repository %s: %w", abs, err)
+		return nil, fmt.Errorf("repository %s: %w", where, err)
 	}
 	var rf repoFile
 	if err := json.Unmarshal(b, &rf); err != nil {
-		return nil, fmt.Errorf("%s is corrupt (not valid JSON: %v): restore it from a copy; its content is documented in docs/repository.md", path, err)
+		return nil, fmt.Errorf("%s is corrupt (not valid JSON: %v): restore it from a copy; its content is documented in docs/repository.md", location(fsys, path), err)
 	}
 	switch {
 	case rf.Format != RepoFormat:
-		return nil, fmt.Errorf("%s is %w: %s has format %q, not %q", abs, ErrNotRepository, RepoFileName, rf.Format, RepoFormat)
+		return nil, fmt.Errorf("%s is %w: %s has format %q, not %q", where, ErrNotRepository, RepoFileName, rf.Format, RepoFormat)
 	case rf.Version > RepoVersion:
-		return nil, fmt.Errorf("repository %s has version %d, newer than this sendense understands (%d): upgrade sendense", abs, rf.Version, RepoVersion)
+		return nil, fmt.Errorf("repository %s has version %d, newer than this sendense understands (%d): upgrade sendense", where, rf.Version, RepoVersion)
 	case rf.Version < 1:
-		return nil, fmt.Errorf("%s is corrupt: version %d", path, rf.Version)
+		return nil, fmt.Errorf("%s is corrupt: version %d", location(fsys, path), rf.Version)
 	}
-	r := newRepo(abs)
+	r := newRepo(fsys, tools, abs)
 	r.recoverAll(ctx)
 	return r, nil
 }
 
-// OpenOrInit opens the repository in dir, creating it when dir does not
-// exist or is empty (what a backup does).
+// OpenOrInit opens the repository in dir on this machine, creating it
+// when dir does not exist or is empty (what a backup does).
 func OpenOrInit(dir string) (*Repo, error) {
-	abs, err := filepath.Abs(dir)
+	return OpenOrInitFS(context.Background(), Local, qemu.Default, dir)
+}
+
+// OpenOrInitFS is OpenOrInit on fsys with tools.
+func OpenOrInitFS(ctx context.Context, fsys FS, tools *qemu.Tools, dir string) (*Repo, error) {
+	abs, err := fsys.Abs(dir)
 	if err != nil {
 		return nil, err
 	}
-	if entries, err := os.ReadDir(abs); errors.Is(err, fs.ErrNotExist) || (err == nil && len(entries) == 0) {
-		return Init(abs)
+	if entries, err := fsys.ReadDir(abs); errors.Is(err, fs.ErrNotExist) || (err == nil && len(entries) == 0) {
+		return InitFS(fsys, tools, abs)
 	}
-	return Open(abs)
+	return OpenFS(ctx, fsys, tools, abs)
 }
 
 func (r *Repo) step(name string) error {
@@ -169,9 +221,9 @@ type vmDir struct {
 
 // vmDirs lists the VM directories.
 func (r *Repo) vmDirs() ([]*vmDir, error) {
-	entries, err := os.ReadDir(r.Dir)
+	entries, err := r.fs.ReadDir(r.Dir)
 	if err != nil {
-		return nil, fmt.Errorf("repository %s: %w", r.Dir, err)
+		return nil, fmt.Errorf("repository %s: %w", r.Location(), err)
 	}
 	var out []*vmDir
 	for _, e := range entries {
@@ -187,12 +239,12 @@ func (r *Repo) vmDirs() ([]*vmDir, error) {
 
 // identity finds which VM a directory belongs to.
 func (r *Repo) identity(vd *vmDir) VMRef {
-	if st, err := readState(vd.Path); err == nil && st != nil && (st.VM.Moref != "" || st.VM.InstanceUUID != "") {
+	if st, err := r.readState(vd.Path); err == nil && st != nil && (st.VM.Moref != "" || st.VM.InstanceUUID != "") {
 		return st.VM
 	}
-	ids, _ := manifestIDs(vd.Path)
+	ids, _ := r.manifestIDs(vd.Path)
 	for i := len(ids) - 1; i >= 0; i-- {
-		if m, err := readManifest(filepath.Join(vd.Path, ids[i]+".json")); err == nil {
+		if m, err := r.readManifest(filepath.Join(vd.Path, ids[i]+".json")); err == nil {
 			return m.VM
 		}
 	}
@@ -242,7 +294,7 @@ func (r *Repo) findVM(s string) (*vmDir, error) {
 	}
 	switch len(found) {
 	case 0:
-		return nil, fmt.Errorf("%w: no backups of VM %q in repository %s (see 'sendense list')", ErrNoVM, s, r.Dir)
+		return nil, fmt.Errorf("%w: no backups of VM %q in repository %s (see 'sendense list')", ErrNoVM, s, r.Location())
 	case 1:
 		return found[0], nil
 	}
@@ -250,7 +302,7 @@ func (r *Repo) findVM(s string) (*vmDir, error) {
 	for _, vd := range found {
 		names = append(names, fmt.Sprintf("%s (directory %s)", vd.VM, vd.Name))
 	}
-	return nil, fmt.Errorf("VM %q is ambiguous in repository %s: it matches %s; name the moref or the directory instead", s, r.Dir, strings.Join(names, ", "))
+	return nil, fmt.Errorf("VM %q is ambiguous in repository %s: it matches %s; name the moref or the directory instead", s, r.Location(), strings.Join(names, ", "))
 }
 
 // selectVMs returns the directory of vm, or every VM directory for "".
@@ -289,18 +341,18 @@ func (r *Repo) dirFor(vm VMRef) (*vmDir, error) {
 			continue // another VM's
 		}
 		path := filepath.Join(r.Dir, name)
-		if err := os.MkdirAll(path, 0o700); err != nil {
+		if err := r.fs.MkdirAll(path, 0o700); err != nil {
 			return nil, fmt.Errorf("creating VM directory %s: %w", path, err)
 		}
-		atomicfile.SyncDir(r.Dir)
+		r.fs.SyncDir(r.Dir)
 		return &vmDir{Name: name, Path: path, VM: vm}, nil
 	}
-	return nil, fmt.Errorf("no free directory name for VM %s in %s: both %s and %s belong to other VMs", vm, r.Dir, safeName(vm.Name), safeName(vm.Name+"-"+vm.Moref))
+	return nil, fmt.Errorf("no free directory name for VM %s in %s: both %s and %s belong to other VMs", vm, r.Location(), safeName(vm.Name), safeName(vm.Name+"-"+vm.Moref))
 }
 
 // manifestIDs lists the backup ids with a manifest in dir, oldest first.
-func manifestIDs(dir string) ([]string, error) {
-	entries, err := os.ReadDir(dir)
+func (r *Repo) manifestIDs(dir string) ([]string, error) {
+	entries, err := r.fs.ReadDir(dir)
 	if err != nil {
 		return nil, err
 	}
@@ -319,11 +371,11 @@ func manifestIDs(dir string) ([]string, error) {
 // points (not being pruned), oldest first. Unreadable ones are returned as
 // errors naming the file.
 func (r *Repo) loadManifests(vd *vmDir) ([]*Manifest, []error) {
-	ids, err := manifestIDs(vd.Path)
+	ids, err := r.manifestIDs(vd.Path)
 	if err != nil {
 		return nil, []error{fmt.Errorf("VM directory %s: %w", vd.Path, err)}
 	}
-	j, jerr := readJournal(vd.Path)
+	j, jerr := r.readJournal(vd.Path)
 	var errs []error
 	if jerr != nil {
 		errs = append(errs, jerr)
@@ -333,7 +385,7 @@ func (r *Repo) loadManifests(vd *vmDir) ([]*Manifest, []error) {
 		if j != nil && slices.Contains(j.Drop, id) {
 			continue
 		}
-		m, err := readManifest(filepath.Join(vd.Path, id+".json"))
+		m, err := r.readManifest(filepath.Join(vd.Path, id+".json"))
 		if errors.Is(err, fs.ErrNotExist) {
 			continue // removed meanwhile (a prune)
 		}
@@ -381,11 +433,11 @@ func (r *Repo) manifestByID(vd *vmDir, id string) (*Manifest, error) {
 	if !validID(id) {
 		return nil, fmt.Errorf("%q is not a backup id (YYYYMMDDTHHMMSSZ[-N]; see 'sendense list')", id)
 	}
-	if j, _ := readJournal(vd.Path); j != nil && slices.Contains(j.Drop, id) {
+	if j, _ := r.readJournal(vd.Path); j != nil && slices.Contains(j.Drop, id) {
 		return nil, fmt.Errorf("%w: backup %s of VM %s is being pruned (journal %s)", ErrNoBackup, id, vd.Name, filepath.Join(vd.Path, journalName))
 	}
 	path := filepath.Join(vd.Path, id+".json")
-	m, err := readManifest(path)
+	m, err := r.readManifest(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("%w: backup %s of VM %s not found (manifest %s is missing; see 'sendense list')", ErrNoBackup, id, vd.Name, path)
 	}
@@ -394,8 +446,8 @@ func (r *Repo) manifestByID(vd *vmDir, id string) (*Manifest, error) {
 
 // readLock takes a VM directory's read lock (shared), waiting while a
 // prune changes it.
-func readLock(ctx context.Context, vd *vmDir) (*lockfile.Lock, error) {
-	return lockfile.Wait(ctx, filepath.Join(vd.Path, readLockName), false,
+func (r *Repo) readLock(ctx context.Context, vd *vmDir) (Lock, error) {
+	return r.fs.WaitLock(ctx, filepath.Join(vd.Path, readLockName), false,
 		"waiting for a prune of VM "+vd.Name+" to finish")
 }
 
@@ -406,10 +458,10 @@ func (r *Repo) recoverAll(ctx context.Context) {
 		return
 	}
 	for _, vd := range dirs {
-		if !exists(filepath.Join(vd.Path, journalName)) {
+		if !r.exists(filepath.Join(vd.Path, journalName)) {
 			continue
 		}
-		wl, err := lockWriter(vd.Path, "prune recovery")
+		wl, err := r.lockWriter(vd.Path, "prune recovery")
 		if err != nil {
 			slog.Warn("an interrupted prune is pending; it will be finished by the next prune or backup", "vm", vd.Name, "reason", err)
 			continue
@@ -425,11 +477,11 @@ func (r *Repo) recoverAll(ctx context.Context) {
 // the writer lock. It needs the read lock too and gives up (nil) when a
 // reader holds it.
 func (r *Repo) recoverLocked(ctx context.Context, vd *vmDir) error {
-	j, err := readJournal(vd.Path)
+	j, err := r.readJournal(vd.Path)
 	if err != nil || j == nil {
 		return err
 	}
-	rl, ok, err := lockfile.TryLock(filepath.Join(vd.Path, readLockName), true)
+	rl, ok, err := r.fs.TryLock(filepath.Join(vd.Path, readLockName), true)
 	if err != nil {
 		return err
 	}

@@ -66,7 +66,7 @@ func (r *Repo) Restore(ctx context.Context, opts RestoreOptions) ([]RestoredDisk
 	if err != nil {
 		return nil, err
 	}
-	rl, err := readLock(ctx, vd)
+	rl, err := r.readLock(ctx, vd)
 	if err != nil {
 		return nil, err
 	}
@@ -100,7 +100,7 @@ func (r *Repo) Restore(ctx context.Context, opts RestoreOptions) ([]RestoredDisk
 	}
 	for _, d := range disks {
 		out := RestoreOutput(to, vd.Name, d.Key, format)
-		if exists(out) && !opts.Force {
+		if localExists(out) && !opts.Force {
 			return nil, fmt.Errorf("%s exists: remove it, choose another --to, or use --force to replace it", out)
 		}
 		if err := r.checkChain(ctx, vd, m, d); err != nil {
@@ -132,9 +132,9 @@ func (r *Repo) Restore(ctx context.Context, opts RestoreOptions) ([]RestoredDisk
 // exist, following the images' own headers (what qemu reads), and that
 // the manifests of the backups holding them exist.
 func (r *Repo) checkChain(ctx context.Context, vd *vmDir, m *Manifest, d *DiskImage) error {
-	j, _ := readJournal(vd.Path)
+	j, _ := r.readJournal(vd.Path)
 	img := filepath.Join(vd.Path, d.Image)
-	if !exists(img) {
+	if !r.exists(img) {
 		return fmt.Errorf("backup %s disk %d: image %s is missing", m.ID, d.Key, img)
 	}
 	for depth := 0; ; depth++ {
@@ -152,13 +152,13 @@ func (r *Repo) checkChain(ctx context.Context, vd *vmDir, m *Manifest, d *DiskIm
 		if !filepath.IsAbs(next) {
 			next = filepath.Join(filepath.Dir(img), next)
 		}
-		if !exists(next) {
+		if !r.exists(next) {
 			return fmt.Errorf("backup %s disk %d: the backing file %s of %s is missing: this backup cannot be restored (an earlier one may be)", m.ID, d.Key, next, filepath.Base(img))
 		}
 		// The backup holding it must still be a backup (or be merged by a
 		// pending prune, which keeps the files until done).
 		if id, _, ok := parseImageName(filepath.Base(next)); ok && filepath.Dir(next) == vd.Path && (j == nil || !slices.Contains(j.Drop, id)) {
-			if mp := filepath.Join(vd.Path, id+".json"); !exists(mp) {
+			if mp := filepath.Join(vd.Path, id+".json"); !r.exists(mp) {
 				return fmt.Errorf("backup %s disk %d: the manifest %s of backup %s, which holds the backing file %s, is missing", m.ID, d.Key, mp, id, filepath.Base(next))
 			}
 		}
@@ -166,8 +166,12 @@ func (r *Repo) checkChain(ctx context.Context, vd *vmDir, m *Manifest, d *DiskIm
 	}
 }
 
-// convert writes src's content to dst via a temporary file in dst's
-// directory, fsynced and renamed into place.
+// convert writes src's content to dst (on this machine) via a temporary
+// file in dst's directory, fsynced and renamed into place. A remote
+// repository's image is served read-only by qemu-nbd where it is, and
+// qemu-img here converts what it reads through the tunnel: the data
+// crosses the network once, holes are not sent, nothing is written on
+// the remote side.
 func (r *Repo) convert(ctx context.Context, src, dst, format string) error {
 	f, err := os.CreateTemp(filepath.Dir(dst), "."+filepath.Base(dst)+".partial-*")
 	if err != nil {
@@ -177,15 +181,35 @@ func (r *Repo) convert(ctx context.Context, src, dst, format string) error {
 	f.Close()
 	os.Remove(tmp) // qemu-img creates it
 	defer os.Remove(tmp)
-	err = r.Tools.Convert(ctx, src, tmp, qemu.ConvertOptions{SrcFormat: "qcow2", OutFormat: format, OutOfOrder: format == "raw"})
+	opts := qemu.ConvertOptions{SrcFormat: "qcow2", OutFormat: format, OutOfOrder: format == "raw"}
+	if r.Local() {
+		err = r.Tools.Convert(ctx, src, tmp, opts)
+	} else {
+		var srv *qemu.Server
+		srv, err = r.Tools.ServeNBD(ctx, src, qemu.ServeOptions{ReadOnly: true})
+		if err != nil {
+			return err
+		}
+		opts.SrcFormat = "raw" // what the NBD export is
+		err = qemu.Default.Convert(ctx, srv.URI(), tmp, opts)
+		if cerr := srv.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return fmt.Errorf("reading %s: %w", location(r.fs, src), err)
+		}
+	}
 	if err != nil {
 		return err
 	}
 	if err := os.Chmod(tmp, 0o600); err != nil {
 		return err
 	}
-	if err := syncFile(tmp); err != nil {
+	if err := Local.SyncFile(tmp); err != nil {
 		return err
 	}
 	return atomicfile.Rename(tmp, dst)
 }
+
+// localExists is exists on this machine.
+func localExists(path string) bool { return existsIn(Local, path) }

@@ -5,11 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
 	"path/filepath"
 	"time"
-
-	"github.com/sendense/capture/internal/atomicfile"
 )
 
 // State formats (REPO/<vm-dir>/state.json).
@@ -33,9 +30,9 @@ type State struct {
 }
 
 // readState reads dir/state.json; a missing file is (nil, nil).
-func readState(dir string) (*State, error) {
+func (r *Repo) readState(dir string) (*State, error) {
 	path := filepath.Join(dir, stateName)
-	b, err := os.ReadFile(path)
+	b, err := r.fs.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
@@ -66,12 +63,12 @@ func (r *Repo) ReadState(vm string) (*State, error) {
 	if err != nil {
 		return nil, err
 	}
-	return stateOf(vd)
+	return r.stateOf(vd)
 }
 
 // stateOf reads a VM directory's state (an empty one when there is none).
-func stateOf(vd *vmDir) (*State, error) {
-	st, err := readState(vd.Path)
+func (r *Repo) stateOf(vd *vmDir) (*State, error) {
+	st, err := r.readState(vd.Path)
 	if err != nil {
 		return nil, err
 	}
@@ -108,7 +105,7 @@ func (r *Repo) writeState(vd *vmDir, vm VMRef, st *State) error {
 		return err
 	}
 	path := filepath.Join(vd.Path, stateName)
-	if err := atomicfile.WriteFile(path, append(b, '\n'), 0o600); err != nil {
+	if err := r.fs.WriteFileAtomic(path, append(b, '\n'), 0o600); err != nil {
 		return fmt.Errorf("writing state file %s: %w", path, err)
 	}
 	return nil

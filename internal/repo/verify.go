@@ -193,13 +193,13 @@ func (r *Repo) Verify(ctx context.Context, opts VerifyOptions) (*VerifyResult, e
 }
 
 func (r *Repo) verifyVM(ctx context.Context, vd *vmDir, opts VerifyOptions, res *VerifyResult, problem func(Problem)) error {
-	rl, err := readLock(ctx, vd)
+	rl, err := r.readLock(ctx, vd)
 	if err != nil {
 		return err
 	}
 	defer rl.Unlock()
 
-	j, jerr := readJournal(vd.Path)
+	j, jerr := r.readJournal(vd.Path)
 	if jerr != nil {
 		problem(Problem{VM: vd.Name, File: filepath.Join(vd.Path, journalName), Kind: ProblemManifest, Message: jerr.Error()})
 	}
@@ -321,7 +321,7 @@ func (r *Repo) verifyImage(ctx context.Context, vd *vmDir, m *Manifest, d *DiskI
 	path := filepath.Join(vd.Path, d.Image)
 	rep := ImageReport{VM: vd.Name, Backup: m.ID, Disk: d.Key, File: path, Level: d.Level, Chunks: len(d.Chunks)}
 	defer func() { rep.Seconds = time.Since(start).Seconds() }()
-	if !exists(path) {
+	if !r.exists(path) {
 		rep.add(Problem{Kind: ProblemMissingImage, Message: "the image is missing"})
 		return rep
 	}
@@ -342,7 +342,7 @@ func (r *Repo) verifyImage(ctx context.Context, vd *vmDir, m *Manifest, d *DiskI
 	}
 	if d.Backing != "" {
 		bpath := filepath.Join(vd.Path, d.Backing)
-		if !exists(bpath) {
+		if !r.exists(bpath) {
 			rep.add(Problem{Kind: ProblemMissingBacking, File: bpath, Message: fmt.Sprintf("the backing file of %s is missing", d.Image)})
 		}
 		switch id, key, ok := parseImageName(d.Backing); {

@@ -74,7 +74,9 @@ func New(t testing.TB, r *repo.Repo, vm repo.VMRef, seed uint64) *Builder {
 	return &Builder{T: t, Repo: r, VM: vm, rng: rand.New(rand.NewPCG(seed, 1)), content: map[int32][]byte{}}
 }
 
-// Backup writes one backup of the disks and returns its manifest.
+// Backup writes one backup of the disks and returns its manifest. The
+// images are created and written with the repository's tools, so the
+// builder works on a remote repository too.
 func (b *Builder) Backup(disks ...Disk) *repo.Manifest {
 	t := b.T
 	t.Helper()
@@ -104,7 +106,7 @@ func (b *Builder) Backup(disks ...Disk) *repo.Manifest {
 		}
 		content := make([]byte, spec.Capacity)
 		copy(content, old)
-		if err := qemu.CreateImage(ctx, p.ImagePath(spec.Key), spec.Capacity, d.Backing); err != nil {
+		if err := b.Repo.Qemu().CreateImage(ctx, p.ImagePath(spec.Key), spec.Capacity, d.Backing); err != nil {
 			p.Abort()
 			t.Fatal(err)
 		}
@@ -140,7 +142,7 @@ func (b *Builder) write(image string, writes []Write, content []byte) (chunks []
 	t.Helper()
 	writes = slices.Clone(writes)
 	slices.SortFunc(writes, func(x, y Write) int { return int(int64(x.Off) - int64(y.Off)) })
-	srv, err := qemu.ServeNBD(context.Background(), image, qemu.ServeOptions{})
+	srv, err := b.Repo.Qemu().ServeNBD(context.Background(), image, qemu.ServeOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,114 @@
+package orchestrator
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/sendense/capture/internal/qemu"
+	"github.com/sendense/capture/internal/remote"
+	"github.com/sendense/capture/internal/repo"
+	"github.com/sendense/capture/orchestrator/tunnel"
+)
+
+// Remote repositories: how long a backup may take to reconnect, and how
+// long the remote side keeps its qemu-nbd servers and locks without
+// hearing from the agent.
+var (
+	// reconnectTimeout bounds one reconnection attempt of a resumed copy
+	// (redialing the tunnel, re-forwarding the qemu-nbd socket);
+	// copyResumable spaces and counts the attempts.
+	reconnectTimeout = 30 * time.Second
+	// remoteGrace is remote.Options.Grace: a dropped connection must come
+	// back within it, and an agent that died holds its locks that long.
+	remoteGrace = remote.DefaultGrace
+)
+
+// IsRemoteRepository says whether location names a repository on another
+// machine (ssh://…) rather than a directory here.
+func IsRemoteRepository(location string) bool {
+	return strings.HasPrefix(location, "ssh://")
+}
+
+// ParseRepositoryURL checks a remote repository location:
+// ssh://[USER@]HOST[:PORT]/PATH, PATH absolute on that machine (or
+// /~/DIR, relative to the remote home directory).
+func ParseRepositoryURL(location string) (*url.URL, error) {
+	u, err := url.Parse(location)
+	if err != nil {
+		return nil, fmt.Errorf("repository %q: %w", location, err)
+	}
+	if u.Scheme != "ssh" {
+		return nil, fmt.Errorf("repository %q: unsupported scheme %q: use a directory or ssh://[user@]host[:port]/path", location, u.Scheme)
+	}
+	if u.Hostname() == "" || u.Path == "" || u.Path == "/" {
+		return nil, fmt.Errorf("repository %q: ssh:// needs a host and the repository's path on it, e.g. ssh://sendense@cp.example.com/srv/backups", u.Redacted())
+	}
+	if u.RawQuery != "" || u.Fragment != "" {
+		return nil, fmt.Errorf("repository %q: ssh:// takes no query or fragment", u.Redacted())
+	}
+	return u, nil
+}
+
+// OpenRepository opens the repository at location: a directory on this
+// machine, or ssh://[USER@]HOST[:PORT]/PATH on the control plane, reached
+// through s's shared SSH tunnel ([tunnel] key, known_hosts…; the URL's
+// user, host and port win). There qemu-img and qemu-nbd run over SSH
+// sessions and files are read and written through SFTP; an unknown or
+// changed host key, a refused user key, or missing QEMU tools on the
+// remote side are errors saying what to do. Close the repository, then
+// the services' tunnels (s.CloseTunnels), when done.
+func OpenRepository(ctx context.Context, s *Services, location string) (*repo.Repo, error) {
+	return openRepository(ctx, s, location, false)
+}
+
+// OpenOrInitRepository is OpenRepository that creates the repository
+// when its directory does not exist or is empty (what a backup does).
+func OpenOrInitRepository(ctx context.Context, s *Services, location string) (*repo.Repo, error) {
+	return openRepository(ctx, s, location, true)
+}
+
+func openRepository(ctx context.Context, s *Services, location string, create bool) (*repo.Repo, error) {
+	if !IsRemoteRepository(location) {
+		if create {
+			return repo.OpenOrInitFS(ctx, repo.Local, qemu.Default, location)
+		}
+		return repo.OpenContext(ctx, location)
+	}
+	u, err := ParseRepositoryURL(location)
+	if err != nil {
+		return nil, err
+	}
+	dial := func(ctx context.Context) (*tunnel.Tunnel, error) { return s.Tunnel(ctx, u) }
+	h, err := remote.Open(ctx, dial, remote.Options{Grace: remoteGrace})
+	if err != nil {
+		return nil, fmt.Errorf("repository %s: %w", u.Redacted(), err)
+	}
+	tools := qemu.New(h)
+	var r *repo.Repo
+	if create {
+		r, err = repo.OpenOrInitFS(ctx, h, tools, u.Path)
+	} else {
+		r, err = repo.OpenFS(ctx, h, tools, u.Path)
+	}
+	if err != nil {
+		h.Close()
+		return nil, err
+	}
+	return r, nil
+}
+
+// serverReconnector resumes a copy into a qemu-nbd of a remote
+// repository: it re-forwards its socket through the tunnel (which
+// s.Tunnel redials when it died). The server is the same process, kept
+// alive on the remote side by its lease, so what it acknowledged before
+// the loss is still there; it is never restarted (see qemu.Server.Reconnect).
+func serverReconnector(srv *qemu.Server) Reconnector {
+	return func(ctx context.Context) (string, error) {
+		ctx, cancel := context.WithTimeout(ctx, reconnectTimeout)
+		defer cancel()
+		return srv.Reconnect(ctx)
+	}
+}
