@@ -104,7 +104,7 @@ func TestReadAtCallsAndAllocations(t *testing.T) {
 				}
 			}
 			want := []string{
-				" start=8 num=512 ", // aligned: one call, straight
+				" start=8 num=512 ",                                      // aligned: one call, straight
 				" start=1 num=1 ", " start=2 num=9 ", " start=11 num=1 ", // head, middle, tail
 			}
 			if len(reads) != 4 {
