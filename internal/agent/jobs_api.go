@@ -263,7 +263,7 @@ func checkRepoDir(dir string) *apiError {
 	if _, err := os.Stat(filepath.Join(dir, repo.RepoFileName)); err == nil {
 		return nil
 	}
-	if entries, err := os.ReadDir(dir); err == nil && len(entries) > 0 {
+	if entries, err := os.ReadDir(dir); err == nil && !repo.EmptyDir(entries) {
 		return errorf(http.StatusBadRequest, `invalid field "repository"`, "%s is not empty and is not a sendense repository (it has no %s)", dir, repo.RepoFileName)
 	}
 	return nil

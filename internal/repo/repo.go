@@ -120,7 +120,7 @@ func InitFS(fsys FS, tools *qemu.Tools, dir string) (*Repo, error) {
 		return nil, fmt.Errorf("repository %s: %w", where, err)
 	case existsIn(fsys, filepath.Join(abs, RepoFileName)):
 		return nil, fmt.Errorf("%s is already a sendense repository", where)
-	case len(entries) > 0:
+	case !EmptyDir(entries):
 		return nil, fmt.Errorf("%s exists, is not empty and is not a sendense repository: use an empty or new directory", where)
 	}
 	b, _ := json.MarshalIndent(repoFile{RepoFormat, RepoVersion, time.Now().UTC()}, "", "  ")
@@ -129,6 +129,19 @@ func InitFS(fsys FS, tools *qemu.Tools, dir string) (*Repo, error) {
 	}
 	fsys.SyncDir(filepath.Dir(abs))
 	return newRepo(fsys, tools, abs), nil
+}
+
+// EmptyDir reports whether a directory with these entries may become a
+// new repository: it holds nothing, or only temporary files (names
+// starting with "."), such as another backup's atomic write of
+// sendense-repository.json in progress.
+func EmptyDir(entries []fs.DirEntry) bool {
+	for _, e := range entries {
+		if !strings.HasPrefix(e.Name(), ".") {
+			return false
+		}
+	}
+	return true
 }
 
 func existsIn(fsys FS, path string) bool {
@@ -199,8 +212,12 @@ func OpenOrInitFS(ctx context.Context, fsys FS, tools *qemu.Tools, dir string) (
 	if err != nil {
 		return nil, err
 	}
-	if entries, err := fsys.ReadDir(abs); errors.Is(err, fs.ErrNotExist) || (err == nil && len(entries) == 0) {
-		return InitFS(fsys, tools, abs)
+	if entries, err := fsys.ReadDir(abs); errors.Is(err, fs.ErrNotExist) || (err == nil && EmptyDir(entries) && !existsIn(fsys, filepath.Join(abs, RepoFileName))) {
+		r, err := InitFS(fsys, tools, abs)
+		if err == nil || !existsIn(fsys, filepath.Join(abs, RepoFileName)) {
+			return r, err
+		}
+		// Another backup created it meanwhile: open that.
 	}
 	return OpenFS(ctx, fsys, tools, abs)
 }

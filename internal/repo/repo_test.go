@@ -178,6 +178,26 @@ func TestInitOpen(t *testing.T) {
 	if _, err := repo.OpenOrInit(filepath.Join(t.TempDir(), "new")); err != nil {
 		t.Fatal(err)
 	}
+	// Another backup's atomic write of the repository file in progress
+	// does not make the directory "not empty", and backups starting
+	// together on a new directory all get the one repository.
+	racing := t.TempDir()
+	os.WriteFile(filepath.Join(racing, "."+repo.RepoFileName+".tmp-123"), nil, 0o600)
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for range 8 {
+		wg.Go(func() {
+			_, err := repo.OpenOrInit(racing)
+			errs <- err
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatalf("concurrent OpenOrInit of a new directory: %v", err)
+		}
+	}
 
 	for _, c := range []struct{ content, want string }{
 		{"{not json", "corrupt"},
