@@ -75,20 +75,29 @@ func (j *vmJob) copyResumable(ctx context.Context, srcURI, dstURI string, opts c
 		if reconnect == nil || !isConnectionLoss(err) || ctx.Err() != nil {
 			return res, err
 		}
-		if attempt > resumeAttempts {
-			return res, fmt.Errorf("%w (gave up after %d reconnections)", err, resumeAttempts)
-		}
-		j.notice("the connection to the destination was lost (%v): reconnecting in %v (attempt %d of %d)", err, delay, attempt, resumeAttempts)
-		select {
-		case <-ctx.Done():
-			return res, ctx.Err()
-		case <-time.After(delay):
-		}
-		delay = min(delay*2, resumeMaxDelay)
-		newURI, rerr := reconnect(ctx)
-		if rerr != nil {
-			slog.Warn("reconnecting failed", "err", rerr)
-			continue
+		// Reconnect, within the budget: a failed reconnection costs an
+		// attempt but is not followed by a copy to the old, dead address.
+		var newURI string
+		var rerr error
+		for {
+			if attempt > resumeAttempts {
+				if rerr != nil {
+					return res, fmt.Errorf("%w (gave up after %d reconnections; the last one failed: %v)", err, resumeAttempts, rerr)
+				}
+				return res, fmt.Errorf("%w (gave up after %d reconnections)", err, resumeAttempts)
+			}
+			j.notice("the connection to the destination was lost (%v): reconnecting in %v (attempt %d of %d)", err, delay, attempt, resumeAttempts)
+			select {
+			case <-ctx.Done():
+				return res, ctx.Err()
+			case <-time.After(delay):
+			}
+			delay = min(delay*2, resumeMaxDelay)
+			if newURI, rerr = reconnect(ctx); rerr == nil {
+				break
+			}
+			slog.Warn("reconnecting failed", "attempt", attempt, "err", rerr)
+			attempt++
 		}
 		dstURI = newURI
 		if res == nil {
