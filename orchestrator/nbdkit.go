@@ -12,9 +12,10 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
+
+	"github.com/sendense/capture/internal/tailbuf"
 )
 
 // PluginSource says how nbdkit and our plugin read one disk of a snapshot.
@@ -39,7 +40,7 @@ type PluginSource struct {
 type NBDKit struct {
 	Socket string
 	cmd    *exec.Cmd
-	stderr *tailBuffer
+	stderr *tailbuf.Buffer
 	done   chan struct{}
 	err    error // exit status, valid after done is closed
 }
@@ -81,7 +82,7 @@ func StartNBDKit(ctx context.Context, p PluginSource, dir, name string) (*NBDKit
 	socket := filepath.Join(dir, name+".sock")
 	cmd := exec.Command("nbdkit", p.args(socket)...)
 	cmd.Env = append(os.Environ(), "LD_LIBRARY_PATH="+joinPath(filepath.Join(p.Libdir, "lib64"), os.Getenv("LD_LIBRARY_PATH")))
-	stderr := &tailBuffer{max: 16 << 10}
+	stderr := tailbuf.New(16 << 10)
 	cmd.Stderr = stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
 	var pwr *os.File
@@ -130,7 +131,7 @@ func (n *NBDKit) waitReady(ctx context.Context, timeout time.Duration) error {
 	for {
 		select {
 		case <-n.done:
-			return fmt.Errorf("nbdkit exited (%v): %s", n.err, n.stderr.errorText())
+			return fmt.Errorf("nbdkit exited (%v): %s", n.err, errorText(n.stderr))
 		case <-ctx.Done():
 			return ctx.Err()
 		default:
@@ -140,7 +141,7 @@ func (n *NBDKit) waitReady(ctx context.Context, timeout time.Duration) error {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("nbdkit did not listen on %s within %v: %s", n.Socket, timeout, n.stderr.errorText())
+			return fmt.Errorf("nbdkit did not listen on %s within %v: %s", n.Socket, timeout, errorText(n.stderr))
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -151,7 +152,7 @@ func (n *NBDKit) waitReady(ctx context.Context, timeout time.Duration) error {
 func (n *NBDKit) Err(wait time.Duration) error {
 	select {
 	case <-n.done:
-		return fmt.Errorf("nbdkit exited (%v): %s", n.err, n.stderr.errorText())
+		return fmt.Errorf("nbdkit exited (%v): %s", n.err, errorText(n.stderr))
 	case <-time.After(wait):
 		return nil
 	}
@@ -180,29 +181,10 @@ func joinPath(a, b string) string {
 	return a + ":" + b
 }
 
-// tailBuffer keeps the last max bytes written to it.
-type tailBuffer struct {
-	mu  sync.Mutex
-	buf []byte
-	max int
-}
-
-func (t *tailBuffer) Write(p []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.buf = append(t.buf, p...)
-	if len(t.buf) > t.max {
-		t.buf = t.buf[len(t.buf)-t.max:]
-	}
-	return len(p), nil
-}
-
 // errorText returns the "error:" lines of the output, or its last line.
-func (t *tailBuffer) errorText() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
+func errorText(t *tailbuf.Buffer) string {
 	var errs []string
-	lines := bytes.Split(bytes.TrimSpace(t.buf), []byte("\n"))
+	lines := bytes.Split(bytes.TrimSpace(t.Bytes()), []byte("\n"))
 	for _, l := range lines {
 		if bytes.Contains(l, []byte("error:")) {
 			errs = append(errs, string(bytes.TrimSpace(l)))

@@ -64,6 +64,12 @@ func cuttingProxy(t *testing.T, target string, cutAfter int64) string {
 	return "nbd+unix:///?socket=" + sock
 }
 
+// destinationArgs serve the copies' destination. One thread per
+// connection: nbdkit 1.32 can abort ("raw_send_socket: Assertion `sock >=
+// 0' failed") when a client vanishes while several threads of its
+// connection are replying, which is what these tests do on purpose.
+var destinationArgs = []string{"-t", "1", "memory", "size=64M"}
+
 // TestCopyResumesAfterConnectionLoss: the destination connection is cut
 // after 24 MiB of a 64 MiB copy; the copy reconnects, flushes, resumes
 // from what completed, and the destination equals the source without the
@@ -71,7 +77,7 @@ func cuttingProxy(t *testing.T, target string, cutAfter int64) string {
 func TestCopyResumesAfterConnectionLoss(t *testing.T) {
 	resumeFirstDelay = 0
 	_, srcURI := nbdtest.NBDKit(t, "-r", "pattern", "size=64M")
-	dstSock, _ := nbdtest.NBDKit(t, "memory", "size=64M")
+	dstSock, _ := nbdtest.NBDKit(t, destinationArgs...)
 	cut := cuttingProxy(t, dstSock, 24<<20)
 	j := &vmJob{vm: &cbt.VM{Name: "test"}, rep: nopReporter{}}
 	reconnects := 0
@@ -115,7 +121,7 @@ func TestCopyGivesUpAfterRetryBudget(t *testing.T) {
 	defer func(a int, d time.Duration) { resumeAttempts, resumeFirstDelay = a, d }(resumeAttempts, resumeFirstDelay)
 	resumeAttempts, resumeFirstDelay = 2, 0
 	_, srcURI := nbdtest.NBDKit(t, "-r", "pattern", "size=64M")
-	dstSock, _ := nbdtest.NBDKit(t, "memory", "size=64M")
+	dstSock, _ := nbdtest.NBDKit(t, destinationArgs...)
 	j := &vmJob{vm: &cbt.VM{Name: "test"}, rep: nopReporter{}}
 	for _, tc := range []struct {
 		name      string

@@ -51,38 +51,6 @@ vdk_disk_handle (const struct vdk_disk *d)
   return d->h;
 }
 
-/* The VixError and, on failure, a malloc'd copy of VDDK's text for it,
- * fetched on the calling thread (VDDK may keep details per thread).
- */
-static struct vdk_ret
-result (const struct vdk_lib *l, VixError err)
-{
-  struct vdk_ret r = { err, NULL, NULL };
-
-  if (err != VDK_VIX_OK && err != VDK_VIX_ASYNC) {
-    char *t = l->GetErrorText (err, NULL);
-    if (t) {
-      r.text = strdup (t);
-      l->FreeErrorText (t);
-    }
-  }
-  return r;
-}
-
-static struct vdk_ret
-absent (const char *name)
-{
-  struct vdk_ret r = { VIX_E_NOT_SUPPORTED, NULL, NULL };
-  const char *suffix = " is not in this VDDK";
-
-  r.text = malloc (strlen (name) + strlen (suffix) + 1);
-  if (r.text) {
-    strcpy (r.text, name);
-    strcat (r.text, suffix);
-  }
-  return r;
-}
-
 struct vdk_ret
 vdk_disk_GetInfo (struct vdk_disk *d, VixDiskLibInfo **out)
 {
@@ -91,7 +59,7 @@ vdk_disk_GetInfo (struct vdk_disk *d, VixDiskLibInfo **out)
   pthread_mutex_lock (&d->lock);
   err = d->l->GetInfo (d->h, out);
   pthread_mutex_unlock (&d->lock);
-  return result (d->l, err);
+  return vdk_result (d->l, err);
 }
 
 struct vdk_ret
@@ -100,7 +68,7 @@ vdk_disk_GetTransportMode (struct vdk_disk *d)
   struct vdk_ret r = { VDK_VIX_OK, NULL, NULL };
 
   if (d->l->GetTransportMode == NULL)
-    return absent ("VixDiskLib_GetTransportMode");
+    return vdk_absent ("VixDiskLib_GetTransportMode");
   pthread_mutex_lock (&d->lock);
   r.str = d->l->GetTransportMode (d->h);
   pthread_mutex_unlock (&d->lock);
@@ -115,11 +83,11 @@ vdk_disk_QueryAllocatedBlocks (struct vdk_disk *d, uint64_t start,
   VixError err;
 
   if (d->l->QueryAllocatedBlocks == NULL)
-    return absent ("VixDiskLib_QueryAllocatedBlocks");
+    return vdk_absent ("VixDiskLib_QueryAllocatedBlocks");
   pthread_mutex_lock (&d->lock);
   err = d->l->QueryAllocatedBlocks (d->h, start, num, chunk, out);
   pthread_mutex_unlock (&d->lock);
-  return result (d->l, err);
+  return vdk_result (d->l, err);
 }
 
 /* Read with VixDiskLib_Read.  With n > 0, num is 1 and the sector goes
@@ -137,7 +105,7 @@ vdk_disk_Read (struct vdk_disk *d, uint64_t start, uint64_t num, void *buf,
   pthread_mutex_unlock (&d->lock);
   if (err == VDK_VIX_OK && n)
     memcpy (buf, bounce + skip, n);
-  return result (d->l, err);
+  return vdk_result (d->l, err);
 }
 
 /* One read in flight: the completion callback fills it and signals. */
@@ -176,7 +144,7 @@ read_done (void *data, VixError err)
 
 /* Read with VixDiskLib_ReadAsync and wait for its completion; the
  * handle's mutex is held only while VDDK accepts the read.  skip and n as
- * for vdk_disk_Read.  Any answer but VIX_ASYNC is the read's result (VDDK
+ * for vdk_disk_Read.  Any answer but VIX_ASYNC is the read's vdk_result (VDDK
  * calls the callback only for reads it accepted), so VIX_E_NOT_SUPPORTED
  * comes back as is and the caller falls back to Read.
  */
@@ -190,7 +158,7 @@ vdk_disk_ReadAsync (struct vdk_disk *d, uint64_t start, uint64_t num,
   VixError err;
 
   if (d->l->ReadAsync == NULL)
-    return absent ("VixDiskLib_ReadAsync");
+    return vdk_absent ("VixDiskLib_ReadAsync");
   pthread_mutex_init (&r.mu, NULL);
   pthread_cond_init (&r.cv, NULL);
   pthread_mutex_lock (&d->lock);
@@ -205,7 +173,7 @@ vdk_disk_ReadAsync (struct vdk_disk *d, uint64_t start, uint64_t num,
     ret.text = r.text;
   }
   else
-    ret = result (d->l, err);
+    ret = vdk_result (d->l, err);
   pthread_cond_destroy (&r.cv);
   pthread_mutex_destroy (&r.mu);
   if (ret.err == VDK_VIX_OK && n)
@@ -219,11 +187,11 @@ vdk_disk_Wait (struct vdk_disk *d)
   VixError err;
 
   if (d->l->Wait == NULL)
-    return absent ("VixDiskLib_Wait");
+    return vdk_absent ("VixDiskLib_Wait");
   pthread_mutex_lock (&d->lock);
   err = d->l->Wait (d->h);
   pthread_mutex_unlock (&d->lock);
-  return result (d->l, err);
+  return vdk_result (d->l, err);
 }
 
 struct vdk_ret
@@ -234,5 +202,5 @@ vdk_disk_Close (struct vdk_disk *d)
   pthread_mutex_lock (&d->lock);
   err = d->l->Close (d->h);
   pthread_mutex_unlock (&d->lock);
-  return result (d->l, err);
+  return vdk_result (d->l, err);
 }

@@ -12,9 +12,9 @@
 
 #define VIX_E_NOT_SUPPORTED 6
 
-/* An optional function that this VDDK lacks. */
-static struct vdk_ret
-absent (const char *name)
+/* An optional function that this VDDK lacks (VIX_E_NOT_SUPPORTED). */
+struct vdk_ret
+vdk_absent (const char *name)
 {
   struct vdk_ret r = { VIX_E_NOT_SUPPORTED, NULL, NULL };
   size_t n = strlen (name) + 40;
@@ -25,8 +25,11 @@ absent (const char *name)
   return r;
 }
 
-static struct vdk_ret
-result (const struct vdk_lib *l, VixError err)
+/* The VixError and, on failure, a malloc'd copy of VDDK's text for it,
+ * fetched on the calling thread (VDDK may keep details per thread).
+ */
+struct vdk_ret
+vdk_result (const struct vdk_lib *l, VixError err)
 {
   struct vdk_ret r = { err, NULL, NULL };
 
@@ -80,7 +83,7 @@ static void log_panic (const char *fmt, va_list ap) { dispatch (2, fmt, ap); }
 struct vdk_ret
 vdk_InitEx (const struct vdk_lib *l, const char *libDir, const char *configFile)
 {
-  return result (l, l->InitEx (6, 5, log_info, log_warn, log_panic,
+  return vdk_result (l, l->InitEx (6, 5, log_info, log_warn, log_panic,
                                libDir, configFile));
 }
 
@@ -88,7 +91,7 @@ struct vdk_ret
 vdk_Exit (const struct vdk_lib *l)
 {
   l->Exit ();
-  return result (l, VDK_VIX_OK);
+  return vdk_result (l, VDK_VIX_OK);
 }
 
 struct vdk_ret
@@ -96,40 +99,40 @@ vdk_ConnectEx (const struct vdk_lib *l, const VixDiskLibConnectParams *p,
                const char *snapshotRef, const char *transports,
                VixDiskLibConnection *out)
 {
-  return result (l, l->ConnectEx (p, 1, snapshotRef, transports, out));
+  return vdk_result (l, l->ConnectEx (p, 1, snapshotRef, transports, out));
 }
 
 struct vdk_ret
 vdk_Disconnect (const struct vdk_lib *l, VixDiskLibConnection c)
 {
-  return result (l, l->Disconnect (c));
+  return vdk_result (l, l->Disconnect (c));
 }
 
 struct vdk_ret
 vdk_Open (const struct vdk_lib *l, VixDiskLibConnection c, const char *path,
           uint32_t flags, VixDiskLibHandle *out)
 {
-  return result (l, l->Open (c, path, flags, out));
+  return vdk_result (l, l->Open (c, path, flags, out));
 }
 
 /* Close of a handle that never became a struct vdk_disk. */
 struct vdk_ret
 vdk_Close (const struct vdk_lib *l, VixDiskLibHandle h)
 {
-  return result (l, l->Close (h));
+  return vdk_result (l, l->Close (h));
 }
 
 struct vdk_ret
 vdk_FreeInfo (const struct vdk_lib *l, VixDiskLibInfo *info)
 {
   l->FreeInfo (info);
-  return result (l, VDK_VIX_OK);
+  return vdk_result (l, VDK_VIX_OK);
 }
 
 struct vdk_ret
 vdk_FreeBlockList (const struct vdk_lib *l, VixDiskLibBlockList *list)
 {
   if (l->FreeBlockList == NULL)
-    return absent ("VixDiskLib_FreeBlockList");
-  return result (l, l->FreeBlockList (list));
+    return vdk_absent ("VixDiskLib_FreeBlockList");
+  return vdk_result (l, l->FreeBlockList (list));
 }

@@ -129,7 +129,11 @@ extern VixDiskLibConnectParams *vdk_params_new (const char *vmxSpec,
 extern void vdk_params_free (VixDiskLibConnectParams *p);
 extern void vdk_free_secret (char *s);
 
-/* trampolines.c: one per function. */
+/* trampolines.c: the result of a call, and that of an absent optional
+ * function; then one trampoline per function.
+ */
+extern struct vdk_ret vdk_result (const struct vdk_lib *l, VixError err);
+extern struct vdk_ret vdk_absent (const char *name);
 extern struct vdk_ret vdk_InitEx (const struct vdk_lib *l, const char *libDir,
                                   const char *configFile);
 extern struct vdk_ret vdk_Exit (const struct vdk_lib *l);

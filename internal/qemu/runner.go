@@ -10,9 +10,10 @@ import (
 	"os"
 	"os/exec"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
+
+	"github.com/sendense/capture/internal/tailbuf"
 )
 
 // Runner runs the QEMU tools. LocalRunner runs them on this machine; a
@@ -112,28 +113,6 @@ func (e *ToolMissingError) Unwrap() error { return e.Err }
 // stderrLimit bounds the standard error kept per process.
 const stderrLimit = 64 << 10
 
-// tailBuffer keeps the last stderrLimit bytes written to it.
-type tailBuffer struct {
-	mu  sync.Mutex
-	buf []byte
-}
-
-func (t *tailBuffer) Write(p []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.buf = append(t.buf, p...)
-	if over := len(t.buf) - stderrLimit; over > 0 {
-		t.buf = append(t.buf[:0], t.buf[over:]...)
-	}
-	return len(p), nil
-}
-
-func (t *tailBuffer) String() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return string(t.buf)
-}
-
 // LocalRunner runs the tools on this machine. Children get their own
 // process group, so a terminal's ^C reaches sendense only, which then stops
 // them in order (context cancellation sends SIGTERM, and SIGKILL after
@@ -158,7 +137,7 @@ func (r LocalRunner) Run(ctx context.Context, name string, args ...string) ([]by
 	}
 	cmd := exec.CommandContext(ctx, name, args...)
 	var stdout bytes.Buffer
-	stderr := &tailBuffer{}
+	stderr := tailbuf.New(stderrLimit)
 	cmd.Stdout = &stdout
 	cmd.Stderr = stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -181,7 +160,7 @@ func (r LocalRunner) Run(ctx context.Context, name string, args ...string) ([]by
 // Start implements Runner. The child gets SIGTERM if sendense dies.
 func (r LocalRunner) Start(name string, args ...string) (Process, error) {
 	cmd := exec.Command(name, args...)
-	p := &localProcess{cmd: cmd, stderr: &tailBuffer{}, done: make(chan struct{})}
+	p := &localProcess{cmd: cmd, stderr: tailbuf.New(stderrLimit), done: make(chan struct{})}
 	cmd.Stderr = p.stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 	if err := cmd.Start(); err != nil {
@@ -210,7 +189,7 @@ func (LocalRunner) DialUnix(ctx context.Context, path string) (net.Conn, error) 
 
 type localProcess struct {
 	cmd    *exec.Cmd
-	stderr *tailBuffer
+	stderr *tailbuf.Buffer
 	done   chan struct{}
 	err    error
 }

@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/sendense/capture/internal/tailbuf"
+
 	"golang.org/x/crypto/ssh"
 )
 
@@ -68,7 +70,7 @@ type Process struct {
 	cmd    string
 	sess   *ssh.Session
 	stdin  io.WriteCloser // the session's stdin, held open to keep the command alive
-	stderr tailBuffer
+	stderr *tailbuf.Buffer
 	done   chan struct{}
 	err    error
 
@@ -100,9 +102,9 @@ func (t *Tunnel) Start(ctx context.Context, cmd string, stdin io.Reader, stdout 
 	if err != nil {
 		return nil, fmt.Errorf("ssh %s: open a session for %s: %w", t.cfg.target(), shorten(cmd), err)
 	}
-	p := &Process{t: t, cmd: cmd, sess: sess, done: make(chan struct{})}
+	p := &Process{t: t, cmd: cmd, sess: sess, stderr: tailbuf.New(stderrLimit), done: make(chan struct{})}
 	sess.Stdout = stdout
-	sess.Stderr = &p.stderr
+	sess.Stderr = p.stderr
 	remote := cmd
 	if stdin == nil {
 		if p.stdin, err = sess.StdinPipe(); err != nil {
@@ -294,25 +296,3 @@ func quote(s string) string {
 
 // stderrLimit bounds the standard error kept per command.
 const stderrLimit = 64 << 10
-
-// tailBuffer keeps the last stderrLimit bytes written to it.
-type tailBuffer struct {
-	mu  sync.Mutex
-	buf []byte
-}
-
-func (t *tailBuffer) Write(p []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.buf = append(t.buf, p...)
-	if over := len(t.buf) - stderrLimit; over > 0 {
-		t.buf = append(t.buf[:0], t.buf[over:]...)
-	}
-	return len(p), nil
-}
-
-func (t *tailBuffer) String() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return string(t.buf)
-}

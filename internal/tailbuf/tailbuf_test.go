@@ -1,0 +1,25 @@
+package tailbuf
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+)
+
+func TestKeepsTheEnd(t *testing.T) {
+	b := New(10)
+	for i := range 5 {
+		fmt.Fprintf(b, "line %d\n", i)
+	}
+	if got := b.String(); got != " 3\nline 4\n" {
+		t.Fatalf("kept %q", got)
+	}
+	if n, _ := b.Write([]byte(strings.Repeat("x", 25))); n != 25 || b.String() != strings.Repeat("x", 10) {
+		t.Fatalf("after a write longer than Max: %d %q", n, b.String())
+	}
+	all := New(0)
+	fmt.Fprint(all, strings.Repeat("y", 1000))
+	if len(all.Bytes()) != 1000 {
+		t.Fatalf("Max 0 kept %d bytes", len(all.Bytes()))
+	}
+}
