@@ -261,13 +261,17 @@ func (s *Server) cbtStatus(ctx context.Context, svc *orchestrator.Services, vm *
 		PowerState: st.PowerState, Snapshots: st.Snapshots, Disks: []CBTDisk{}}
 	if repoDir == "" {
 		repoDir = s.cfg.Repository.Path
+	} else if orchestrator.IsRemoteRepository(repoDir) {
+		if _, err := orchestrator.ParseRepositoryURL(repoDir); err != nil {
+			return nil, errorf(http.StatusBadRequest, "invalid parameter \"repository\"", "%v", err)
+		}
 	} else if !filepath.IsAbs(repoDir) {
-		return nil, errorf(http.StatusBadRequest, "invalid parameter \"repository\"", "the repository must be an absolute path, not %q", repoDir)
+		return nil, errorf(http.StatusBadRequest, "invalid parameter \"repository\"", "the repository must be an absolute path or ssh://[user@]host[:port]/path, not %q", repoDir)
 	}
 	var latest *repo.Manifest
 	if repoDir != "" {
 		out.Repository = repoDir
-		latest, err = latestBackup(ctx, repoDir, vm.Moref)
+		latest, err = latestBackup(ctx, svc, repoDir, vm.Moref)
 		if err != nil {
 			out.RepoError = err.Error()
 		}
@@ -293,7 +297,18 @@ func (s *Server) cbtStatus(ctx context.Context, svc *orchestrator.Services, vm *
 
 // latestBackup reads the VM's latest restore point (nil when the
 // repository or the VM's backups do not exist yet).
-func latestBackup(ctx context.Context, dir, moref string) (*repo.Manifest, error) {
+func latestBackup(ctx context.Context, svc *orchestrator.Services, dir, moref string) (*repo.Manifest, error) {
+	if orchestrator.IsRemoteRepository(dir) {
+		r, err := orchestrator.OpenRepository(ctx, svc, dir)
+		if errors.Is(err, repo.ErrNotRepository) || err != nil && strings.Contains(err.Error(), "does not exist") {
+			return nil, nil // no backup yet
+		}
+		if err != nil {
+			return nil, err
+		}
+		defer r.Close()
+		return r.Latest(moref)
+	}
 	if _, err := os.Stat(filepath.Join(dir, repo.RepoFileName)); errors.Is(err, fs.ErrNotExist) {
 		return nil, nil // no backup yet
 	}
@@ -301,5 +316,6 @@ func latestBackup(ctx context.Context, dir, moref string) (*repo.Manifest, error
 	if err != nil {
 		return nil, err
 	}
+	defer r.Close()
 	return r.Latest(moref)
 }
