@@ -25,11 +25,20 @@ const (
 	PollHup int16 = C.POLLHUP
 )
 
-// started records a command's cookie under the caller's tag; called with
-// h.amu held.
-func (h *Handle) started(op string, cookie C.int64_t, tag uint64, e *C.sd_error) error {
+// start runs call, which starts one command on c, and records the
+// command's cookie under the caller's tag; op names it in errors.
+func (h *Handle) start(op string, tag uint64, call func(c *C.struct_nbd_handle, e *C.sd_error) C.int64_t) error {
+	c, err := h.lock()
+	if err != nil {
+		return err
+	}
+	defer h.unlock()
+	h.amu.Lock()
+	defer h.amu.Unlock()
+	var e C.sd_error
+	cookie := call(c, &e)
 	if cookie == -1 {
-		return newError(op, e)
+		return newError(op, &e)
 	}
 	h.tags[int64(cookie)] = tag
 	return nil
@@ -41,16 +50,9 @@ func (h *Handle) AioPread(buf *Buffer, count int, offset uint64, tag uint64) err
 	if err := buf.check("nbd_aio_pread", count); err != nil {
 		return err
 	}
-	c, err := h.lock()
-	if err != nil {
-		return err
-	}
-	defer h.unlock()
-	h.amu.Lock()
-	defer h.amu.Unlock()
-	var e C.sd_error
-	r := C.sd_aio_pread(c, buf.ptr, C.size_t(count), C.uint64_t(offset), 0, &e)
-	return h.started("nbd_aio_pread", r, tag, &e)
+	return h.start("nbd_aio_pread", tag, func(c *C.struct_nbd_handle, e *C.sd_error) C.int64_t {
+		return C.sd_aio_pread(c, buf.ptr, C.size_t(count), C.uint64_t(offset), 0, e)
+	})
 }
 
 // AioPwrite starts writing the first count bytes of buf at offset.
@@ -58,58 +60,30 @@ func (h *Handle) AioPwrite(buf *Buffer, count int, offset uint64, flags CmdFlag,
 	if err := buf.check("nbd_aio_pwrite", count); err != nil {
 		return err
 	}
-	c, err := h.lock()
-	if err != nil {
-		return err
-	}
-	defer h.unlock()
-	h.amu.Lock()
-	defer h.amu.Unlock()
-	var e C.sd_error
-	r := C.sd_aio_pwrite(c, buf.ptr, C.size_t(count), C.uint64_t(offset), C.uint32_t(flags), &e)
-	return h.started("nbd_aio_pwrite", r, tag, &e)
+	return h.start("nbd_aio_pwrite", tag, func(c *C.struct_nbd_handle, e *C.sd_error) C.int64_t {
+		return C.sd_aio_pwrite(c, buf.ptr, C.size_t(count), C.uint64_t(offset), C.uint32_t(flags), e)
+	})
 }
 
 // AioZero starts writing zeroes over [offset, offset+count) (see Zero).
 func (h *Handle) AioZero(count, offset uint64, flags CmdFlag, tag uint64) error {
-	c, err := h.lock()
-	if err != nil {
-		return err
-	}
-	defer h.unlock()
-	h.amu.Lock()
-	defer h.amu.Unlock()
-	var e C.sd_error
-	r := C.sd_aio_zero(c, C.uint64_t(count), C.uint64_t(offset), C.uint32_t(flags), &e)
-	return h.started("nbd_aio_zero", r, tag, &e)
+	return h.start("nbd_aio_zero", tag, func(c *C.struct_nbd_handle, e *C.sd_error) C.int64_t {
+		return C.sd_aio_zero(c, C.uint64_t(count), C.uint64_t(offset), C.uint32_t(flags), e)
+	})
 }
 
 // AioTrim starts discarding [offset, offset+count).
 func (h *Handle) AioTrim(count, offset uint64, flags CmdFlag, tag uint64) error {
-	c, err := h.lock()
-	if err != nil {
-		return err
-	}
-	defer h.unlock()
-	h.amu.Lock()
-	defer h.amu.Unlock()
-	var e C.sd_error
-	r := C.sd_aio_trim(c, C.uint64_t(count), C.uint64_t(offset), C.uint32_t(flags), &e)
-	return h.started("nbd_aio_trim", r, tag, &e)
+	return h.start("nbd_aio_trim", tag, func(c *C.struct_nbd_handle, e *C.sd_error) C.int64_t {
+		return C.sd_aio_trim(c, C.uint64_t(count), C.uint64_t(offset), C.uint32_t(flags), e)
+	})
 }
 
 // AioFlush starts a flush.
 func (h *Handle) AioFlush(flags CmdFlag, tag uint64) error {
-	c, err := h.lock()
-	if err != nil {
-		return err
-	}
-	defer h.unlock()
-	h.amu.Lock()
-	defer h.amu.Unlock()
-	var e C.sd_error
-	r := C.sd_aio_flush(c, C.uint32_t(flags), &e)
-	return h.started("nbd_aio_flush", r, tag, &e)
+	return h.start("nbd_aio_flush", tag, func(c *C.struct_nbd_handle, e *C.sd_error) C.int64_t {
+		return C.sd_aio_flush(c, C.uint32_t(flags), e)
+	})
 }
 
 // Completions retires the commands that have finished and appends them to
