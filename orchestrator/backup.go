@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"sync"
 	"time"
 
 	"github.com/sendense/capture/cbt"
@@ -116,18 +115,14 @@ func (j *backupJob) run(ctx context.Context) error {
 		return err
 	}
 	images := make([]repo.DiskImage, len(plans))
-	var mu sync.Mutex
-	err = j.forEachDisk(ctx, plans, func(ctx context.Context, i int, p *diskPlan) error {
+	reports, err := j.forEachDisk(ctx, plans, func(ctx context.Context, i int, p *diskPlan) (DiskReport, error) {
 		img, rep, err := j.backupDisk(ctx, pending, prev, snap, p)
-		if err != nil {
-			return err
+		if err == nil {
+			images[i] = *img
 		}
-		images[i] = *img
-		mu.Lock()
-		j.report.Disks = append(j.report.Disks, rep)
-		mu.Unlock()
-		return nil
+		return rep, err
 	})
+	j.report.Disks = append(j.report.Disks, reports...)
 	if err != nil {
 		return err
 	}

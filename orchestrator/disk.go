@@ -66,14 +66,18 @@ func (j *vmJob) queryChanges(ctx context.Context, snap string, p *diskPlan) erro
 }
 
 // forEachDisk runs fn for every plan, at most [backup] max_concurrent_disks
-// at once. The first failure cancels the others and is returned.
-func (j *vmJob) forEachDisk(ctx context.Context, plans []*diskPlan, fn func(ctx context.Context, i int, p *diskPlan) error) error {
+// at once, and returns the reports of the disks that succeeded, in the
+// order they finished. The first failure cancels the others and is
+// returned.
+func (j *vmJob) forEachDisk(ctx context.Context, plans []*diskPlan, fn func(ctx context.Context, i int, p *diskPlan) (DiskReport, error)) ([]DiskReport, error) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	sem := make(chan struct{}, max(1, j.s.Config.Backup.MaxConcurrentDisks))
 	var wg sync.WaitGroup
 	var once sync.Once
 	var firstErr error
+	var mu sync.Mutex
+	var reports []DiskReport
 	for i, p := range plans {
 		j.progress(p, PhaseQueued, copier.Progress{})
 		wg.Add(1)
@@ -85,20 +89,25 @@ func (j *vmJob) forEachDisk(ctx context.Context, plans []*diskPlan, fn func(ctx 
 			case <-ctx.Done():
 				return
 			}
-			if err := fn(ctx, i, p); err != nil {
+			rep, err := fn(ctx, i, p)
+			if err != nil {
 				j.progress(p, PhaseFailed, copier.Progress{})
 				once.Do(func() {
 					firstErr = fmt.Errorf("disk %d (%s): %w", p.disk.Key, p.disk.Label, err)
 					cancel(firstErr)
 				})
+				return
 			}
+			mu.Lock()
+			reports = append(reports, rep)
+			mu.Unlock()
 		}()
 	}
 	wg.Wait()
 	if firstErr != nil {
-		return firstErr
+		return reports, firstErr
 	}
-	return context.Cause(ctx)
+	return reports, context.Cause(ctx)
 }
 
 // progress reports a disk's progress.

@@ -6,7 +6,6 @@ import (
 	"net/url"
 	"sort"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/sendense/capture/cbt"
@@ -135,17 +134,10 @@ func (j *replicateJob) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	var mu sync.Mutex
-	err = j.forEachDisk(ctx, plans, func(ctx context.Context, _ int, p *diskPlan) error {
-		rep, err := j.replicateDisk(ctx, snap, p, targets[p.disk.Key])
-		if err != nil {
-			return err
-		}
-		mu.Lock()
-		j.report.Disks = append(j.report.Disks, rep)
-		mu.Unlock()
-		return nil
+	reports, err := j.forEachDisk(ctx, plans, func(ctx context.Context, _ int, p *diskPlan) (DiskReport, error) {
+		return j.replicateDisk(ctx, snap, p, targets[p.disk.Key])
 	})
+	j.report.Disks = append(j.report.Disks, reports...)
 	if err != nil {
 		return err
 	}
