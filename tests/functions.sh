@@ -68,3 +68,30 @@ plugin_args () { echo "$plugin libdir=$fakevddk"; }
 wait_for_socket () {
     wait_for python3 -c 'import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])' "$1"
 }
+
+# serve NAME ARGS...: nbdkit ARGS in the background on $tmp/NAME.sock,
+# killed at exit.
+serve () {
+    local name=$1; shift
+    nbdkit -U $tmp/$name.sock -P $tmp/$name.pid "$@"
+    wait_for test -s $tmp/$name.pid
+    cleanup_fn kill "$(cat $tmp/$name.pid)"
+}
+
+# uri NAME: the NBD URI of $tmp/NAME.sock.
+uri () { echo "nbd+unix:///?socket=$tmp/$1.sock"; }
+
+# qserve NAME IMAGE: qemu-nbd (writable, one client) serving the qcow2
+# IMAGE on $tmp/NAME.sock, killed at exit.
+qserve () {
+    qemu-nbd --fork --persistent --pid-file=$tmp/$1.pid -k $tmp/$1.sock -f qcow2 "$2"
+    cleanup_fn kill "$(cat $tmp/$1.pid)"
+}
+
+# qstop NAME: stop the qemu-nbd of qserve NAME, so that its image can be
+# opened.
+qstop () {
+    local pid; pid=$(cat $tmp/$1.pid)
+    kill $pid
+    while kill -0 $pid 2>/dev/null; do sleep 0.05; done
+}

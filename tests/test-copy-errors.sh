@@ -9,14 +9,6 @@ requires nbdkit --version
 requires nbdkit --filter=error null --version
 requires nbdcopy --version
 
-serve () { # serve NAME ARGS...: nbdkit in the background on $tmp/NAME.sock
-    local name=$1; shift
-    nbdkit -U $tmp/$name.sock -P $tmp/$name.pid "$@"
-    wait_for test -s $tmp/$name.pid
-    cleanup_fn kill "$(cat $tmp/$name.pid)"
-}
-uri () { echo "nbd+unix:///?socket=$tmp/$1.sock"; }
-
 # expect STATUS PATTERN ARGS...: sendense ARGS fails with STATUS and an
 # error message matching PATTERN on stderr.
 expect () {

@@ -14,22 +14,6 @@ requires qemu-img --version
 requires qemu-nbd --version
 requires python3 --version
 
-serve () { # serve NAME ARGS...: nbdkit in the background on $tmp/NAME.sock
-    local name=$1; shift
-    nbdkit -U $tmp/$name.sock -P $tmp/$name.pid "$@"
-    wait_for test -s $tmp/$name.pid
-    cleanup_fn kill "$(cat $tmp/$name.pid)"
-}
-uri () { echo "nbd+unix:///?socket=$tmp/$1.sock"; }
-qserve () { # qserve NAME IMAGE: qemu-nbd (writable, one client) on $tmp/NAME.sock
-    qemu-nbd --fork --persistent --pid-file=$tmp/$1.pid -k $tmp/$1.sock -f qcow2 "$2"
-    cleanup_fn kill "$(cat $tmp/$1.pid)"
-}
-qstop () { # qstop NAME: stop qemu-nbd so that its image can be opened
-    local pid; pid=$(cat $tmp/$1.pid)
-    kill $pid
-    while kill -0 $pid 2>/dev/null; do sleep 0.05; done
-}
 K=1024 M=$((1024*1024))
 size=$((16*M))
 

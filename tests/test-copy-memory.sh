@@ -7,14 +7,6 @@ requires nbdkit --version
 requires nbdcopy --version
 requires python3 --version
 
-serve () { # serve NAME ARGS...: nbdkit in the background on $tmp/NAME.sock
-    local name=$1; shift
-    nbdkit -U $tmp/$name.sock -P $tmp/$name.pid "$@"
-    wait_for test -s $tmp/$name.pid
-    cleanup_fn kill "$(cat $tmp/$name.pid)"
-}
-uri () { echo "nbd+unix:///?socket=$tmp/$1.sock"; }
-
 # 1. memory (filled with a disk of data and holes) -> file.
 size=$((64*1024*1024 + 4096))
 make_disk $tmp/disk.img $size 0 1048576 $((5*1048576)) 65536 $((40*1048576)) 3145728 $((size - 8192)) 8192

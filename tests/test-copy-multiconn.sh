@@ -7,13 +7,6 @@ requires nbdkit --version
 requires nbdkit --filter=multi-conn null --version
 requires nbdcopy --version
 
-serve () { # serve NAME ARGS...: nbdkit in the background on $tmp/NAME.sock
-    local name=$1; shift
-    nbdkit -U $tmp/$name.sock -P $tmp/$name.pid "$@"
-    wait_for test -s $tmp/$name.pid
-    cleanup_fn kill "$(cat $tmp/$name.pid)"
-}
-uri () { echo "nbd+unix:///?socket=$tmp/$1.sock"; }
 size=$((96*1024*1024))
 serve src -r sparse-random size=$size seed=3 percent=50
 nbdcopy "$(uri src)" $tmp/src.img

@@ -13,16 +13,6 @@ requires qemu-img --version
 requires qemu-nbd --version
 requires python3 --version
 
-qserve () { # qserve NAME IMAGE: qemu-nbd (writable, one client) on $tmp/NAME.sock
-    qemu-nbd --fork --persistent --pid-file=$tmp/$1.pid -k $tmp/$1.sock -f qcow2 "$2"
-    cleanup_fn kill "$(cat $tmp/$1.pid)"
-}
-qstop () { # qstop NAME: stop qemu-nbd so that its image can be opened
-    local pid; pid=$(cat $tmp/$1.pid)
-    kill $pid
-    while kill -0 $pid 2>/dev/null; do sleep 0.05; done
-}
-uri () { echo "nbd+unix:///?socket=$tmp/$1.sock"; }
 K=1024 M=$((1024*1024))
 size=$((16*M))
 
