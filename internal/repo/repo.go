@@ -212,7 +212,7 @@ func OpenOrInitFS(ctx context.Context, fsys FS, tools *qemu.Tools, dir string) (
 	if err != nil {
 		return nil, err
 	}
-	if entries, err := fsys.ReadDir(abs); errors.Is(err, fs.ErrNotExist) || (err == nil && EmptyDir(entries) && !existsIn(fsys, filepath.Join(abs, RepoFileName))) {
+	if entries, err := fsys.ReadDir(abs); errors.Is(err, fs.ErrNotExist) || (err == nil && EmptyDir(entries)) {
 		r, err := InitFS(fsys, tools, abs)
 		if err == nil || !existsIn(fsys, filepath.Join(abs, RepoFileName)) {
 			return r, err
