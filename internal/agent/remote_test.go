@@ -30,6 +30,13 @@ func TestRemoteRepositoryJob(t *testing.T) {
 	a := e.start()
 	a.waitVCenter()
 
+	statusPath := "/api/v1/vms/" + url.PathEscape("/DC0/vm/web") + "/cbt-status?repository=" + url.QueryEscape(location)
+	var st CBTStatus
+	a.get(statusPath, http.StatusOK, &st)
+	if st.LastBackupID != "" || st.RepoError != "" {
+		t.Fatalf("cbt-status before the repository exists: %+v", st)
+	}
+
 	var ids []string
 	for i, want := range []string{"full", "incremental"} {
 		if i > 0 {
@@ -58,8 +65,8 @@ func TestRemoteRepositoryJob(t *testing.T) {
 	if !slices.Equal(got, ids) {
 		t.Fatalf("points in the remote repository %v, the jobs made %v", got, ids)
 	}
-	var st CBTStatus
-	a.get("/api/v1/vms/"+url.PathEscape("/DC0/vm/web")+"/cbt-status?repository="+url.QueryEscape(location), http.StatusOK, &st)
+	st = CBTStatus{}
+	a.get(statusPath, http.StatusOK, &st)
 	if st.LastBackupID != ids[1] || st.RepoError != "" || st.Disks[0].LastChangeID == "" {
 		t.Fatalf("cbt-status with the ssh:// repository: %+v", st)
 	}

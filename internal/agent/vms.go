@@ -300,7 +300,7 @@ func (s *Server) cbtStatus(ctx context.Context, svc *orchestrator.Services, vm *
 func latestBackup(ctx context.Context, svc *orchestrator.Services, dir, moref string) (*repo.Manifest, error) {
 	if orchestrator.IsRemoteRepository(dir) {
 		r, err := orchestrator.OpenRepository(ctx, svc, dir)
-		if errors.Is(err, repo.ErrNotRepository) || err != nil && strings.Contains(err.Error(), "does not exist") {
+		if errors.Is(err, repo.ErrNotRepository) || errors.Is(err, fs.ErrNotExist) {
 			return nil, nil // no backup yet
 		}
 		if err != nil {

@@ -144,6 +144,16 @@ func EmptyDir(entries []fs.DirEntry) bool {
 	return true
 }
 
+// missingError says that a repository's directory does not exist; it
+// matches fs.ErrNotExist.
+type missingError struct{ where string }
+
+func (e *missingError) Error() string {
+	return fmt.Sprintf("repository %s does not exist (a backup creates it; check --repo or $SENDENSE_REPOSITORY)", e.where)
+}
+
+func (e *missingError) Unwrap() error { return fs.ErrNotExist }
+
 func existsIn(fsys FS, path string) bool {
 	_, err := fsys.Lstat(path)
 	return !errors.Is(err, fs.ErrNotExist)
@@ -174,7 +184,7 @@ func OpenFS(ctx context.Context, fsys FS, tools *qemu.Tools, dir string) (*Repo,
 			if !errors.Is(serr, fs.ErrNotExist) {
 				return nil, fmt.Errorf("repository %s: %w", where, serr)
 			}
-			return nil, fmt.Errorf("repository %s does not exist (a backup creates it; check --repo or $SENDENSE_REPOSITORY)", where)
+			return nil, &missingError{where}
 		} else if !fi.IsDir() {
 			return nil, fmt.Errorf("repository %s is not a directory", where)
 		}

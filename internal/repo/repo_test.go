@@ -3,6 +3,7 @@ package repo_test
 import (
 	"context"
 	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -147,7 +148,7 @@ func verifyOK(t *testing.T, r *repo.Repo, vm, backup string) *repo.VerifyResult 
 
 func TestInitOpen(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "r")
-	if _, err := repo.Open(dir); err == nil || !strings.Contains(err.Error(), "does not exist") {
+	if _, err := repo.Open(dir); err == nil || !strings.Contains(err.Error(), "does not exist") || !errors.Is(err, fs.ErrNotExist) {
 		t.Fatalf("open of a missing directory: %v", err)
 	}
 	if _, err := repo.Init(dir); err != nil {
