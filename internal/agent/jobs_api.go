@@ -80,9 +80,16 @@ func (s *Server) newJob(ctx context.Context, req *StartRequest) (*job, *apiError
 		return nil, errorf(http.StatusBadRequest, `missing field "repository"`, "give the repository directory: the agent has no [repository] path")
 	case dir == "":
 		dir = s.cfg.Repository.Path
+	default:
+		if aerr := checkRepoLocation(dir, `invalid field "repository"`); aerr != nil {
+			return nil, aerr
+		}
 	}
-	if aerr := checkRepoLocation(&dir, `invalid field "repository"`); aerr != nil {
-		return nil, aerr
+	if !orchestrator.IsRemoteRepository(dir) {
+		dir = filepath.Clean(dir)
+		if aerr := checkRepoDir(dir); aerr != nil {
+			return nil, aerr
+		}
 	}
 	j, aerr := s.jobFor(ctx, req, KindBackup, typ)
 	if aerr != nil {
@@ -244,21 +251,20 @@ func (s *Server) handleCancel(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// checkRepoLocation checks a repository given to the API and cleans it:
-// ssh://[user@]host[:port]/path on the control plane (reached when the job
-// runs), or an absolute directory here that checkRepoDir accepts.
-func checkRepoLocation(loc *string, what string) *apiError {
-	if orchestrator.IsRemoteRepository(*loc) {
-		if _, err := orchestrator.ParseRepositoryURL(*loc); err != nil {
+// checkRepoLocation checks a repository location given to the API (what
+// names the field or parameter in errors): ssh://[user@]host[:port]/path
+// on the control plane, or an absolute directory here.
+func checkRepoLocation(loc, what string) *apiError {
+	if orchestrator.IsRemoteRepository(loc) {
+		if _, err := orchestrator.ParseRepositoryURL(loc); err != nil {
 			return errorf(http.StatusBadRequest, what, "%v", err)
 		}
 		return nil
 	}
-	if !filepath.IsAbs(*loc) {
-		return errorf(http.StatusBadRequest, what, "the repository must be an absolute path or ssh://[user@]host[:port]/path, not %q", *loc)
+	if !filepath.IsAbs(loc) {
+		return errorf(http.StatusBadRequest, what, "the repository must be an absolute path or ssh://[user@]host[:port]/path, not %q", loc)
 	}
-	*loc = filepath.Clean(*loc)
-	return checkRepoDir(*loc)
+	return nil
 }
 
 // checkRepoDir refuses, before queueing, a repository directory a backup

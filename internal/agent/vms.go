@@ -261,12 +261,8 @@ func (s *Server) cbtStatus(ctx context.Context, svc *orchestrator.Services, vm *
 		PowerState: st.PowerState, Snapshots: st.Snapshots, Disks: []CBTDisk{}}
 	if repoDir == "" {
 		repoDir = s.cfg.Repository.Path
-	} else if orchestrator.IsRemoteRepository(repoDir) {
-		if _, err := orchestrator.ParseRepositoryURL(repoDir); err != nil {
-			return nil, errorf(http.StatusBadRequest, "invalid parameter \"repository\"", "%v", err)
-		}
-	} else if !filepath.IsAbs(repoDir) {
-		return nil, errorf(http.StatusBadRequest, "invalid parameter \"repository\"", "the repository must be an absolute path or ssh://[user@]host[:port]/path, not %q", repoDir)
+	} else if aerr := checkRepoLocation(repoDir, `invalid parameter "repository"`); aerr != nil {
+		return nil, aerr
 	}
 	var latest *repo.Manifest
 	if repoDir != "" {
