@@ -51,14 +51,11 @@ func startRemoteLab(t *testing.T, vms []lab.VMSpec) *remoteLab {
 	return &remoteLab{backupLab: b, srv: srv, proxy: p, url: url, kh: kh}
 }
 
-// startSSHD starts sshd for the remote side with extra session
-// environment variables (NAME=VALUE). HOME is an empty directory: the
-// login shell reads ~/.bashrc for every SSH command, and a developer's
-// (pyenv, …) can cost 150 ms per command, which is not what these tests
-// measure.
+// startSSHD starts sshd for the remote side, with an empty HOME and extra
+// session environment variables (NAME=VALUE).
 func startSSHD(t *testing.T, env ...string) *sshtest.Server {
 	t.Helper()
-	return sshtest.StartWith(t, sshtest.Options{Config: []string{"SetEnv " + strings.Join(append([]string{"HOME=" + t.TempDir()}, env...), " ")}})
+	return sshtest.StartWith(t, sshtest.Options{QuietHome: true, Env: env})
 }
 
 // TestRemoteBackupChain: full and incremental backups of a two-disk VM

@@ -20,9 +20,7 @@ import (
 // cbt-status reads the latest one through SSH. A malformed ssh:// location
 // is a 400 before anything is queued.
 func TestRemoteRepositoryJob(t *testing.T) {
-	// HOME: an empty directory, so no developer's shell start-up files
-	// run for every remote command.
-	srv := sshtest.StartWith(t, sshtest.Options{Config: []string{"SetEnv HOME=" + t.TempDir()}})
+	srv := sshtest.StartWith(t, sshtest.Options{QuietHome: true})
 	e := newEnv(t, []lab.VMSpec{{Name: "web", PowerOn: true, CBT: true, Disks: []lab.DiskSpec{{Capacity: 16 * lab.MiB, Data: 4 * lab.MiB, Seed: 7}}}})
 	e.cfg.Tunnel.Key, e.cfg.Tunnel.KnownHosts = srv.UserKeyFile, srv.KnownHostsFile
 	dir := filepath.Join(e.dir, "remote-repo")

@@ -37,13 +37,11 @@ type env struct {
 	dials int
 }
 
-// newEnv starts sshd with extra session environment variables
-// (NAME=VALUE). HOME is an empty directory: the login shell reads
-// ~/.bashrc for every SSH command, and a developer's (pyenv, …) can cost
-// 150 ms per command, which is not what these tests measure.
+// newEnv starts sshd with an empty HOME and extra session environment
+// variables (NAME=VALUE).
 func newEnv(t *testing.T, setenv ...string) *env {
 	t.Helper()
-	srv := sshtest.StartWith(t, sshtest.Options{Config: []string{"SetEnv " + strings.Join(append([]string{"HOME=" + t.TempDir()}, setenv...), " ")}})
+	srv := sshtest.StartWith(t, sshtest.Options{QuietHome: true, Env: setenv})
 	p := sshtest.StartProxy(t, srv.Addr())
 	kh := filepath.Join(t.TempDir(), "known_hosts")
 	if err := srv.WriteKnownHosts(kh, p.Addr); err != nil {
