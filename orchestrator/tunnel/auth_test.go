@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/sendense/capture/internal/nbdtest"
 	"github.com/sendense/capture/internal/sshtest"
 )
 
@@ -226,10 +227,9 @@ func startAgent(t *testing.T) string {
 		cmd.Process.Kill()
 		cmd.Wait()
 	})
-	waitFor(t, 5*time.Second, "ssh-agent socket", func() bool {
-		_, err := os.Stat(sock)
-		return err == nil
-	})
+	if err := nbdtest.WaitUnix(sock, 5*time.Second); err != nil {
+		t.Fatalf("ssh-agent: %v", err)
+	}
 	return sock
 }
 

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sendense/capture/internal/nbdtest"
 	"github.com/sendense/capture/internal/sshtest"
 )
 
@@ -167,26 +168,11 @@ func randomBytes(n int) []byte {
 	return b
 }
 
-// nbdkit starts "nbdkit -f -U SOCK args..." and returns SOCK.
+// nbdkit starts nbdkit on a unix socket for the test and returns the
+// socket once it accepts connections.
 func nbdkit(t testing.TB, args ...string) string {
 	t.Helper()
-	if _, err := exec.LookPath("nbdkit"); err != nil {
-		t.Skip("nbdkit is not installed")
-	}
-	sock := filepath.Join(t.TempDir(), "nbd.sock")
-	cmd := exec.Command("nbdkit", append([]string{"-f", "-U", sock}, args...)...)
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-	})
-	waitFor(t, 10*time.Second, "nbdkit socket", func() bool {
-		_, err := os.Stat(sock)
-		return err == nil
-	})
+	sock, _ := nbdtest.NBDKit(t, args...)
 	return sock
 }
 

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/sendense/capture/internal/nbd"
+	"github.com/sendense/capture/internal/nbdtest"
 	"github.com/sendense/capture/internal/sshtest"
 )
 
@@ -202,7 +203,9 @@ func TestRemoteQemuNBD(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "qemu-nbd socket", func() bool { _, err := os.Stat(sock); return err == nil })
+	if err := nbdtest.WaitUnix(sock, 10*time.Second); err != nil {
+		t.Fatalf("qemu-nbd: %v (%s)", err, proc.Stderr())
+	}
 	f, err := tn.ForwardUnix(ctx, sock)
 	if err != nil {
 		t.Fatal(err)
