@@ -16,7 +16,7 @@ import (
 func TestKeepAliveDetectsStalledPeer(t *testing.T) {
 	s := sshtest.Start(t)
 	cfg, p := viaProxy(t, s)
-	cfg.KeepAlive = KeepAlive{Interval: 200 * time.Millisecond, Count: 3}
+	cfg.KeepAlive = KeepAlive{Interval: 250 * time.Millisecond, Count: 4}
 	tn := dial(t, cfg)
 	// Healthy: keepalives are answered, nothing happens.
 	time.Sleep(time.Second)
