@@ -12,6 +12,7 @@ import (
 
 	"github.com/sendense/capture/internal/copier"
 	"github.com/sendense/capture/internal/extent"
+	"github.com/sendense/capture/internal/nbd"
 )
 
 // Reconnector re-establishes a destination after its connection was lost
@@ -27,9 +28,12 @@ var (
 )
 
 // isConnectionLoss reports whether err looks like the NBD connection
-// itself broke (as opposed to the server refusing a request).
+// itself broke (as opposed to the server refusing a request). libnbd
+// says so by the handle's state (nbd.ErrDisconnected), whatever the
+// message: a request issued just after the loss fails as "invalid
+// state", EINVAL.
 func isConnectionLoss(err error) bool {
-	for _, e := range []error{syscall.ENOTCONN, syscall.ECONNRESET, syscall.EPIPE, syscall.ESHUTDOWN, syscall.ECONNABORTED, syscall.ETIMEDOUT, io.EOF, io.ErrUnexpectedEOF} {
+	for _, e := range []error{nbd.ErrDisconnected, syscall.ENOTCONN, syscall.ECONNRESET, syscall.EPIPE, syscall.ESHUTDOWN, syscall.ECONNABORTED, syscall.ETIMEDOUT, io.EOF, io.ErrUnexpectedEOF} {
 		if errors.Is(err, e) {
 			return true
 		}

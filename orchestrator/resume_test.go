@@ -2,17 +2,21 @@ package orchestrator
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"net"
 	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/sendense/capture/cbt"
 	"github.com/sendense/capture/internal/copier"
+	"github.com/sendense/capture/internal/nbd"
 	"github.com/sendense/capture/internal/nbdtest"
 )
 
@@ -144,5 +148,26 @@ func TestCopyGivesUpAfterRetryBudget(t *testing.T) {
 			t.Fatalf("%s: %d reconnections, want 2", tc.name, calls)
 		}
 		t.Logf("%s: %v", tc.name, err)
+	}
+}
+
+// TestIsConnectionLoss: what counts as a broken connection (and so is
+// resumed) and what is the server's answer on a live one (and is not).
+func TestIsConnectionLoss(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		loss bool
+	}{
+		{&nbd.Error{Op: "nbd_aio_pwrite", Msg: "nbd_aio_pwrite: invalid state: CLOSED: the handle must be connected with the server", Errno: syscall.EINVAL, Disconnected: true}, true},
+		{&nbd.Error{Op: "nbd_aio_command_completed", Msg: "write: command failed", Errno: syscall.ENOTCONN}, true},
+		{&nbd.Error{Op: "nbd_pwrite", Msg: "recv: server disconnected unexpectedly"}, true},
+		{&nbd.Error{Op: "nbd_pwrite", Msg: "write: command failed", Errno: syscall.EIO}, false},
+		{&nbd.Error{Op: "nbd_pwrite", Msg: "invalid argument", Errno: syscall.EINVAL}, false},
+		{errors.New("destination is read-only"), false},
+	} {
+		err := fmt.Errorf("write to the destination at offset 4194304: %w", tc.err)
+		if got := isConnectionLoss(err); got != tc.loss {
+			t.Errorf("isConnectionLoss(%v) = %v, want %v", err, got, tc.loss)
+		}
 	}
 }

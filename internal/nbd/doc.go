@@ -21,7 +21,9 @@
 // Errors are *Error values carrying the libnbd function, libnbd's own
 // message and errno; errors.Is(err, syscall.EIO) and friends work. Each C
 // wrapper (wrappers.c) copies the thread-local error inside the same C call,
-// so a goroutine moving between OS threads cannot lose it.
+// so a goroutine moving between OS threads cannot lose it. A failure on a
+// handle whose connection was lost matches ErrDisconnected, decided by
+// libnbd's state rather than by the message.
 //
 // libnbd handles are thread-safe, but a synchronous call holds the handle
 // for its whole duration, so calls from several goroutines on one handle

@@ -284,6 +284,46 @@ func TestErrors(t *testing.T) {
 	b.Free()
 }
 
+// TestDisconnected: once the server is gone, the failing call, and any
+// command issued after it (which libnbd refuses as "invalid state"), match
+// ErrDisconnected; a server's error reply and a failed connect do not.
+func TestDisconnected(t *testing.T) {
+	if _, err := Dial("nbd+unix:///?socket=" + filepath.Join(t.TempDir(), "missing.sock")); errors.Is(err, ErrDisconnected) {
+		t.Fatalf("a failed connect matches ErrDisconnected: %v", err)
+	}
+	_, eio := nbdkit(t, "--filter=error", "memory", "size=1M", "error=EIO", "error-pwrite-rate=1")
+	if err := dial(t, eio).Pwrite(make([]byte, 512), 0, 0); err == nil || errors.Is(err, ErrDisconnected) {
+		t.Fatalf("an error reply on a live connection: %v", err)
+	}
+
+	sock := filepath.Join(t.TempDir(), "nbd.sock")
+	srv := exec.Command("nbdkit", "-f", "-U", sock, "memory", "size=1M")
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Process.Kill()
+	if err := nbdtest.WaitUnix(sock, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	h := dial(t, "nbd+unix:///?socket="+sock)
+	if err := h.Pwrite(make([]byte, 512), 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	srv.Process.Kill()
+	srv.Wait()
+	err := h.Pwrite(make([]byte, 512), 0, 0)
+	if !errors.Is(err, ErrDisconnected) {
+		t.Fatalf("Pwrite after the server died: %v", err)
+	}
+	b, _ := NewBuffer(512)
+	defer b.Free()
+	err = h.AioPwrite(b, 512, 0, 0, 1)
+	if !errors.Is(err, ErrDisconnected) || !errors.Is(err, syscall.EINVAL) {
+		t.Fatalf("AioPwrite on the dead handle: %v", err)
+	}
+	t.Logf("after the loss: %v", err)
+}
+
 func TestConnectUnixAndSocket(t *testing.T) {
 	sock, _ := nbdkit(t, "memory", "size=2M")
 	h, err := Create()

@@ -10,12 +10,24 @@
 
 #include <stdio.h>
 
+/* save_error fills err from libnbd's thread-local error.  h, when not
+ * NULL, is a handle that was connected: if it is now closed or dead, the
+ * failure is (or followed) the loss of the connection, whatever the
+ * message says (a command issued after the server went away fails with
+ * "invalid state: CLOSED", EINVAL). */
 static void
-save_error (sd_error *err)
+save_error_h (struct nbd_handle *h, sd_error *err)
 {
   const char *msg = nbd_get_error ();
   err->errnum = nbd_get_errno ();
+  err->disconnected = h != NULL && (nbd_aio_is_closed (h) == 1 || nbd_aio_is_dead (h) == 1);
   snprintf (err->msg, sizeof err->msg, "%s", msg ? msg : "");
+}
+
+static void
+save_error (sd_error *err)
+{
+  save_error_h (NULL, err);
 }
 
 struct nbd_handle *
@@ -31,6 +43,16 @@ sd_create (sd_error *err)
   do {                                          \
     if ((call) == -1) {                         \
       save_error (err);                         \
+      return -1;                                \
+    }                                           \
+    return 0;                                   \
+  } while (0)
+
+/* CHECK for calls on a connected handle. */
+#define CHECK_IO(call)                          \
+  do {                                          \
+    if ((call) == -1) {                         \
+      save_error_h (h, err);                    \
       return -1;                                \
     }                                           \
     return 0;                                   \
@@ -119,34 +141,34 @@ int
 sd_pread (struct nbd_handle *h, void *buf, size_t count, uint64_t offset,
           uint32_t flags, sd_error *err)
 {
-  CHECK (nbd_pread (h, buf, count, offset, flags));
+  CHECK_IO (nbd_pread (h, buf, count, offset, flags));
 }
 
 int
 sd_pwrite (struct nbd_handle *h, const void *buf, size_t count,
            uint64_t offset, uint32_t flags, sd_error *err)
 {
-  CHECK (nbd_pwrite (h, buf, count, offset, flags));
+  CHECK_IO (nbd_pwrite (h, buf, count, offset, flags));
 }
 
 int
 sd_zero (struct nbd_handle *h, uint64_t count, uint64_t offset,
          uint32_t flags, sd_error *err)
 {
-  CHECK (nbd_zero (h, count, offset, flags));
+  CHECK_IO (nbd_zero (h, count, offset, flags));
 }
 
 int
 sd_trim (struct nbd_handle *h, uint64_t count, uint64_t offset,
          uint32_t flags, sd_error *err)
 {
-  CHECK (nbd_trim (h, count, offset, flags));
+  CHECK_IO (nbd_trim (h, count, offset, flags));
 }
 
 int
 sd_flush (struct nbd_handle *h, uint32_t flags, sd_error *err)
 {
-  CHECK (nbd_flush (h, flags));
+  CHECK_IO (nbd_flush (h, flags));
 }
 
 /* Called by libnbd (with the handle lock held) once per metadata context
@@ -187,7 +209,7 @@ sd_block_status (struct nbd_handle *h, uint64_t count, uint64_t offset,
 
   out->seen = 0;
   out->n = 0;
-  CHECK (nbd_block_status (h, count, offset, cb, flags));
+  CHECK_IO (nbd_block_status (h, count, offset, cb, flags));
 }
 
 void
@@ -202,7 +224,7 @@ sd_extents_free (sd_extents *e)
   do {                                          \
     int64_t r_ = (call);                        \
     if (r_ == -1)                               \
-      save_error (err);                         \
+      save_error_h (h, err);                    \
     return r_;                                  \
   } while (0)
 
@@ -253,7 +275,7 @@ sd_aio_drain (struct nbd_handle *h, sd_done *out, int max)
     out[n].err.errnum = 0;
     out[n].err.msg[0] = '\0';
     if (nbd_aio_command_completed (h, cookie) == -1) {
-      save_error (&out[n].err);
+      save_error_h (h, &out[n].err);
       if (out[n].err.errnum == 0)
         out[n].err.errnum = EIO;
     }
@@ -293,7 +315,7 @@ sd_aio_notify (struct nbd_handle *h, short revents, sd_error *err)
   if ((revents & (POLLIN | POLLHUP | POLLERR)) &&
       (dir & LIBNBD_AIO_DIRECTION_READ)) {
     if (nbd_aio_notify_read (h) == -1) {
-      save_error (err);
+      save_error_h (h, err);
       return -1;
     }
     dir = nbd_aio_get_direction (h);
@@ -301,7 +323,7 @@ sd_aio_notify (struct nbd_handle *h, short revents, sd_error *err)
   if ((revents & (POLLOUT | POLLHUP | POLLERR)) &&
       (dir & LIBNBD_AIO_DIRECTION_WRITE)) {
     if (nbd_aio_notify_write (h) == -1) {
-      save_error (err);
+      save_error_h (h, err);
       return -1;
     }
   }
@@ -313,7 +335,7 @@ sd_poll (struct nbd_handle *h, int timeout_ms, sd_error *err)
 {
   int r = nbd_poll (h, timeout_ms);
   if (r == -1)
-    save_error (err);
+    save_error_h (h, err);
   return r;
 }
 

@@ -17,6 +17,7 @@
 
 typedef struct {
   int errnum;
+  int disconnected; /* the handle had lost its connection (closed or dead) */
   char msg[SD_MSG_MAX];
 } sd_error;
 
