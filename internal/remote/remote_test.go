@@ -167,7 +167,10 @@ func TestFS(t *testing.T) {
 func TestLocks(t *testing.T) {
 	requireTools(t)
 	e := newEnv(t)
-	h := e.open(Options{Grace: 2 * time.Second})
+	// The supervisor looks at the lease once a second, so a grace of 4 s
+	// leaves a loaded machine time to reconnect after the short outage.
+	const grace = 4 * time.Second
+	h := e.open(Options{Grace: grace})
 	path := filepath.Join(t.TempDir(), "lock")
 
 	l, holder, err := h.TryExclusive(path, "backup")
@@ -216,7 +219,7 @@ func TestLocks(t *testing.T) {
 	if _, _, err := h.conn(context.Background()); err != nil { // reconnects, renews the lease
 		t.Fatal(err)
 	}
-	time.Sleep(3 * time.Second)
+	time.Sleep(grace) // the outage plus this is longer than the grace
 	if _, ok, _ := repo.Local.TryLock(path, true); ok {
 		t.Fatal("the lock was released although the lease was renewed")
 	}
@@ -226,7 +229,7 @@ func TestLocks(t *testing.T) {
 	// … and releases it when the holder does not come back.
 	e.proxy.Refuse(true)
 	e.proxy.Cut()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(3*grace + 5*time.Second)
 	for {
 		if l, ok, _ := repo.Local.TryLock(path, true); ok {
 			l.Unlock()
