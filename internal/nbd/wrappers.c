@@ -10,7 +10,7 @@
 
 #include <stdio.h>
 
-/* save_error fills err from libnbd's thread-local error.  h, when not
+/* save_error_h fills err from libnbd's thread-local error.  h, when not
  * NULL, is a handle that was connected: if it is now closed or dead, the
  * failure is (or followed) the loss of the connection, whatever the
  * message says (a command issued after the server went away fails with
@@ -39,24 +39,18 @@ sd_create (sd_error *err)
   return h;
 }
 
-#define CHECK(call)                             \
+/* CHECK_H returns 0, or -1 with err filled when call fails; hh is the
+ * handle when it was connected (see save_error_h), else NULL. */
+#define CHECK_H(hh, call)                       \
   do {                                          \
     if ((call) == -1) {                         \
-      save_error (err);                         \
+      save_error_h ((hh), err);                 \
       return -1;                                \
     }                                           \
     return 0;                                   \
   } while (0)
-
-/* CHECK for calls on a connected handle. */
-#define CHECK_IO(call)                          \
-  do {                                          \
-    if ((call) == -1) {                         \
-      save_error_h (h, err);                    \
-      return -1;                                \
-    }                                           \
-    return 0;                                   \
-  } while (0)
+#define CHECK(call) CHECK_H (NULL, call)
+#define CHECK_IO(call) CHECK_H (h, call)
 
 int
 sd_add_meta_context (struct nbd_handle *h, const char *name, sd_error *err)
