@@ -165,6 +165,9 @@ type engine struct {
 func (e *engine) fail(err error) {
 	e.errOnce.Do(func() { e.err = err })
 	e.stop.Store(true)
+	if e.seq != nil {
+		e.seq.abort() // gives back the request buffers it holds
+	}
 }
 
 func (e *engine) stopped() bool { return e.stop.Load() }
@@ -200,8 +203,7 @@ func run(ctx context.Context, srcs []Source, dsts []Destination, size uint64, wo
 		e.zeroBuf = b
 	}
 	if hash {
-		limit := max(int64(64<<20), int64(len(srcs)*opts.Requests*opts.RequestSize))
-		e.seq = newSequencer(size, opts.RequestSize, limit)
+		e.seq = newSequencer(size)
 		for _, s := range workList(size, work) { // never copied: not hashable
 			e.fail(fmt.Errorf("checksum: range %v was not copied", s))
 		}

@@ -360,3 +360,91 @@ func TestChecksumFunction(t *testing.T) {
 		t.Fatalf("Checksum = %s, %v", got, err)
 	}
 }
+
+// The whole-image checksum hashes in the request buffers and holds their
+// slots meanwhile: a failure or a cancellation must give them back at once
+// (not after drainTimeout), whatever order the requests finish in.
+func TestCopyChecksumFailFast(t *testing.T) {
+	boom := errors.New("boom")
+	for _, tc := range []struct {
+		name  string
+		setup func(s *memSource, d *memDest, o *Options) (cancelAfter time.Duration)
+		want  error
+	}{
+		{"read error", func(s *memSource, d *memDest, o *Options) time.Duration {
+			s.readErr, s.readAt = boom, 700*K
+			return 0
+		}, boom},
+		{"one read fails, later ones finish first", func(s *memSource, d *memDest, o *Options) time.Duration {
+			s.readErr, s.readAt, s.readEnd = boom, 100*K, 101*K
+			return 0
+		}, boom},
+		{"write error", func(s *memSource, d *memDest, o *Options) time.Duration {
+			d.writeErr, d.writeErrAt = boom, 300*K
+			return 0
+		}, boom},
+		{"cancel while the rate limiter holds a request", func(s *memSource, d *memDest, o *Options) time.Duration {
+			o.Rate = 256 * K
+			return 300 * time.Millisecond
+		}, context.Canceled},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			src := image(12, 512*K, 0, -1, 256*K, 3, 0, 256*K, 0, -1)
+			dst := newMemDest(len(src.data), 0)
+			ms := &multiAsync{s: src, d: dst, opened: new(int)}
+			opts := Options{Connections: 2, Requests: 4, RequestSize: 16 * K, Checksum: true, HashChunks: true}
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			if d := tc.setup(src, dst, &opts); d > 0 {
+				time.AfterFunc(d, cancel)
+			}
+			start := time.Now()
+			res, err := Copy(ctx, ms.source(), ms.dest(new(int)), opts)
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("err = %v, want %v", err, tc.want)
+			}
+			if d := time.Since(start); d > 5*time.Second {
+				t.Fatalf("the copy took %v to fail", d)
+			}
+			if res == nil || res.SHA256 != "" {
+				t.Fatalf("result %+v: a failed copy has no checksum", res)
+			}
+		})
+	}
+}
+
+// The sequencer hashes in the caller's buffer: it keeps a piece that came
+// early until everything before it is hashed, and releases each once only.
+func TestSequencerHoldsBuffers(t *testing.T) {
+	a, b := bytes.Repeat([]byte{1}, 4*K), bytes.Repeat([]byte{2}, 4*K)
+	s := newSequencer(12 * K)
+	released := make(chan string, 4)
+	s.data(4*K, b, func() { released <- "b" })
+	select {
+	case r := <-released:
+		t.Fatalf("piece %s released before the bytes before it were hashed", r)
+	case <-time.After(50 * time.Millisecond):
+	}
+	s.zero(8*K, 4*K)
+	s.data(0, a, func() { released <- "a" })
+	if r1, r2 := <-released, <-released; r1 != "a" || r2 != "b" {
+		t.Fatalf("released %s, %s; want a, b", r1, r2)
+	}
+	got, err := s.finish()
+	if want := sum(append(append(a, b...), make([]byte, 4*K)...)); err != nil || got != want {
+		t.Fatalf("finish = %s, %v; want %s", got, err, want)
+	}
+
+	// After abort, what is held and what comes later is released unhashed.
+	s = newSequencer(8 * K)
+	s.data(4*K, b, func() { released <- "held" })
+	s.abort()
+	s.data(0, a, func() { released <- "late" })
+	if r1, r2 := <-released, <-released; r1 != "held" || r2 != "late" {
+		t.Fatalf("released %s, %s after abort", r1, r2)
+	}
+	s.stop()
+	if len(released) != 0 {
+		t.Fatal("a piece was released twice")
+	}
+}

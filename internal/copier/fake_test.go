@@ -15,8 +15,9 @@ type memSource struct {
 	data    []byte
 	ext     extent.Map
 	window  uint64 // max bytes described per Extents call (0: all)
-	readErr error  // fails every read at or after readErrAt
+	readErr error  // fails every read at or after readAt
 	readAt  uint64
+	readEnd uint64 // not 0: only those before readEnd
 	mu      sync.Mutex
 	reads   extent.List
 	queries int
@@ -29,7 +30,7 @@ func (s *memSource) ReadAt(p []byte, off uint64) error {
 	s.mu.Lock()
 	s.reads = append(s.reads, extent.Extent{Offset: off, Length: uint64(len(p))})
 	s.mu.Unlock()
-	if s.readErr != nil && off+uint64(len(p)) > s.readAt {
+	if s.readErr != nil && off+uint64(len(p)) > s.readAt && (s.readEnd == 0 || off < s.readEnd) {
 		return s.readErr
 	}
 	copy(p, s.data[off:])

@@ -36,7 +36,7 @@ type slot struct {
 	buf   Buffer // allocated on first use
 	op    op
 	state slotState
-	parts int    // write and hash still to finish
+	parts int    // write, chunk hash and image hash still to finish
 	sum   string // SHA-256 of the data (HashChunks), set by a hasher
 }
 
@@ -70,8 +70,8 @@ type worker struct {
 	comps []Completion
 	pfds  []unix.PollFd
 
-	// Chunk hashing runs on other goroutines; they report here and wake
-	// the poll through an eventfd.
+	// Chunk and image hashing run on other goroutines; they report here
+	// and wake the poll through an eventfd.
 	wakeFd  int
 	hashMu  sync.Mutex
 	hashed  []slotRef
@@ -117,7 +117,7 @@ func newLane(e *engine, src Source, dst Destination) *lane {
 
 func newWorker(e *engine, lanes []*lane) (*worker, error) {
 	w := &worker{e: e, lanes: lanes, wakeFd: -1}
-	if e.hashq != nil {
+	if e.hashq != nil || e.seq != nil {
 		fd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
 		if err != nil {
 			return nil, fmt.Errorf("eventfd: %w", err)
@@ -136,7 +136,10 @@ func (w *worker) run(ctx context.Context) {
 	}()
 	var deadline time.Time
 	for {
-		stopping := w.e.stopped() || ctx.Err() != nil
+		if err := ctx.Err(); err != nil && !w.e.stopped() {
+			w.e.fail(err) // also releases what the checksum holds
+		}
+		stopping := w.e.stopped()
 		if stopping && deadline.IsZero() {
 			deadline = time.Now().Add(drainTimeout)
 		}
@@ -155,7 +158,7 @@ func (w *worker) run(ctx context.Context) {
 			if stopping || w.exhausted && !w.hasHeld {
 				break
 			}
-			time.Sleep(w.wait) // waiting for the rate limiter or the checksum
+			time.Sleep(w.wait) // waiting for the rate limiter
 			continue
 		}
 		if stopping && time.Now().After(deadline) {
@@ -215,10 +218,6 @@ func (w *worker) nextOp(l *lane) (op, bool, error) {
 		return w.held, true, nil
 	}
 	if w.exhausted {
-		return op{}, false, nil
-	}
-	if w.e.seq != nil && w.e.seq.gated() {
-		w.wait = min(w.wait, time.Millisecond)
 		return op{}, false, nil
 	}
 	o, ok, err := w.e.plan.next(l.ext)
@@ -359,16 +358,21 @@ func (w *worker) readDone(l *lane, li int, c Completion) {
 		err = w.startZero(l, s, i)
 	} else {
 		data := s.buf.Bytes()[:n]
-		if w.e.seq != nil {
-			w.e.seq.data(off, data)
-		}
 		s.state = stWriting
 		if err = l.dst.StartWrite(s.buf, int(n), off, uint64(i)); err != nil {
 			err = fmt.Errorf("write to the destination at offset %d: %w", off, err)
-		} else if w.e.hashq != nil {
-			// The write only reads the buffer: hash it meanwhile.
-			s.parts++
-			w.e.hashq <- hashJob{w, slotRef{li, i}, data}
+		} else {
+			// The write only reads the buffer: hash it meanwhile, and
+			// keep the slot until the chunk and the image hashes are done.
+			ref := slotRef{li, i}
+			if w.e.hashq != nil {
+				s.parts++
+				w.e.hashq <- hashJob{w, ref, data}
+			}
+			if w.e.seq != nil {
+				s.parts++
+				w.e.seq.data(off, data, func() { w.hashDone(ref) })
+			}
 		}
 	}
 	if err != nil {
@@ -417,7 +421,8 @@ func (w *worker) partDone(l *lane, i int) {
 	w.finish(l, i)
 }
 
-// hashed is called by a hasher when a slot's SHA-256 is ready.
+// hashDone is called by a chunk hasher when a slot's SHA-256 is ready, and
+// by the sequencer when it no longer needs a slot's buffer.
 func (w *worker) hashDone(r slotRef) {
 	w.hashMu.Lock()
 	w.hashed = append(w.hashed, r)
