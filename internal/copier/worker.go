@@ -131,7 +131,12 @@ func newWorker(e *engine, lanes []*lane) (*worker, error) {
 func (w *worker) run(ctx context.Context) {
 	defer func() {
 		if w.wakeFd >= 0 && w.drained {
+			// Under hashMu: a hasher may still be in hashDone, and must
+			// not write to a closed (or reused) descriptor.
+			w.hashMu.Lock()
 			unix.Close(w.wakeFd)
+			w.wakeFd = -1
+			w.hashMu.Unlock()
 		}
 	}()
 	var deadline time.Time
@@ -424,12 +429,14 @@ func (w *worker) partDone(l *lane, i int) {
 // hashDone is called by a chunk hasher when a slot's SHA-256 is ready, and
 // by the sequencer when it no longer needs a slot's buffer.
 func (w *worker) hashDone(r slotRef) {
-	w.hashMu.Lock()
-	w.hashed = append(w.hashed, r)
-	w.hashMu.Unlock()
 	var one [8]byte
 	binary.NativeEndian.PutUint64(one[:], 1)
-	unix.Write(w.wakeFd, one[:])
+	w.hashMu.Lock()
+	defer w.hashMu.Unlock()
+	w.hashed = append(w.hashed, r)
+	if w.wakeFd >= 0 {
+		unix.Write(w.wakeFd, one[:]) // an eventfd: never blocks
+	}
 }
 
 // poll waits for the sockets of all lanes and lets them progress.
