@@ -99,6 +99,40 @@ func copyRange(in, out *os.File, off, n int64) error {
 	return nil
 }
 
+// freeze makes frozen hold d's current content, for a snapshot. Like
+// vSphere, which starts a redo log rather than copying the disk, taking
+// the snapshot costs next to nothing: frozen becomes a hard link to the
+// flat file, and the first write after it (unshare) gives the guest a copy
+// of its own. Where links are not possible the content is copied now.
+func freeze(d *diskTrack, frozen string) error {
+	if err := os.Link(d.flat, frozen); err == nil {
+		d.shared = true
+		return nil
+	}
+	return sparseCopy(d.flat, frozen)
+}
+
+// unshare gives d a flat file of its own when snapshots share it, before
+// the guest writes: a sparse copy renamed over it, so every frozen file
+// keeps the content it had. Readers that have the flat file open keep
+// reading the content of before the write.
+func unshare(d *diskTrack) error {
+	if !d.shared {
+		return nil
+	}
+	tmp := d.flat + ".unshare"
+	if err := sparseCopy(d.flat, tmp); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("copying the disk away from its snapshots: %w", err)
+	}
+	if err := os.Rename(tmp, d.flat); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	d.shared = false
+	return nil
+}
+
 // writeAt writes data to path at off.
 func writeAt(path string, off uint64, data []byte) error {
 	f, err := os.OpenFile(path, os.O_WRONLY, 0)

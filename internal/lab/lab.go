@@ -7,8 +7,9 @@
 //
 // The fake VDDK (tests/fakevddk) reads the same files: set FAKEVDDK_ROOT to
 // DatastoreRoot(). A snapshot's disks are frozen at snapshot time into
-// "<dir>/<disk>-<snapshot moref>-flat.vmdk", which the fake VDDK reads when
-// it is given that snapshot.
+// "<dir>/<disk>-<snapshot moref>-flat.vmdk" (a hard link until the next
+// write through the lab), which the fake VDDK reads when it is given that
+// snapshot.
 //
 // See docs/lab.md.
 package lab
@@ -458,6 +459,9 @@ func (l *Lab) write(vm string, key int32, off, length uint64, do func(string) er
 	}
 	if length == 0 {
 		return nil
+	}
+	if err := unshare(d); err != nil {
+		return fmt.Errorf("lab: writing disk %d: %w", key, err)
 	}
 	if err := do(d.flat); err != nil {
 		return fmt.Errorf("lab: writing disk %d: %w", key, err)

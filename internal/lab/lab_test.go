@@ -140,8 +140,16 @@ func TestSnapshotFreeze(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Taking the snapshot copied nothing: the frozen file is the flat
+	// file until the guest writes.
+	if !sameFile(t, flat, s1.Disks[0].Path) {
+		t.Fatal("the snapshot copied the disk instead of linking it")
+	}
 	if err := l.Write("lab-small", 2000, 40*MiB, after); err != nil {
 		t.Fatal(err)
+	}
+	if sameFile(t, flat, s1.Disks[0].Path) {
+		t.Fatal("the write did not give the disk a file of its own")
 	}
 	frozen, err := l.SnapshotPath("lab-small", 2000, s1.Moref)
 	if err != nil || frozen != s1.Disks[0].Path || !strings.HasSuffix(frozen, "disk1-"+s1.Moref+"-flat.vmdk") {
@@ -178,7 +186,18 @@ func TestSnapshotFreeze(t *testing.T) {
 	if _, err := os.Stat(frozen); err != nil {
 		t.Fatalf("frozen file of s1 gone: %v", err)
 	}
+	// s2 and s3 were links to the flat file: it is still there, and the
+	// next write leaves s4's frozen content alone.
+	if got := readRange(t, flat, 40*MiB, 4096); !bytes.Equal(got, after) {
+		t.Fatal("removing snapshots changed the disk")
+	}
 	s4, _ := l.CreateSnapshot(ctx, "lab-small", "s4")
+	if err := l.Write("lab-small", 2000, 40*MiB, before); err != nil {
+		t.Fatal(err)
+	}
+	if got := readRange(t, s4.Disks[0].Path, 40*MiB, 4096); !bytes.Equal(got, after) {
+		t.Fatal("a write changed the frozen content of s4")
+	}
 	vm, _ := l.VM("lab-small")
 	task, err := object.NewVirtualMachine(c.Client, types.ManagedObjectReference{Type: "VirtualMachine", Value: vm.Moref}).RemoveAllSnapshot(ctx, nil)
 	if err != nil {
@@ -430,4 +449,17 @@ func TestControlSocket(t *testing.T) {
 	if resp, err := Call(ctx, sock, Request{Op: OpInfo}); err != nil || !strings.Contains(string(resp.Data), `"simulator":true`) {
 		t.Fatalf("info: %s %v", resp.Data, err)
 	}
+}
+
+func sameFile(t *testing.T, a, b string) bool {
+	t.Helper()
+	sa, err := os.Stat(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sb, err := os.Stat(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return os.SameFile(sa, sb)
 }

@@ -42,6 +42,7 @@ type diskTrack struct {
 	fileName string // "[LocalDS_0] lab-small/disk1.vmdk"
 	flat     string // absolute path of the -flat.vmdk
 	capacity uint64
+	shared   bool // flat is also a snapshot's frozen file (a hard link): copy before writing
 
 	uuid    string // tracking epoch; "" while CBT is off
 	active  bool   // tracking started (a snapshot was taken since enabling)
