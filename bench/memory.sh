@@ -17,7 +17,7 @@ runs=${RUNS:-3}
 for tool in qemu-nbd qemu-img nbdcopy python3; do
     command -v $tool >/dev/null || { echo "$tool is missing" >&2; exit 1; }
 done
-"$sendense" lab --dir $benchdir/lab --env $benchdir/lab.env \
+"$sendense" lab --dir $benchdir/lab --env $benchdir/lab.env --snapshot-links \
     --vm mem:2G+1G,2G+1G,2G+1G,2G+1G > $benchdir/lab.out 2>&1 &
 lab_pid=$!
 trap 'kill $lab_pid 2>/dev/null; wait $lab_pid 2>/dev/null; rm -rf "$benchdir"' EXIT

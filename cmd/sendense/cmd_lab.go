@@ -33,6 +33,7 @@ type labOptions struct {
 	LibDir     string
 	BlockSize  string
 	PageLimit  int
+	Links      bool
 	VMs        []string
 	blockSize  uint64
 	vms        []lab.VMSpec
@@ -54,6 +55,7 @@ func (o *labOptions) AddFlags(f *pflag.FlagSet) {
 	f.StringVar(&o.LibDir, "vddk-libdir", "", "VDDK directory to announce; default: the fake VDDK next to this binary (`DIR`/fakevddk)")
 	f.StringVar(&o.BlockSize, "block-size", "64K", "CBT block size in `BYTES`, a power of two")
 	f.IntVar(&o.PageLimit, "page-limit", 2000, "at most `N` areas per QueryChangedDiskAreas answer")
+	f.BoolVar(&o.Links, "snapshot-links", false, "take snapshots as hard links to the disks, copied at the next write through the lab, instead of copying the disks at once: snapshots cost next to nothing, as on vSphere, but a write made to a flat file directly then also changes the snapshots that share it")
 	f.StringArrayVar(&o.VMs, "vm", nil, "add a VM (powered on, CBT on) to the default inventory: `NAME:SIZE[+DATA][,SIZE[+DATA]...]`, one SIZE per disk with DATA bytes of initial data, e.g. bench:16G+4G (repeatable)")
 }
 
@@ -285,7 +287,7 @@ func runLab(ctx context.Context, opts labOptions, gopts globalOptions, stdout, s
 	if len(opts.vms) > 0 {
 		vms = append(lab.DefaultVMs(), opts.vms...)
 	}
-	l, err := lab.Start(ctx, lab.Options{Dir: opts.Dir, Listen: opts.Listen, BlockSize: opts.blockSize, PageLimit: opts.PageLimit, VMs: vms})
+	l, err := lab.Start(ctx, lab.Options{Dir: opts.Dir, Listen: opts.Listen, BlockSize: opts.blockSize, PageLimit: opts.PageLimit, SnapshotLinks: opts.Links, VMs: vms})
 	if err != nil {
 		return err
 	}

@@ -99,15 +99,16 @@ func copyRange(in, out *os.File, off, n int64) error {
 	return nil
 }
 
-// freeze makes frozen hold d's current content, for a snapshot. Like
-// vSphere, which starts a redo log rather than copying the disk, taking
-// the snapshot costs next to nothing: frozen becomes a hard link to the
-// flat file, and the first write after it (unshare) gives the guest a copy
-// of its own. Where links are not possible the content is copied now.
-func freeze(d *diskTrack, frozen string) error {
-	if err := os.Link(d.flat, frozen); err == nil {
-		d.shared = true
-		return nil
+// freeze makes frozen hold d's current content, for a snapshot: a sparse
+// copy, or with link a hard link to the flat file (Options.SnapshotLinks),
+// which the next write through the lab undoes (unshare). Where links are
+// not possible the content is copied.
+func freeze(d *diskTrack, frozen string, link bool) error {
+	if link {
+		if err := os.Link(d.flat, frozen); err == nil {
+			d.shared = true
+			return nil
+		}
 	}
 	return sparseCopy(d.flat, frozen)
 }

@@ -107,7 +107,7 @@ func (h labHooks) PutObject(_ *simulator.Context, obj mo.Reference) {
 	frozen := map[int32]string{}
 	for _, d := range v.disks {
 		p := snapshotPath(d.flat, snap.Self.Value)
-		if err := freeze(d, p); err != nil {
+		if err := freeze(d, p, l.opts.SnapshotLinks); err != nil {
 			slog.Error("lab: freezing disk for snapshot", "vm", v.name, "disk", d.key, "snapshot", snap.Self.Value, "err", err)
 			continue
 		}

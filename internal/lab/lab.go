@@ -7,9 +7,9 @@
 //
 // The fake VDDK (tests/fakevddk) reads the same files: set FAKEVDDK_ROOT to
 // DatastoreRoot(). A snapshot's disks are frozen at snapshot time into
-// "<dir>/<disk>-<snapshot moref>-flat.vmdk" (a hard link until the next
-// write through the lab), which the fake VDDK reads when it is given that
-// snapshot.
+// "<dir>/<disk>-<snapshot moref>-flat.vmdk" (a copy, or with
+// Options.SnapshotLinks a hard link until the next write through the lab),
+// which the fake VDDK reads when it is given that snapshot.
 //
 // See docs/lab.md.
 package lab
@@ -63,6 +63,13 @@ type Options struct {
 	// QueryChangedDiskAreas answer covers, so that clients see windows
 	// without areas, as vSphere may answer.
 	MaxWindow uint64
+	// SnapshotLinks makes taking a snapshot cost next to nothing, as on
+	// vSphere: a disk's frozen file is a hard link to its flat file until
+	// the next write through the lab, which first gives the disk a copy
+	// of its own. Without it the disk is copied at snapshot time. With it
+	// a write made to a flat file directly (not through the lab) while a
+	// snapshot shares it changes that snapshot too.
+	SnapshotLinks bool
 }
 
 // VMSpec describes a lab VM.

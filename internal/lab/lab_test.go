@@ -128,7 +128,12 @@ func TestInitialDataDeterministic(t *testing.T) {
 // snapshot time; removal (also removeChildren and RemoveAllSnapshots)
 // deletes the frozen files.
 func TestSnapshotFreeze(t *testing.T) {
-	l := startLab(t, Options{})
+	t.Run("copy", func(t *testing.T) { testSnapshotFreeze(t, false) })
+	t.Run("links", func(t *testing.T) { testSnapshotFreeze(t, true) })
+}
+
+func testSnapshotFreeze(t *testing.T, links bool) {
+	l := startLab(t, Options{SnapshotLinks: links})
 	ctx := context.Background()
 	flat, _ := l.DiskPath("lab-small", 2000)
 	before := bytes.Repeat([]byte("A"), 4096)
@@ -140,10 +145,10 @@ func TestSnapshotFreeze(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Taking the snapshot copied nothing: the frozen file is the flat
-	// file until the guest writes.
-	if !sameFile(t, flat, s1.Disks[0].Path) {
-		t.Fatal("the snapshot copied the disk instead of linking it")
+	// With links, taking the snapshot copied nothing: the frozen file is
+	// the flat file until the guest writes.
+	if sameFile(t, flat, s1.Disks[0].Path) != links {
+		t.Fatalf("frozen file is the flat file: %v, want %v", !links, links)
 	}
 	if err := l.Write("lab-small", 2000, 40*MiB, after); err != nil {
 		t.Fatal(err)
@@ -186,8 +191,8 @@ func TestSnapshotFreeze(t *testing.T) {
 	if _, err := os.Stat(frozen); err != nil {
 		t.Fatalf("frozen file of s1 gone: %v", err)
 	}
-	// s2 and s3 were links to the flat file: it is still there, and the
-	// next write leaves s4's frozen content alone.
+	// With links, s2 and s3 were links to the flat file: it is still
+	// there, and the next write leaves s4's frozen content alone.
 	if got := readRange(t, flat, 40*MiB, 4096); !bytes.Equal(got, after) {
 		t.Fatal("removing snapshots changed the disk")
 	}
@@ -197,6 +202,22 @@ func TestSnapshotFreeze(t *testing.T) {
 	}
 	if got := readRange(t, s4.Disks[0].Path, 40*MiB, 4096); !bytes.Equal(got, after) {
 		t.Fatal("a write changed the frozen content of s4")
+	}
+	if !links {
+		// A copy is isolated even from writes made to the flat file
+		// directly (docs/lab.md, LIMITS).
+		f, err := os.OpenFile(flat, os.O_WRONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = f.WriteAt(bytes.Repeat([]byte("C"), 4096), 40*MiB)
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := readRange(t, s4.Disks[0].Path, 40*MiB, 4096); !bytes.Equal(got, after) {
+			t.Fatal("a direct write changed the frozen content of s4")
+		}
 	}
 	vm, _ := l.VM("lab-small")
 	task, err := object.NewVirtualMachine(c.Client, types.ManagedObjectReference{Type: "VirtualMachine", Value: vm.Moref}).RemoveAllSnapshot(ctx, nil)
