@@ -14,12 +14,7 @@ size=$((16 << 30))
 # (a redo log, no copy); without it the lab copies the 4 GiB of data at
 # every snapshot, 2-6 s that would swamp the fixed cost. Guest writes go
 # through the lab, so the snapshots stay frozen.
-"$sendense" lab --dir $benchdir/lab --env $benchdir/lab.env --snapshot-links --vm bench:16G+4G > $benchdir/lab.out 2>&1 &
-lab_pid=$!
-trap 'kill $lab_pid 2>/dev/null; wait $lab_pid 2>/dev/null; rm -rf "$benchdir"' EXIT
-for _ in $(seq 600); do [ -s $benchdir/lab.env ] && break; sleep 0.1; done
-[ -s $benchdir/lab.env ] || { cat $benchdir/lab.out; exit 1; }
-set -a; source $benchdir/lab.env; set +a
+start_lab --snapshot-links --vm bench:16G+4G
 export SENDENSE_REPOSITORY=$benchdir/repo
 
 # backup: prints "seconds bytes_copied" of one backup of the bench VM.

@@ -22,3 +22,15 @@ timeit () {
 
 # median N...: the median of the numbers.
 median () { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else printf "%.6f\n", (a[NR/2]+a[NR/2+1])/2}'; }
+
+# start_lab ARGS...: start `sendense lab ARGS...` in the background (its
+# files in $benchdir/lab), wait until it serves and export its settings
+# (SENDENSE_*, FAKEVDDK_ROOT); the lab is stopped on exit.
+start_lab () {
+    "$sendense" lab --dir $benchdir/lab --env $benchdir/lab.env "$@" > $benchdir/lab.out 2>&1 &
+    lab_pid=$!
+    trap 'kill $lab_pid 2>/dev/null; wait $lab_pid 2>/dev/null; rm -rf "$benchdir"' EXIT
+    for _ in $(seq 600); do [ -s $benchdir/lab.env ] && break; sleep 0.1; done
+    [ -s $benchdir/lab.env ] || { cat $benchdir/lab.out; exit 1; }
+    set -a; source $benchdir/lab.env; set +a
+}

@@ -17,13 +17,7 @@ runs=${RUNS:-3}
 for tool in qemu-nbd qemu-img nbdcopy python3; do
     command -v $tool >/dev/null || { echo "$tool is missing" >&2; exit 1; }
 done
-"$sendense" lab --dir $benchdir/lab --env $benchdir/lab.env --snapshot-links \
-    --vm mem:2G+1G,2G+1G,2G+1G,2G+1G > $benchdir/lab.out 2>&1 &
-lab_pid=$!
-trap 'kill $lab_pid 2>/dev/null; wait $lab_pid 2>/dev/null; rm -rf "$benchdir"' EXIT
-for _ in $(seq 600); do [ -s $benchdir/lab.env ] && break; sleep 0.1; done
-[ -s $benchdir/lab.env ] || { cat $benchdir/lab.out; exit 1; }
-set -a; source $benchdir/lab.env; set +a
+start_lab --snapshot-links --vm mem:2G+1G,2G+1G,2G+1G,2G+1G
 
 # sample NAME CMD...: run CMD, sampling the memory of its process tree;
 # prints "seconds agent_peak_kib tree_peak_kib NAME_peak_kib" where

@@ -86,7 +86,7 @@ func (s *sequencer) run() {
 			s.cond.Wait()
 			p, ok = s.pending[s.next]
 		}
-		if !ok || s.aborted {
+		if !ok { // closed with nothing more in order, or aborted
 			s.mu.Unlock()
 			return
 		}
