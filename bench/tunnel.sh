@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# SSH tunnel throughput: orchestrator/tunnel vs OpenSSH, same sshd, same
+# SSH tunnel throughput: internal/tunnel vs OpenSSH, same sshd, same
 # bytes, on this machine.
 #   ours     a 2 GiB file of random data written as NBD requests through our
 #            tunnel (an SSH connection to sshd on a loopback port, a forward

@@ -62,7 +62,7 @@ func (c *Client) changedAreas(ctx context.Context, vm *VM, snapshot string, d Di
 	return collectAreas(ctx, d.Capacity, query)
 }
 
-// collectAreas runs the QueryChangedDiskAreas loop of DESIGN.md's CBT rules:
+// collectAreas runs the QueryChangedDiskAreas loop of the CBT rules of docs/design.md:
 // next = StartOffset+Length until the capacity is reached; an empty window is
 // not the end; areas are clipped to the disk and merged.
 func collectAreas(ctx context.Context, capacity uint64, query func(context.Context, uint64) (types.DiskChangeInfo, error)) (Areas, error) {

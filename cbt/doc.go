@@ -14,7 +14,7 @@
 //
 // # Changed areas
 //
-// ChangedAreas follows the rules in DESIGN.md ("CBT rules"): it calls
+// ChangedAreas follows the rules in docs/design.md ("Changed Block Tracking rules"): it calls
 // QueryChangedDiskAreas again and again from StartOffset+Length until the
 // whole disk is covered (a window without areas is not the end, and vSphere
 // pages its answers), then merges the areas. A changeId is "UUID/sequence";

@@ -159,7 +159,7 @@ func (j *backupJob) run(ctx context.Context) error {
 }
 
 // plan decides full or incremental for every disk (CBT rules in
-// DESIGN.md) and queries the changed areas of the incrementals.
+// docs/design.md) and queries the changed areas of the incrementals.
 func (j *backupJob) plan(ctx context.Context, pending *repo.Pending, prev *repo.Manifest, state *repo.State, snap string, disks []cbt.Disk) ([]*diskPlan, error) {
 	var plans []*diskPlan
 	for _, d := range disks {

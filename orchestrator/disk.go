@@ -37,7 +37,7 @@ func (p *diskPlan) level() string {
 	return LevelIncremental
 }
 
-// decide applies the CBT rules (DESIGN.md) to a disk: prev is what the
+// decide applies the CBT rules (docs/design.md) to a disk: prev is what the
 // previous backup or replication recorded of it (nil: none).
 func decide(d cbt.Disk, prev *cbt.DiskState) *diskPlan {
 	p := &diskPlan{disk: d}

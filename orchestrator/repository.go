@@ -10,7 +10,7 @@ import (
 	"github.com/sendense/capture/internal/qemu"
 	"github.com/sendense/capture/internal/remote"
 	"github.com/sendense/capture/internal/repo"
-	"github.com/sendense/capture/orchestrator/tunnel"
+	"github.com/sendense/capture/internal/tunnel"
 )
 
 // Remote repositories: how long a backup may take to reconnect, and how

@@ -7,7 +7,7 @@ import (
 	"strconv"
 	"sync"
 
-	"github.com/sendense/capture/orchestrator/tunnel"
+	"github.com/sendense/capture/internal/tunnel"
 )
 
 // TunnelPool shares one tunnel (SSH connection set) per user@host:port

@@ -75,7 +75,7 @@ func (h *Handle) PRead(buf []byte, offset uint64) error {
 }
 
 // Extents returns the block-status map of [offset, offset+count), clipped
-// to the disk, following the extents contract (DESIGN.md):
+// to the disk, following the extents contract (docs/design.md):
 //
 //	full:        allocated → data; unallocated → hole+zero
 //	incremental: changed and allocated → data; changed and unallocated →

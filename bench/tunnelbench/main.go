@@ -5,7 +5,7 @@
 //	    shell assignments port=, user=, key=, known_hosts= and close
 //	    standard output; run until SIGTERM or SIGINT.
 //	tunnelbench copy [-connections N] [-rate BYTES] [-cipher NAME] PORT USER KEY KNOWN_HOSTS SOCKET -- CMD ARG...
-//	    dial 127.0.0.1:PORT with orchestrator/tunnel, forward the remote
+//	    dial 127.0.0.1:PORT with internal/tunnel, forward the remote
 //	    unix socket SOCKET, run CMD with every "{}" argument replaced by
 //	    the forward's NBD URI, then close; exit with CMD's status.
 //	tunnelbench nbdwrite FILE URI
@@ -28,7 +28,7 @@ import (
 	"syscall"
 
 	"github.com/sendense/capture/internal/sshtest"
-	"github.com/sendense/capture/orchestrator/tunnel"
+	"github.com/sendense/capture/internal/tunnel"
 )
 
 func main() {

@@ -1,6 +1,6 @@
 // Package copier copies a disk image between two backends, extent by
 // extent, the way nbdcopy does: block status decides what to read, zero and
-// skip (DESIGN.md, "Extents semantics"), several connections each keep many
+// skip (docs/design.md, "Extents"), several connections each keep many
 // requests in flight, and the copy ends with a flush.
 //
 // Backends implement Source and Destination plus optional abilities

@@ -21,7 +21,7 @@ func (a action) String() string {
 	return [...]string{"copy", "zero", "skip", "skip-zero"}[a]
 }
 
-// classify applies the extents contract (DESIGN.md, "Extents semantics") to
+// classify applies the extents contract (docs/design.md, "Extents") to
 // one base:allocation type:
 //
 //	0 data             copy (all-zero buffers become write-zeroes)

@@ -11,7 +11,7 @@ import (
 	"github.com/vmware/govmomi/vim25/types"
 )
 
-// How the lab is wired into vcsim (see DESIGN.md, "vSphere in tests"):
+// How the lab is wired into vcsim (see docs/design.md, "The lab", and docs/lab.md):
 //
 //   - vcsim has no QueryChangedDiskAreas. handle (the registry's Handler)
 //     puts a cbtVM, which embeds the *simulator.VirtualMachine and adds the

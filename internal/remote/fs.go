@@ -22,7 +22,7 @@ import (
 
 	"github.com/sendense/capture/internal/lockfile"
 	"github.com/sendense/capture/internal/repo"
-	"github.com/sendense/capture/orchestrator/tunnel"
+	"github.com/sendense/capture/internal/tunnel"
 )
 
 // Host is the file system of a remote repository.

@@ -40,7 +40,7 @@ import (
 	"github.com/pkg/sftp"
 
 	"github.com/sendense/capture/internal/qemu"
-	"github.com/sendense/capture/orchestrator/tunnel"
+	"github.com/sendense/capture/internal/tunnel"
 )
 
 // Defaults of Options.

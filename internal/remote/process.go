@@ -17,7 +17,7 @@ import (
 	"github.com/pkg/sftp"
 
 	"github.com/sendense/capture/internal/qemu"
-	"github.com/sendense/capture/orchestrator/tunnel"
+	"github.com/sendense/capture/internal/tunnel"
 )
 
 // object is a leased program on the remote side: a qemu-nbd (a

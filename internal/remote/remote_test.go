@@ -20,7 +20,7 @@ import (
 	"github.com/sendense/capture/internal/repo"
 	"github.com/sendense/capture/internal/repo/repotest"
 	"github.com/sendense/capture/internal/sshtest"
-	"github.com/sendense/capture/orchestrator/tunnel"
+	"github.com/sendense/capture/internal/tunnel"
 )
 
 // env is an sshd (the "remote" machine is this one) reached through a

@@ -12,7 +12,7 @@ import (
 	"github.com/pkg/sftp"
 
 	"github.com/sendense/capture/internal/qemu"
-	"github.com/sendense/capture/orchestrator/tunnel"
+	"github.com/sendense/capture/internal/tunnel"
 )
 
 // Host is a qemu.Runner that runs the tools on the remote machine.
