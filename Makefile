@@ -18,7 +18,8 @@ PLUGINDIR   ?= $(shell nbdkit --dump-config 2>/dev/null | sed -n 's/^plugindir=/
 # Debian packages: build tools, the nbdkit/libnbd headers we bind, and every
 # peer the tests run for real.
 DEB_PACKAGES := gcc make pkg-config nbdkit nbdkit-plugin-dev libnbd-bin libnbd-dev \
-                python3-libnbd qemu-utils openssh-server openssh-client bc time
+                python3-libnbd qemu-utils openssh-server openssh-client bc time \
+                expect e2fsprogs fdisk systemd util-linux
 
 GO_SOURCES   := $(shell find . -name '*.go' -not -path './$(BUILD)/*') go.mod go.sum
 FRONT        := $(BUILD)/nbdkit-sendense-plugin.so
