@@ -8,6 +8,8 @@ import "C"
 
 import (
 	"fmt"
+	"sort"
+	"strings"
 	"sync/atomic"
 	"time"
 	"unsafe"
@@ -21,18 +23,32 @@ const (
 	fnExit                 = fnID(C.VDK_FN_Exit)
 	fnConnectEx            = fnID(C.VDK_FN_ConnectEx)
 	fnDisconnect           = fnID(C.VDK_FN_Disconnect)
+	fnCreate               = fnID(C.VDK_FN_Create)
 	fnOpen                 = fnID(C.VDK_FN_Open)
 	fnClose                = fnID(C.VDK_FN_Close)
 	fnGetInfo              = fnID(C.VDK_FN_GetInfo)
 	fnFreeInfo             = fnID(C.VDK_FN_FreeInfo)
-	fnRead                 = fnID(C.VDK_FN_Read)
 	fnGetTransportMode     = fnID(C.VDK_FN_GetTransportMode)
+	fnRead                 = fnID(C.VDK_FN_Read)
+	fnWrite                = fnID(C.VDK_FN_Write)
 	fnReadAsync            = fnID(C.VDK_FN_ReadAsync)
+	fnWriteAsync           = fnID(C.VDK_FN_WriteAsync)
 	fnWait                 = fnID(C.VDK_FN_Wait)
+	fnFlush                = fnID(C.VDK_FN_Flush)
 	fnQueryAllocatedBlocks = fnID(C.VDK_FN_QueryAllocatedBlocks)
 	fnFreeBlockList        = fnID(C.VDK_FN_FreeBlockList)
 	numFns                 = int(C.VDK_FN_COUNT)
 )
+
+// datapath tells the calls that move disk data: traced only at
+// TraceAll, as nbdkit-vddk-plugin's -D vddk.datapath.
+func (id fnID) datapath() bool {
+	switch id {
+	case fnRead, fnWrite, fnReadAsync, fnWriteAsync:
+		return true
+	}
+	return false
+}
 
 // fnNames[id] is "VixDiskLib_<name>", fnRequired[id] its stubs.h kind.
 var (
@@ -56,12 +72,20 @@ type CallStats struct {
 	Name   string        // e.g. "VixDiskLib_Read"
 	Calls  uint64        // number of calls
 	Errors uint64        // calls that failed
-	Bytes  uint64        // bytes read (Read and ReadAsync only)
-	Time   time.Duration // total time spent in the function (ReadAsync: until the read completed)
+	Bytes  uint64        // bytes read or written (the data path calls)
+	Time   time.Duration // total time spent in the function (asynchronous calls: until completion)
 }
 
-// Stats returns the totals of every function called at least once, in
-// stubs.h order (nbdkit's -D vddk.stats=1 idea).
+// Mean is the mean time of one call.
+func (s CallStats) Mean() time.Duration {
+	if s.Calls == 0 {
+		return 0
+	}
+	return s.Time / time.Duration(s.Calls)
+}
+
+// Stats returns the totals of every function called at least once, the
+// most time first (nbdkit's -D vddk.stats=1 idea).
 func (l *Library) Stats() []CallStats {
 	var out []CallStats
 	for i := range l.stats {
@@ -73,14 +97,26 @@ func (l *Library) Stats() []CallStats {
 			})
 		}
 	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].Time > out[j].Time })
 	return out
+}
+
+// FormatStats renders stats as a table, one line per function: calls,
+// errors, bytes, total and mean microseconds.
+func FormatStats(stats []CallStats) []string {
+	lines := []string{fmt.Sprintf("%-34s %10s %7s %15s %15s %10s", "function", "calls", "errors", "bytes", "total µs", "mean µs")}
+	for _, s := range stats {
+		lines = append(lines, fmt.Sprintf("%-34s %10d %7d %15d %15d %10d", s.Name, s.Calls, s.Errors, s.Bytes,
+			s.Time.Microseconds(), s.Mean().Microseconds()))
+	}
+	return lines
 }
 
 // call makes one vendor call: do performs it through its trampoline. The
 // wrapper times and counts it, traces it (args is only evaluated when
 // tracing; it must never include secrets) and converts a failure into
 // *Error with VDDK's text. Nothing here allocates on success unless
-// tracing, so the read path stays allocation-free.
+// tracing, so the data path stays allocation-free.
 func (l *Library) call(id fnID, bytes uint64, args func() string, do func() C.struct_vdk_ret) (C.struct_vdk_ret, error) {
 	start := time.Now()
 	r := do()
@@ -94,7 +130,7 @@ func (l *Library) call(id fnID, bytes uint64, args func() string, do func() C.st
 		c.errors.Add(1)
 		text := "(VDDK gave no text for this error)"
 		if r.text != nil {
-			text = C.GoString(r.text)
+			text = strings.TrimRight(C.GoString(r.text), "\n")
 			C.free(unsafe.Pointer(r.text))
 			r.text = nil
 		}
@@ -102,7 +138,7 @@ func (l *Library) call(id fnID, bytes uint64, args func() string, do func() C.st
 	} else {
 		c.bytes.Add(bytes)
 	}
-	if trace.Load() {
+	if lvl := trace.Load(); lvl == TraceAll || (lvl == TraceControl && !id.datapath()) {
 		res := "ok"
 		if err != nil {
 			res = err.Error()
@@ -113,8 +149,3 @@ func (l *Library) call(id fnID, bytes uint64, args func() string, do func() C.st
 }
 
 func noArgs() string { return "" }
-
-// fmtArgs is a helper for call's args.
-func fmtArgs(format string, a ...any) func() string {
-	return func() string { return fmt.Sprintf(format, a...) }
-}

@@ -28,7 +28,7 @@ func remoteParams() ConnectParams {
 	return ConnectParams{
 		VM: "vm-42", Server: "127.0.0.1", Port: 443, User: "root", Password: secret,
 		Thumbprint: "AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD",
-		Snapshot:   "snapshot-7", Transports: "nbd:nbdssl",
+		Snapshot:   "snapshot-7", Transports: "nbd:nbdssl", ReadOnly: true,
 	}
 }
 
@@ -47,8 +47,8 @@ func TestRemoteSnapshot(t *testing.T) {
 	t.Setenv("FAKEVDDK_THUMBPRINT", "aa:bb:cc:dd:ee:ff:00:11:22:33:44:55:66:77:88:99:aa:bb:cc:dd")
 	log := callLog(t)
 	testLogs.reset()
-	SetTrace(true)
-	defer SetTrace(false)
+	SetTrace(TraceAll)
+	defer SetTrace(TraceOff)
 
 	c, err := testLib.Connect(remoteParams())
 	if err != nil {
@@ -143,8 +143,8 @@ func TestBadCredentials(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			testLogs.reset()
-			SetTrace(true)
-			defer SetTrace(false)
+			SetTrace(TraceAll)
+			defer SetTrace(TraceOff)
 			p := remoteParams()
 			tc.edit(&p)
 			c, err := testLib.Connect(p)

@@ -23,14 +23,26 @@ const SectorSize = 512
 // Disk is an open virtual disk. Its methods may be called from several
 // goroutines: calls reach VDDK one at a time per Disk (VDDK handles are not
 // thread-safe), while different Disks work in parallel. With
-// VixDiskLib_ReadAsync, a read occupies the Disk only while VDDK accepts
-// it, so many reads of one Disk are in flight at once.
+// VixDiskLib_ReadAsync and WriteAsync, a request occupies the Disk only
+// while VDDK accepts it, so many requests of one Disk are in flight at
+// once.
 type Disk interface {
 	// Size is the capacity in bytes (VDDK's capacity × 512).
 	Size() uint64
 	// ReadAt reads len(p) bytes at off, any alignment, with io.ReaderAt's
 	// semantics at the end of the disk (n < len(p) and io.EOF).
 	ReadAt(p []byte, off int64) (int, error)
+	// WriteAt writes len(p) bytes at off, any alignment (a partial sector
+	// is read, patched and written back, with no other write of the Disk
+	// in flight meanwhile); writing past the end is an error and writes
+	// nothing. A read-only Disk refuses (ErrReadOnly).
+	WriteAt(p []byte, off int64) (int, error)
+	// Flush waits for the requests in flight and calls VixDiskLib_Flush,
+	// so that every write completed before it is on stable storage. On a
+	// read-only Disk it does nothing.
+	Flush() error
+	// ReadOnly tells whether the disk was opened read-only.
+	ReadOnly() bool
 	// Allocated returns the allocated byte ranges inside [off, off+length)
 	// (clipped to Size), in normal form. Allocation is known per 64 KiB
 	// chunk; the final partial chunk of a disk whose size is not a multiple
@@ -41,42 +53,52 @@ type Disk interface {
 	// everything as allocated (false).
 	CanQueryAllocated() bool
 	// TransportMode is VixDiskLib_GetTransportMode ("file", "nbd",
-	// "nbdssl", "hotadd", "san"), or "" when this VDDK lacks it.
+	// "nbdssl", "hotadd", "san").
 	TransportMode() string
 	// Close closes the disk; closing twice is harmless.
 	Close() error
 }
 
 type disk struct {
-	lib  *Library
-	conn *Connection
-	path string
+	lib      *Library
+	conn     *Connection
+	path     string
+	readOnly bool
 
 	// mu is held shared by every method using c and exclusively by Close,
 	// so c outlives every call on it. It never waits for a VDDK call:
 	// those are serialised in C, by c's pthread mutex (handle.c).
-	mu        sync.RWMutex
-	c         *C.struct_vdk_disk // nil once closed
-	sectors   uint64
-	size      uint64
-	mode      string
-	canQuery  atomic.Bool
-	async     atomic.Bool // reads use ReadAsync (until it answers VIX_E_NOT_SUPPORTED)
-	usedAsync atomic.Bool // a ReadAsync was made: Close calls Wait first
+	mu         sync.RWMutex
+	c          *C.struct_vdk_disk // nil once closed
+	sectors    uint64
+	size       uint64
+	mode       string
+	canQuery   atomic.Bool
+	async      atomic.Bool // reads use ReadAsync (until it answers VIX_E_NOT_SUPPORTED)
+	asyncWrite atomic.Bool // writes use WriteAsync (likewise)
+	usedAsync  atomic.Bool // an asynchronous request was made: Close calls Wait first
+
+	// rmw is held shared by writes of whole sectors and exclusively by a
+	// write with a partial sector while it reads, patches and writes it
+	// back, so that no write of the same sector is lost meanwhile.
+	rmw sync.RWMutex
 }
 
-// Open calls VixDiskLib_Open(path, flags|OpenReadOnly), then GetInfo for
-// the size, GetTransportMode, and probes QueryAllocatedBlocks (as
-// nbdkit-vddk-plugin does) to settle CanQueryAllocated.
+// Open calls VixDiskLib_Open(path, flags), then GetInfo for the size,
+// GetTransportMode, and probes QueryAllocatedBlocks (as
+// nbdkit-vddk-plugin does) to settle CanQueryAllocated. On a read-only
+// connection OpenReadOnly is always added.
 func (c *Connection) Open(path string, flags OpenFlags) (Disk, error) {
-	flags |= OpenReadOnly
+	if c.readOnly {
+		flags |= OpenReadOnly
+	}
 	l := c.lib
 	cpath := C.CString(path)
 	defer C.free(unsafe.Pointer(cpath))
 
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.c == nil {
+	if c.closed {
 		return nil, errClosedConn
 	}
 	var h C.VixDiskLibHandle
@@ -91,7 +113,7 @@ func (c *Connection) Open(path string, flags OpenFlags) (Disk, error) {
 		return nil, err
 	}
 
-	d := &disk{lib: l, conn: c, path: path, c: C.vdk_disk_new(l.c, h)}
+	d := &disk{lib: l, conn: c, path: path, readOnly: flags&OpenReadOnly != 0, c: C.vdk_disk_new(l.c, h)}
 	if d.c == nil {
 		openCloseMu.Lock()
 		l.call(fnClose, 0, noArgs, func() C.struct_vdk_ret { return C.vdk_Close(l.c, h) })
@@ -102,18 +124,17 @@ func (c *Connection) Open(path string, flags OpenFlags) (Disk, error) {
 		d.closeHandle()
 		return nil, err
 	}
-	if l.has(fnGetTransportMode) {
-		r, err := l.call(fnGetTransportMode, 0, noArgs, func() C.struct_vdk_ret {
-			return C.vdk_disk_GetTransportMode(d.c)
-		})
-		if err == nil && r.str != nil {
-			d.mode = C.GoString(r.str)
-		}
+	r, err := l.call(fnGetTransportMode, 0, noArgs, func() C.struct_vdk_ret {
+		return C.vdk_disk_GetTransportMode(d.c)
+	})
+	if err == nil && r.str != nil {
+		d.mode = C.GoString(r.str)
 	}
 	d.canQuery.Store(d.probeQuery())
-	d.async.Store(l.has(fnReadAsync) && l.has(fnWait))
-	debugf("opened %s: %d bytes, transport %q, allocation query %v, asynchronous reads %v",
-		path, d.size, d.mode, d.canQuery.Load(), d.async.Load())
+	d.async.Store(true)
+	d.asyncWrite.Store(true)
+	debugf("opened %s (%s): %d bytes, transport %q, allocation query %v",
+		path, flags, d.size, d.mode, d.canQuery.Load())
 	c.disks[d] = struct{}{}
 	return d, nil
 }
@@ -155,6 +176,8 @@ func (d *disk) TransportMode() string { return d.mode }
 
 func (d *disk) CanQueryAllocated() bool { return d.canQuery.Load() }
 
+func (d *disk) ReadOnly() bool { return d.readOnly }
+
 func (d *disk) Close() error {
 	d.mu.Lock()
 	if d.c == nil {
@@ -167,9 +190,9 @@ func (d *disk) Close() error {
 	return err
 }
 
-// closeHandle calls VixDiskLib_Wait if reads were made with ReadAsync
-// (none is in flight: every ReadAt waits for its own, but VDDK wants
-// the handle idle), then VixDiskLib_Close, and frees c; d.mu held
+// closeHandle calls VixDiskLib_Wait if asynchronous requests were made
+// (none is in flight: every ReadAt and WriteAt waits for its own, but VDDK
+// wants the handle idle), then VixDiskLib_Close, and frees c; d.mu held
 // exclusively (or d not yet shared).
 func (d *disk) closeHandle() error {
 	l := d.lib
@@ -188,5 +211,5 @@ func (d *disk) closeHandle() error {
 
 var _ Disk = (*disk)(nil)
 
-// errNegativeOffset is ReadAt's answer to off < 0.
+// errNegativeOffset is ReadAt's and WriteAt's answer to off < 0.
 var errNegativeOffset = errors.New("vddk: negative offset")

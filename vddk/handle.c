@@ -2,20 +2,18 @@
  *
  * A VixDiskLibHandle is not thread-safe: every call on it is made under
  * the pthread mutex of its struct vdk_disk, in C, so that no Go code ever
- * waits for another goroutine's VDDK call.  A read with ReadAsync holds the
- * mutex only while VDDK accepts it; the caller then waits for the
- * completion callback (which only records the result and signals) on a
- * condition variable of its own, so many reads of one handle are in flight
- * at once.  The buffer is only used until the call returns: it returns
- * after the completion, never before.
+ * waits for another goroutine's VDDK call.  A read with ReadAsync or a
+ * write with WriteAsync holds the mutex only while VDDK accepts it; the
+ * caller then waits for the completion callback (which only records the
+ * result and signals) on a condition variable of its own, so many requests
+ * of one handle are in flight at once.  The buffer is only used until the
+ * call returns: it returns after the completion, never before.
  */
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "vixdisklib.h"
-
-#define VIX_E_NOT_SUPPORTED 6
 
 struct vdk_disk {
   const struct vdk_lib *l;
@@ -67,8 +65,6 @@ vdk_disk_GetTransportMode (struct vdk_disk *d)
 {
   struct vdk_ret r = { VDK_VIX_OK, NULL, NULL };
 
-  if (d->l->GetTransportMode == NULL)
-    return vdk_absent ("VixDiskLib_GetTransportMode");
   pthread_mutex_lock (&d->lock);
   r.str = d->l->GetTransportMode (d->h);
   pthread_mutex_unlock (&d->lock);
@@ -108,7 +104,22 @@ vdk_disk_Read (struct vdk_disk *d, uint64_t start, uint64_t num, void *buf,
   return vdk_result (d->l, err);
 }
 
-/* One read in flight: the completion callback fills it and signals. */
+/* Write num whole sectors with VixDiskLib_Write. */
+struct vdk_ret
+vdk_disk_Write (struct vdk_disk *d, uint64_t start, uint64_t num,
+                const void *buf)
+{
+  VixError err;
+
+  pthread_mutex_lock (&d->lock);
+  err = d->l->Write (d->h, start, num, buf);
+  pthread_mutex_unlock (&d->lock);
+  return vdk_result (d->l, err);
+}
+
+/* One asynchronous request in flight: the completion callback fills it
+ * and signals.
+ */
 struct vdk_req {
   const struct vdk_lib *l;
   pthread_mutex_t mu;
@@ -119,7 +130,7 @@ struct vdk_req {
 };
 
 static void
-read_done (void *data, VixError err)
+request_done (void *data, VixError err)
 {
   struct vdk_req *r = data;
   char *text = NULL;
@@ -142,27 +153,28 @@ read_done (void *data, VixError err)
   pthread_mutex_unlock (&r->mu);
 }
 
-/* Read with VixDiskLib_ReadAsync and wait for its completion; the
- * handle's mutex is held only while VDDK accepts the read.  skip and n as
- * for vdk_disk_Read.  Any answer but VIX_ASYNC is the read's vdk_result (VDDK
- * calls the callback only for reads it accepted), so VIX_E_NOT_SUPPORTED
- * comes back as is and the caller falls back to Read.
+/* Submit num sectors at start with ReadAsync (wbuf NULL, into rbuf) or
+ * WriteAsync (from wbuf) under the handle's mutex, and wait for the
+ * completion without it.  Any answer but VIX_ASYNC is the request's
+ * vdk_result (VDDK calls the callback only for requests it accepted), so
+ * VIX_E_NOT_SUPPORTED comes back as is and the caller falls back to the
+ * synchronous call.
  */
-struct vdk_ret
-vdk_disk_ReadAsync (struct vdk_disk *d, uint64_t start, uint64_t num,
-                    void *buf, uint32_t skip, uint32_t n)
+static struct vdk_ret
+async_request (struct vdk_disk *d, uint64_t start, uint64_t num,
+               unsigned char *rbuf, const unsigned char *wbuf)
 {
-  unsigned char bounce[VDK_SECTOR_SIZE];
   struct vdk_req r = { .l = d->l };
   struct vdk_ret ret = { VDK_VIX_OK, NULL, NULL };
   VixError err;
 
-  if (d->l->ReadAsync == NULL)
-    return vdk_absent ("VixDiskLib_ReadAsync");
   pthread_mutex_init (&r.mu, NULL);
   pthread_cond_init (&r.cv, NULL);
   pthread_mutex_lock (&d->lock);
-  err = d->l->ReadAsync (d->h, start, num, n ? bounce : buf, read_done, &r);
+  if (wbuf)
+    err = d->l->WriteAsync (d->h, start, num, wbuf, request_done, &r);
+  else
+    err = d->l->ReadAsync (d->h, start, num, rbuf, request_done, &r);
   pthread_mutex_unlock (&d->lock);
   if (err == VDK_VIX_ASYNC) {
     pthread_mutex_lock (&r.mu);
@@ -176,9 +188,33 @@ vdk_disk_ReadAsync (struct vdk_disk *d, uint64_t start, uint64_t num,
     ret = vdk_result (d->l, err);
   pthread_cond_destroy (&r.cv);
   pthread_mutex_destroy (&r.mu);
+  return ret;
+}
+
+/* Read with VixDiskLib_ReadAsync and wait for its completion.  skip and
+ * n as for vdk_disk_Read.
+ */
+struct vdk_ret
+vdk_disk_ReadAsync (struct vdk_disk *d, uint64_t start, uint64_t num,
+                    void *buf, uint32_t skip, uint32_t n)
+{
+  unsigned char bounce[VDK_SECTOR_SIZE];
+  struct vdk_ret ret;
+
+  ret = async_request (d, start, num, n ? bounce : buf, NULL);
   if (ret.err == VDK_VIX_OK && n)
     memcpy (buf, bounce + skip, n);
   return ret;
+}
+
+/* Write num whole sectors with VixDiskLib_WriteAsync and wait for its
+ * completion.
+ */
+struct vdk_ret
+vdk_disk_WriteAsync (struct vdk_disk *d, uint64_t start, uint64_t num,
+                     const void *buf)
+{
+  return async_request (d, start, num, NULL, buf);
 }
 
 struct vdk_ret
@@ -186,12 +222,27 @@ vdk_disk_Wait (struct vdk_disk *d)
 {
   VixError err;
 
-  if (d->l->Wait == NULL)
-    return vdk_absent ("VixDiskLib_Wait");
   pthread_mutex_lock (&d->lock);
   err = d->l->Wait (d->h);
   pthread_mutex_unlock (&d->lock);
   return vdk_result (d->l, err);
+}
+
+/* Wait for the asynchronous requests in flight (of other threads: each
+ * caller waits for its own), then VixDiskLib_Flush, both under the
+ * handle's mutex so that no request is submitted in between, as
+ * nbdkit-vddk-plugin's worker thread does.  The first failure wins.
+ */
+struct vdk_ret
+vdk_disk_Flush (struct vdk_disk *d)
+{
+  VixError werr, ferr;
+
+  pthread_mutex_lock (&d->lock);
+  werr = d->l->Wait (d->h);
+  ferr = d->l->Flush (d->h);
+  pthread_mutex_unlock (&d->lock);
+  return vdk_result (d->l, werr != VDK_VIX_OK ? werr : ferr);
 }
 
 struct vdk_ret

@@ -10,23 +10,19 @@ import "C"
 import (
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"unsafe"
 )
 
-// sonames are the VDDK majors tried, newest first, as nbdkit-vddk does.
-var sonames = []int{9, 8, 7, 6}
-
 // Library is a loaded libvixDiskLib. Load returns the same *Library for
 // the same file, so Init/Exit state is per process, as VDDK requires.
 type Library struct {
-	path   string // the .so loaded
-	libdir string // the libdir= it came from (passed to InitEx)
-	c      *C.struct_vdk_lib
-	stats  [numFns]callCounters
+	path    string // the .so loaded
+	libdir  string // the libdir= it came from (passed to InitEx)
+	version int    // the VDDK major of its file name
+	c       *C.struct_vdk_lib
+	stats   [numFns]callCounters
 
 	initMu sync.Mutex
 	inited bool
@@ -38,24 +34,31 @@ var (
 	loaded = map[string]*Library{}
 )
 
-// Find returns the path of the libvixDiskLib that Load would use,
-// $libdir/lib64/libvixDiskLib.so.N for the first N of 9, 8, 7, 6 that
-// exists. It does not dlopen.
+// Find returns the path of the libvixDiskLib that Load would use and its
+// VDDK major: for N = 9, 8, 7, 6, the first of
+// $libdir/lib64/libvixDiskLib.so.N and $libdir/libvixDiskLib.so.N that
+// exists (nbdkit-vddk-plugin's order; loader.c, shared with the C front).
+// It does not dlopen.
 func Find(libdir string) (string, error) {
+	p, _, err := find(libdir)
+	return p, err
+}
+
+func find(libdir string) (string, int, error) {
 	if libdir == "" {
-		return "", errors.New("vddk: libdir is empty: set libdir= to the VDDK directory (the one holding lib64/)")
+		return "", 0, errors.New("vddk: libdir is empty: set libdir= to the VDDK directory (the one holding lib64/)")
 	}
-	var tried []string
-	for _, n := range sonames {
-		p := filepath.Join(libdir, "lib64", fmt.Sprintf("libvixDiskLib.so.%d", n))
-		if st, err := os.Stat(p); err == nil && !st.IsDir() {
-			return p, nil
-		}
-		tried = append(tried, p)
+	clibdir := C.CString(libdir)
+	defer C.free(unsafe.Pointer(clibdir))
+	var path [4096]C.char
+	var tried [8192]C.char
+	n := C.vdk_find(clibdir, &path[0], C.size_t(len(path)), &tried[0], C.size_t(len(tried)))
+	if n == 0 {
+		return "", 0, fmt.Errorf("vddk: no libvixDiskLib in libdir %s: tried %s; "+
+			"set libdir= to the directory that contains lib64/libvixDiskLib.so.N",
+			libdir, C.GoString(&tried[0]))
 	}
-	return "", fmt.Errorf("vddk: no libvixDiskLib in libdir %s: tried %s; "+
-		"set libdir= to the directory that contains lib64/libvixDiskLib.so.N",
-		libdir, strings.Join(tried, ", "))
+	return C.GoString(&path[0]), int(n), nil
 }
 
 // Load finds the library under libdir (see Find), dlopens it
@@ -63,7 +66,7 @@ func Find(libdir string) (string, error) {
 // in stubs.h. A missing required function is an error naming it; missing
 // optional ones are recorded (see Symbols).
 func Load(libdir string) (*Library, error) {
-	path, err := Find(libdir)
+	path, version, err := find(libdir)
 	if err != nil {
 		return nil, err
 	}
@@ -94,7 +97,7 @@ func Load(libdir string) (*Library, error) {
 	if abs, err := filepath.Abs(libdir); err == nil {
 		libdir = abs
 	}
-	l := &Library{path: path, libdir: libdir, c: cl}
+	l := &Library{path: path, libdir: libdir, version: version, c: cl}
 	for _, s := range l.Symbols() {
 		if !s.Present {
 			debugf("%s: optional %s is missing", path, s.Name)
@@ -106,6 +109,9 @@ func Load(libdir string) (*Library, error) {
 
 // Path returns the file that was loaded.
 func (l *Library) Path() string { return l.path }
+
+// Version returns the VDDK major of the file loaded (6, 7, 8 or 9).
+func (l *Library) Version() int { return l.version }
 
 // Symbol tells whether one stubs.h function was found.
 type Symbol struct {

@@ -16,9 +16,10 @@ func TestFind(t *testing.T) {
 	}
 	for _, want := range []string{empty,
 		filepath.Join(empty, "lib64", "libvixDiskLib.so.9"),
+		filepath.Join(empty, "libvixDiskLib.so.9"),
 		filepath.Join(empty, "lib64", "libvixDiskLib.so.8"),
 		filepath.Join(empty, "lib64", "libvixDiskLib.so.7"),
-		filepath.Join(empty, "lib64", "libvixDiskLib.so.6")} {
+		filepath.Join(empty, "lib64", "libvixDiskLib.so.6") + ", " + filepath.Join(empty, "libvixDiskLib.so.6")} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("Find error %q does not name %s", err, want)
 		}
@@ -30,22 +31,31 @@ func TestFind(t *testing.T) {
 		t.Errorf("Find(\"\") = %v, want an error naming libdir", err)
 	}
 
+	// nbdkit-vddk-plugin's order: newest major first, lib64/ before libdir
+	// itself.
 	for _, tc := range []struct {
-		have []int
-		want int
+		have []string
+		want string
 	}{
-		{[]int{6, 7}, 7},
-		{[]int{6}, 6},
-		{[]int{8, 9, 6}, 9},
+		{[]string{"lib64/libvixDiskLib.so.6", "lib64/libvixDiskLib.so.7"}, "lib64/libvixDiskLib.so.7"},
+		{[]string{"lib64/libvixDiskLib.so.6"}, "lib64/libvixDiskLib.so.6"},
+		{[]string{"lib64/libvixDiskLib.so.8", "lib64/libvixDiskLib.so.9", "lib64/libvixDiskLib.so.6"}, "lib64/libvixDiskLib.so.9"},
+		{[]string{"libvixDiskLib.so.8"}, "libvixDiskLib.so.8"},
+		{[]string{"libvixDiskLib.so.8", "lib64/libvixDiskLib.so.8"}, "lib64/libvixDiskLib.so.8"},
+		{[]string{"libvixDiskLib.so.9", "lib64/libvixDiskLib.so.8"}, "libvixDiskLib.so.9"},
+		{[]string{"lib64/libvixDiskLib.so.9/", "lib64/libvixDiskLib.so.7"}, "lib64/libvixDiskLib.so.7"}, // a directory is skipped
 	} {
 		dir := t.TempDir()
 		os.MkdirAll(filepath.Join(dir, "lib64"), 0o755)
-		for _, n := range tc.have {
-			os.WriteFile(filepath.Join(dir, "lib64", "libvixDiskLib.so."+string(rune('0'+n))), nil, 0o644)
+		for _, f := range tc.have {
+			if strings.HasSuffix(f, "/") {
+				os.MkdirAll(filepath.Join(dir, f), 0o755)
+			} else {
+				os.WriteFile(filepath.Join(dir, f), nil, 0o644)
+			}
 		}
 		got, err := Find(dir)
-		want := filepath.Join(dir, "lib64", "libvixDiskLib.so."+string(rune('0'+tc.want)))
-		if err != nil || got != want {
+		if want := filepath.Join(dir, tc.want); err != nil || got != want {
 			t.Errorf("Find with %v = %q, %v; want %q", tc.have, got, err, want)
 		}
 	}
@@ -85,8 +95,24 @@ func TestLoadMissingRequired(t *testing.T) {
 	}
 }
 
+// The fake stands in for a real VDDK: it exports every function of
+// stubs.h, required and optional (what nbdkit-vddk-plugin needs too).
+func TestFakeExportsEveryFunction(t *testing.T) {
+	for _, s := range testLib.Symbols() {
+		if !s.Present {
+			t.Errorf("the fake VDDK lacks %s (required %v)", s.Name, s.Required)
+		}
+	}
+	if len(testLib.Symbols()) != 22 {
+		t.Errorf("stubs.h lists %d functions, want 22", len(testLib.Symbols()))
+	}
+	if v := testLib.Version(); v != 8 {
+		t.Errorf("Version = %d, want 8", v)
+	}
+}
+
 func TestLoadWithoutOptional(t *testing.T) {
-	dir := buildVariant(t, "GetTransportMode", "ReadAsync", "Wait", "QueryAllocatedBlocks", "FreeBlockList")
+	dir := buildVariant(t, "AllocateConnectParams", "QueryAllocatedBlocks", "FreeBlockList")
 	l, err := Load(dir)
 	if err != nil {
 		t.Fatalf("Load without optional functions: %v", err)
@@ -100,12 +126,13 @@ func TestLoadWithoutOptional(t *testing.T) {
 			}
 		}
 	}
-	if len(missing) != 5 || !missing["VixDiskLib_QueryAllocatedBlocks"] || !missing["VixDiskLib_GetTransportMode"] {
+	if len(missing) != 3 || !missing["VixDiskLib_QueryAllocatedBlocks"] || !missing["VixDiskLib_AllocateConnectParams"] {
 		t.Errorf("missing = %v", missing)
 	}
 	if err := l.Init(""); err != nil {
 		t.Fatal(err)
 	}
+	log := callLog(t)
 	c, err := l.Connect(ConnectParams{})
 	if err != nil {
 		t.Fatal(err)
@@ -121,9 +148,6 @@ func TestLoadWithoutOptional(t *testing.T) {
 	if d.CanQueryAllocated() {
 		t.Error("CanQueryAllocated without QueryAllocatedBlocks")
 	}
-	if m := d.TransportMode(); m != "" {
-		t.Errorf("TransportMode = %q without GetTransportMode", m)
-	}
 	got, err := d.Allocated(100, 1<<30)
 	if err != nil || len(got) != 1 || got[0].Offset != 100 || got[0].End() != d.Size() {
 		t.Errorf("Allocated = %v, %v; want all of [100, %d)", got, err, d.Size())
@@ -131,6 +155,13 @@ func TestLoadWithoutOptional(t *testing.T) {
 	buf := make([]byte, 5)
 	if _, err := d.ReadAt(buf, 0); err != nil || string(buf) != "hello" {
 		t.Errorf("ReadAt = %q, %v", buf, err)
+	}
+	d.Close()
+	c.Close()
+	// Without AllocateConnectParams the struct is calloc'd: FreeConnectParams
+	// is never called.
+	if n := len(grepLines(log(), "VixDiskLib_FreeConnectParams")); n != 0 {
+		t.Errorf("FreeConnectParams called %d times without AllocateConnectParams", n)
 	}
 }
 

@@ -22,7 +22,7 @@ type logFunc func(level, msg string)
 
 var (
 	logger atomic.Pointer[logFunc]
-	trace  atomic.Bool
+	trace  atomic.Int32
 )
 
 // SetLogger sets where VDDK's log, warning and panic messages (the
@@ -39,9 +39,16 @@ func SetLogger(fn func(level, msg string)) {
 	logger.Store(&f)
 }
 
-// SetTrace turns on a debug message for every VixDiskLib call (function,
-// arguments without secrets, result, duration). Off by default.
-func SetTrace(on bool) { trace.Store(on) }
+// Trace levels of SetTrace.
+const (
+	TraceOff     = 0 // the default
+	TraceControl = 1 // every call but Read, Write and their Async forms
+	TraceAll     = 2 // every call
+)
+
+// SetTrace sets which VixDiskLib calls get a debug message (function,
+// arguments without secrets, result, duration).
+func SetTrace(level int) { trace.Store(int32(level)) }
 
 func logMsg(level, msg string) {
 	if p := logger.Load(); p != nil {

@@ -96,16 +96,33 @@ vdk_Exit (const struct vdk_lib *l)
 
 struct vdk_ret
 vdk_ConnectEx (const struct vdk_lib *l, const VixDiskLibConnectParams *p,
-               const char *snapshotRef, const char *transports,
+               int readOnly, const char *snapshotRef, const char *transports,
                VixDiskLibConnection *out)
 {
-  return vdk_result (l, l->ConnectEx (p, 1, snapshotRef, transports, out));
+  return vdk_result (l, l->ConnectEx (p, readOnly != 0, snapshotRef,
+                                      transports, out));
 }
 
 struct vdk_ret
 vdk_Disconnect (const struct vdk_lib *l, VixDiskLibConnection c)
 {
   return vdk_result (l, l->Disconnect (c));
+}
+
+/* Create a disk: no progress function (VDDK allows NULL). */
+struct vdk_ret
+vdk_Create (const struct vdk_lib *l, VixDiskLibConnection c, const char *path,
+            int diskType, int adapterType, uint16_t hwVersion,
+            uint64_t capacity)
+{
+  VixDiskLibCreateParams p = {
+    .diskType = diskType,
+    .adapterType = adapterType,
+    .hwVersion = hwVersion,
+    .capacity = capacity,
+  };
+
+  return vdk_result (l, l->Create (c, path, &p, NULL, NULL));
 }
 
 struct vdk_ret

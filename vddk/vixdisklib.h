@@ -41,6 +41,19 @@ typedef struct VixDiskLibConnectParams {
 } VixDiskLibConnectParams;
 
 #define VDK_CRED_UID 1
+#define VDK_CRED_SESSIONID 2
+
+/* VixDiskLib_Create's parameters (pack 8: capacity @16).  The sector
+ * sizes are VDDK >= 7 fields; 0 means the default (512).
+ */
+typedef struct VixDiskLibCreateParams {
+  int diskType;                   /* @0, VIXDISKLIB_DISK_* */
+  int adapterType;                /* @4, VIXDISKLIB_ADAPTER_* */
+  uint16_t hwVersion;             /* @8 */
+  uint64_t capacity;              /* @16, in sectors */
+  uint32_t logicalSectorSize;     /* @24 */
+  uint32_t physicalSectorSize;    /* @28 */
+} VixDiskLibCreateParams;
 
 typedef struct VixDiskLibGeometry {
   uint32_t cylinders, heads, sectors;
@@ -79,6 +92,9 @@ _Static_assert (sizeof (VixDiskLibInfo) == 64, "Info");
 _Static_assert (offsetof (VixDiskLibInfo, capacity) == 24, "capacity");
 _Static_assert (offsetof (VixDiskLibInfo, uuid) == 48, "uuid");
 _Static_assert (offsetof (VixDiskLibBlockList, blocks) == 8, "blocks");
+_Static_assert (offsetof (VixDiskLibCreateParams, hwVersion) == 8, "hwVersion");
+_Static_assert (offsetof (VixDiskLibCreateParams, capacity) == 16, "capacity");
+_Static_assert (sizeof (VixDiskLibCreateParams) == 32, "CreateParams");
 enum { VDK_BLOCKS_OFFSET = offsetof (VixDiskLibBlockList, blocks) };
 
 /* One function pointer per stubs.h entry; NULL when an optional one is
@@ -113,20 +129,36 @@ struct vdk_ret {
   const char *str;              /* GetTransportMode: VDDK-owned string */
 };
 
-/* loader.c */
+/* loader.c: finding and loading the library (also compiled into the C
+ * front for its load check before nbdkit forks), and the connect
+ * parameters.
+ */
+extern int vdk_find (const char *libdir, char *path, size_t pathlen,
+                     char *tried, size_t triedlen);
 extern int vdk_load (const char *path, struct vdk_lib **out,
                      char *errbuf, size_t errlen);
 extern const char *vdk_fn_name (int fn);
 extern int vdk_fn_required (int fn);
 extern int vdk_fn_present (const struct vdk_lib *l, int fn);
-extern VixDiskLibConnectParams *vdk_params_new (const char *vmxSpec,
-                                                const char *server,
-                                                const char *thumbprint,
-                                                const char *user,
-                                                const char *password,
-                                                uint32_t port,
-                                                uint32_t nfcHostPort);
-extern void vdk_params_free (VixDiskLibConnectParams *p);
+
+/* The connect parameters of one connection and the strings they point
+ * to, which are ours (VDDK's FreeConnectParams is never given them).
+ */
+struct vdk_params {
+  VixDiskLibConnectParams *p;     /* AllocateConnectParams, or calloc */
+  int allocated;                  /* p came from AllocateConnectParams */
+  char *vmxSpec, *server, *thumbprint, *user, *password, *cookie;
+};
+extern struct vdk_params *vdk_params_new (const struct vdk_lib *l,
+                                          const char *vmxSpec,
+                                          const char *server,
+                                          const char *thumbprint,
+                                          const char *user,
+                                          const char *password,
+                                          const char *cookie,
+                                          uint32_t port,
+                                          uint32_t nfcHostPort);
+extern void vdk_params_free (const struct vdk_lib *l, struct vdk_params *p);
 extern void vdk_free_secret (char *s);
 
 /* trampolines.c: the result of a call, and that of an absent optional
@@ -139,11 +171,16 @@ extern struct vdk_ret vdk_InitEx (const struct vdk_lib *l, const char *libDir,
 extern struct vdk_ret vdk_Exit (const struct vdk_lib *l);
 extern struct vdk_ret vdk_ConnectEx (const struct vdk_lib *l,
                                      const VixDiskLibConnectParams *p,
+                                     int readOnly,
                                      const char *snapshotRef,
                                      const char *transports,
                                      VixDiskLibConnection *out);
 extern struct vdk_ret vdk_Disconnect (const struct vdk_lib *l,
                                       VixDiskLibConnection c);
+extern struct vdk_ret vdk_Create (const struct vdk_lib *l,
+                                  VixDiskLibConnection c, const char *path,
+                                  int diskType, int adapterType,
+                                  uint16_t hwVersion, uint64_t capacity);
 extern struct vdk_ret vdk_Open (const struct vdk_lib *l, VixDiskLibConnection c,
                                 const char *path, uint32_t flags,
                                 VixDiskLibHandle *out);
@@ -156,9 +193,10 @@ extern struct vdk_ret vdk_FreeBlockList (const struct vdk_lib *l,
 /* handle.c: the calls on one disk handle, each made under the handle's
  * mutex (VDDK handles are not thread-safe).  Read and ReadAsync read num
  * sectors at start into buf; with n > 0, num is 1 and bytes [skip, skip+n)
- * of the sector are copied to buf through a bounce buffer.  ReadAsync holds
- * the mutex only while VDDK accepts the read and returns once it has
- * completed.
+ * of the sector are copied to buf through a bounce buffer.  Write and
+ * WriteAsync write num whole sectors from buf.  The asynchronous calls
+ * hold the mutex only while VDDK accepts the request and return once it
+ * has completed.  Flush is Wait then Flush, both under the mutex.
  */
 struct vdk_disk;
 extern struct vdk_disk *vdk_disk_new (const struct vdk_lib *l,
@@ -179,7 +217,12 @@ extern struct vdk_ret vdk_disk_Read (struct vdk_disk *d, uint64_t start,
 extern struct vdk_ret vdk_disk_ReadAsync (struct vdk_disk *d, uint64_t start,
                                           uint64_t num, void *buf,
                                           uint32_t skip, uint32_t n);
+extern struct vdk_ret vdk_disk_Write (struct vdk_disk *d, uint64_t start,
+                                      uint64_t num, const void *buf);
+extern struct vdk_ret vdk_disk_WriteAsync (struct vdk_disk *d, uint64_t start,
+                                           uint64_t num, const void *buf);
 extern struct vdk_ret vdk_disk_Wait (struct vdk_disk *d);
+extern struct vdk_ret vdk_disk_Flush (struct vdk_disk *d);
 extern struct vdk_ret vdk_disk_Close (struct vdk_disk *d);
 
 #endif /* SENDENSE_VDDK_VIXDISKLIB_H */

@@ -1,19 +1,22 @@
-/* Sendense capture — fake libvixDiskLib: ReadAsync and Wait.
+/* Sendense capture — fake libvixDiskLib: ReadAsync, WriteAsync and Wait.
  *
- * Like VDDK's, ReadAsync is truly asynchronous: it checks its arguments,
- * queues the read to the handle's pool of threads (FAKEVDDK_ASYNC_THREADS,
- * default 4, started by the handle's first ReadAsync, never before) and
- * returns VIX_ASYNC at once.  A pool thread does the read with the
- * semantics of Read (zeroes past EOF, FAKEVDDK_READ_DELAY_US,
- * FAKEVDDK_FAIL_READ_AFTER, …) and calls the completion callback from that
- * thread, with the thread's error detail set (so GetErrorText called in the
- * callback describes the failure).  Wait returns once every read of the
- * handle has completed, callbacks included.  Close waits for reads still in
- * flight (saying so through the warning log) and stops the pool.
+ * Like VDDK's, ReadAsync and WriteAsync are truly asynchronous: they check
+ * their arguments, queue the request to the handle's pool of threads
+ * (FAKEVDDK_ASYNC_THREADS, default 4, started by the handle's first
+ * request, never before) and return VIX_ASYNC at once.  A pool thread does
+ * the request with the semantics of Read or Write (zeroes past EOF,
+ * FAKEVDDK_READ_DELAY_US, FAKEVDDK_FAIL_READ_AFTER,
+ * FAKEVDDK_FAIL_WRITE_AFTER, …) and calls the completion callback from
+ * that thread, with the thread's error detail set (so GetErrorText called
+ * in the callback describes the failure).  Wait returns once every request
+ * of the handle has completed, callbacks included.  Close waits for
+ * requests still in flight (saying so through the warning log) and stops
+ * the pool.
  *
- * The overlap detector (FAKEVDDK_STRICT) sees the ReadAsync call itself,
- * the submission, like any other call on the handle: reads in flight are
- * not calls, and may overlap each other and later calls.
+ * The overlap detector (FAKEVDDK_STRICT) sees the ReadAsync/WriteAsync
+ * call itself, the submission, like any other call on the handle:
+ * requests in flight are not calls, and may overlap each other and later
+ * calls.
  */
 #include <signal.h>
 #include <stdio.h>
@@ -25,10 +28,11 @@
 struct fake_req {
   struct fake_req *next;
   uint64_t start, num;
-  unsigned char *buf;
+  unsigned char *buf;         /* read into */
+  const unsigned char *wbuf;  /* write from (a write when set) */
   VixDiskLibCompletionCB cb;
   void *data;
-  long long call;             /* read call number (FAIL_READ_AFTER) */
+  long long call;             /* read or write call number (FAIL_*_AFTER) */
 };
 
 struct fake_pool {
@@ -72,7 +76,10 @@ pool_thread (void *arg)
     pthread_mutex_unlock (&p->lock);
 
     fake_clear_error ();
-    err = fake_read (h, r->start, r->num, r->buf, r->call);
+    if (r->wbuf)
+      err = fake_write (h, r->start, r->num, r->wbuf, r->call);
+    else
+      err = fake_read (h, r->start, r->num, r->buf, r->call);
     r->cb (r->data, err);
     free (r);
 
@@ -107,7 +114,7 @@ get_pool (struct fake_handle *h)
   p = calloc (1, sizeof *p + h->async_threads * sizeof p->threads[0]);
   if (p == NULL) {
     pthread_mutex_unlock (&pool_create_lock);
-    fake_fail (VIX_E_OUT_OF_MEMORY, "ReadAsync thread pool");
+    fake_fail (VIX_E_OUT_OF_MEMORY, "asynchronous I/O thread pool");
     return NULL;
   }
   pthread_mutex_init (&p->lock, NULL);
@@ -126,7 +133,7 @@ get_pool (struct fake_handle *h)
   pthread_sigmask (SIG_SETMASK, &old, NULL);
   if (p->nthreads == 0) {
     pthread_mutex_unlock (&pool_create_lock);
-    fake_fail (VIX_E_FAIL, "ReadAsync: cannot start a thread: %s",
+    fake_fail (VIX_E_FAIL, "asynchronous I/O: cannot start a thread: %s",
                strerror (e));
     free (p);
     return NULL;
@@ -136,63 +143,114 @@ get_pool (struct fake_handle *h)
   return p;
 }
 
-EXPORT VixError
-VixDiskLib_ReadAsync (VixDiskLibHandle h, uint64_t start, uint64_t num,
-                      unsigned char *buf, VixDiskLibCompletionCB cb,
-                      void *data)
+/* Queue r to the pool of h; r->call is set here. */
+static VixError
+submit (struct fake_handle *h, struct fake_req *r)
 {
-  VixError err = VIX_ASYNC;
-  struct fake_pool *p;
+  struct fake_pool *p = get_pool (h);
+
+  if (p == NULL) {
+    free (r);
+    return fake_last_error ();
+  }
+  r->call = r->wbuf ? fake_next_write_call () : fake_next_read_call ();
+  pthread_mutex_lock (&p->lock);
+  if (p->tail)
+    p->tail->next = r;
+  else
+    p->head = r;
+  p->tail = r;
+  if (++p->inflight > p->max_inflight)
+    p->max_inflight = p->inflight;
+  pthread_cond_signal (&p->work);
+  pthread_mutex_unlock (&p->lock);
+  return VIX_ASYNC;
+}
+
+/* The common part of ReadAsync (wbuf NULL) and WriteAsync. */
+static VixError
+async_request (const char *fn, VixDiskLibHandle h, uint64_t start,
+               uint64_t num, unsigned char *buf, const unsigned char *wbuf,
+               VixDiskLibCompletionCB cb, void *data)
+{
+  VixError err;
   struct fake_req *r;
 
   fake_clear_error ();
   if (!fake_handle_valid (h))
     err = fake_fail (VIX_E_INVALID_HANDLE, "disk handle %p", (void *) h);
   else {
-    fake_busy_enter (h, "VixDiskLib_ReadAsync");
+    fake_busy_enter (h, fn);
     if (h->no_async)
       err = fake_fail (VIX_E_NOT_SUPPORTED, "FAKEVDDK_NO_ASYNC is set");
     else if (cb == NULL)
       err = fake_fail (VIX_E_INVALID_ARG, "NULL completion callback");
-    else if ((err = fake_check_range (h, start, num, buf)) != VIX_OK)
+    else if ((err = wbuf ? fake_check_write (h, start, num, wbuf) :
+              fake_check_range (h, start, num, buf)) != VIX_OK)
       ;
-    else if ((p = get_pool (h)) == NULL)
-      err = fake_last_error ();
     else if ((r = calloc (1, sizeof *r)) == NULL)
-      err = fake_fail (VIX_E_OUT_OF_MEMORY, "async read");
+      err = fake_fail (VIX_E_OUT_OF_MEMORY, "asynchronous request");
     else {
       r->start = start;
       r->num = num;
       r->buf = buf;
+      r->wbuf = wbuf;
       r->cb = cb;
       r->data = data;
-      r->call = fake_next_read_call ();
-      pthread_mutex_lock (&p->lock);
-      if (p->tail)
-        p->tail->next = r;
-      else
-        p->head = r;
-      p->tail = r;
-      if (++p->inflight > p->max_inflight)
-        p->max_inflight = p->inflight;
-      pthread_cond_signal (&p->work);
-      pthread_mutex_unlock (&p->lock);
-      err = VIX_ASYNC;
+      err = submit (h, r);
     }
     fake_busy_leave (h);
   }
-  fake_logline ("VixDiskLib_ReadAsync handle=%u start=%llu num=%llu "
-                "result=%llu", fake_handle_valid (h) ? h->id : 0,
+  fake_logline ("%s handle=%u start=%llu num=%llu result=%llu", fn,
+                fake_handle_valid (h) ? h->id : 0,
                 (unsigned long long) start, (unsigned long long) num,
                 (unsigned long long) err);
   return err;
 }
 
 EXPORT VixError
+VixDiskLib_ReadAsync (VixDiskLibHandle h, uint64_t start, uint64_t num,
+                      unsigned char *buf, VixDiskLibCompletionCB cb,
+                      void *data)
+{
+  return async_request ("VixDiskLib_ReadAsync", h, start, num, buf, NULL,
+                        cb, data);
+}
+
+EXPORT VixError
+VixDiskLib_WriteAsync (VixDiskLibHandle h, uint64_t start, uint64_t num,
+                       const unsigned char *buf, VixDiskLibCompletionCB cb,
+                       void *data)
+{
+  return async_request ("VixDiskLib_WriteAsync", h, start, num, NULL, buf,
+                        cb, data);
+}
+
+/* Wait until no request of h is in flight (callbacks returned); returns
+ * how many completed since the last wait.  The caller is inside a call
+ * on h.
+ */
+unsigned
+fake_pool_wait (struct fake_handle *h)
+{
+  struct fake_pool *p = __atomic_load_n (&h->pool, __ATOMIC_ACQUIRE);
+  unsigned n = 0;
+
+  if (p) {
+    pthread_mutex_lock (&p->lock);
+    while (p->inflight > 0)
+      pthread_cond_wait (&p->idle, &p->lock);
+    n = p->completed;
+    p->completed = 0;
+    pthread_mutex_unlock (&p->lock);
+  }
+  return n;
+}
+
+EXPORT VixError
 VixDiskLib_Wait (VixDiskLibHandle h)
 {
   VixError err = VIX_OK;
-  struct fake_pool *p;
   unsigned n = 0;
 
   fake_clear_error ();
@@ -200,15 +258,7 @@ VixDiskLib_Wait (VixDiskLibHandle h)
     err = fake_fail (VIX_E_INVALID_HANDLE, "disk handle %p", (void *) h);
   else {
     fake_busy_enter (h, "VixDiskLib_Wait");
-    p = __atomic_load_n (&h->pool, __ATOMIC_ACQUIRE);
-    if (p) {
-      pthread_mutex_lock (&p->lock);
-      while (p->inflight > 0)
-        pthread_cond_wait (&p->idle, &p->lock);
-      n = p->completed;
-      p->completed = 0;
-      pthread_mutex_unlock (&p->lock);
-    }
+    n = fake_pool_wait (h);
     fake_busy_leave (h);
   }
   fake_logline ("VixDiskLib_Wait handle=%u completed=%u result=%llu",
@@ -217,7 +267,7 @@ VixDiskLib_Wait (VixDiskLibHandle h)
   return err;
 }
 
-/* For Close: wait for the reads in flight, stop and free the pool.
+/* For Close: wait for the requests in flight, stop and free the pool.
  * *inflight is how many were in flight (0 when the caller waited, as it
  * should), *max_inflight the most there ever were at once.
  */
@@ -237,7 +287,7 @@ fake_pool_stop (struct fake_handle *h, unsigned *inflight,
   *max_inflight = p->max_inflight;
   if (p->inflight > 0)
     fake_vddk_log (1, "VixDiskLib: Close of disk handle %u with %u "
-                   "asynchronous reads in flight: waiting for them "
+                   "asynchronous requests in flight: waiting for them "
                    "(call VixDiskLib_Wait first)", h->id, p->inflight);
   while (p->inflight > 0)
     pthread_cond_wait (&p->idle, &p->lock);

@@ -1,9 +1,10 @@
 /* Sendense capture — fake libvixDiskLib: library setup and connections.
  *
- * InitEx/Exit, ConnectEx/Disconnect, the credential checks driven by
- * FAKEVDDK_PASSWORD, FAKEVDDK_USER and FAKEVDDK_THUMBPRINT, and the
- * detector for ConnectEx/Open/Close/Disconnect calls that overlap (VDDK
- * wants those made one at a time).
+ * InitEx/Exit, AllocateConnectParams/FreeConnectParams,
+ * ConnectEx/Disconnect, the credential checks driven by
+ * FAKEVDDK_PASSWORD, FAKEVDDK_USER, FAKEVDDK_COOKIE and
+ * FAKEVDDK_THUMBPRINT, and the detector for ConnectEx/Open/Close/
+ * Disconnect calls that overlap (VDDK wants those made one at a time).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +17,7 @@
 static int initialized;
 static unsigned next_conn_id;
 static const char *serial_owner;   /* function inside the serial section */
+static struct fake_connection *null_conn; /* FAKEVDDK_NULL_CONNECTION */
 
 int
 fake_initialized (void)
@@ -27,6 +29,16 @@ int
 fake_conn_valid (const struct fake_connection *c)
 {
   return c != NULL && c->magic == FAKE_CONN_MAGIC;
+}
+
+/* The connection behind a handle given by the caller: under
+ * FAKEVDDK_NULL_CONNECTION, ConnectEx returned NULL for the latest one,
+ * and NULL stands for it.
+ */
+struct fake_connection *
+fake_conn_get (VixDiskLibConnection c)
+{
+  return c ? c : __atomic_load_n (&null_conn, __ATOMIC_ACQUIRE);
 }
 
 static int
@@ -100,24 +112,88 @@ VixDiskLib_Exit (void)
   fake_set_log_functions (NULL, NULL, NULL);
 }
 
-/* The credential and server checks of a remote ConnectEx. */
+/* AllocateConnectParams hands out the 128-byte struct behind a header
+ * holding this magic, so FreeConnectParams can tell its own structs.
+ */
+#define FAKE_PARAMS_MAGIC 0x46414b4550524d53ULL /* "FAKEPRMS" */
+
+struct fake_params {
+  uint64_t magic;
+  uint64_t pad;                 /* keeps p 16-byte aligned */
+  VixDiskLibConnectParams p;
+};
+
+EXPORT VixDiskLibConnectParams *
+VixDiskLib_AllocateConnectParams (void)
+{
+  struct fake_params *fp = calloc (1, sizeof *fp);
+
+  if (fp)
+    fp->magic = FAKE_PARAMS_MAGIC;
+  fake_logline ("VixDiskLib_AllocateConnectParams result=%s",
+                fp ? "ok" : "(null)");
+  return fp ? &fp->p : NULL;
+}
+
+/* Frees the struct only: the strings in it belong to the caller (that is
+ * how nbdkit-vddk-plugin uses it).
+ */
+EXPORT void
+VixDiskLib_FreeConnectParams (VixDiskLibConnectParams *p)
+{
+  struct fake_params *fp;
+
+  fake_logline ("VixDiskLib_FreeConnectParams");
+  if (p == NULL)
+    return;
+  fp = (struct fake_params *) ((char *) p - offsetof (struct fake_params, p));
+  if (fp->magic != FAKE_PARAMS_MAGIC) {
+    fake_violation ("FreeConnectParams needs a struct from "
+                    "AllocateConnectParams", "VixDiskLib_FreeConnectParams",
+                    NULL);
+    return;
+  }
+  fp->magic = FAKE_DEAD_MAGIC;
+  free (fp);
+}
+
+/* The credential and server checks of a remote ConnectEx: user/password
+ * (VIXDISKLIB_CRED_UID) or a session cookie (VIXDISKLIB_CRED_SESSIONID,
+ * with the user name and the password as its key).
+ */
 static VixError
 check_remote (const VixDiskLibConnectParams *p, const char **root)
 {
   const char *want_tp = getenv ("FAKEVDDK_THUMBPRINT");
   const char *want_user = getenv ("FAKEVDDK_USER");
   const char *want_pw = getenv ("FAKEVDDK_PASSWORD");
+  const char *want_cookie = getenv ("FAKEVDDK_COOKIE");
+  const char *user, *password;
 
   *root = getenv ("FAKEVDDK_ROOT");
   if (*root == NULL || **root == '\0')
     return fake_fail (VIX_E_CANNOT_CONNECT_TO_HOST,
                       "%s: the fake VDDK serves remote disks only from "
                       "local directories: set FAKEVDDK_ROOT", p->serverName);
-  if (p->credType != VIXDISKLIB_CRED_UID)
+  switch (p->credType) {
+  case VIXDISKLIB_CRED_UID:
+    user = p->creds.uid.userName;
+    password = p->creds.uid.password;
+    break;
+  case VIXDISKLIB_CRED_SESSIONID:
+    user = p->creds.sessionId.userName;
+    password = p->creds.sessionId.key;
+    if (p->creds.sessionId.cookie == NULL ||
+        *p->creds.sessionId.cookie == '\0')
+      return fake_fail (VIX_E_INVALID_ARG, "session cookie is missing");
+    break;
+  default:
     return fake_fail (VIX_E_INVALID_ARG,
-                      "credType %d: the fake supports only user/password "
-                      "(VIXDISKLIB_CRED_UID)", p->credType);
-  if (p->creds.uid.userName == NULL || *p->creds.uid.userName == '\0')
+                      "credType %d: the fake supports user/password "
+                      "(VIXDISKLIB_CRED_UID) and session cookies "
+                      "(VIXDISKLIB_CRED_SESSIONID)", p->credType);
+  }
+  if (user == NULL || *user == '\0')
     return fake_fail (VIX_E_INVALID_ARG, "user name is missing");
   if (want_tp && *want_tp &&
       (p->thumbPrint == NULL || strcasecmp (p->thumbPrint, want_tp) != 0)) {
@@ -128,16 +204,24 @@ check_remote (const VixDiskLibConnectParams *p, const char **root)
                       "the server thumbprint does not match %s",
                       fake_str (p->thumbPrint));
   }
-  if ((want_user && *want_user &&
-       strcmp (p->creds.uid.userName, want_user) != 0) ||
-      (want_pw && (p->creds.uid.password == NULL ||
-                   strcmp (p->creds.uid.password, want_pw) != 0))) {
+  if (p->credType == VIXDISKLIB_CRED_SESSIONID) {
+    if (want_cookie &&
+        strcmp (p->creds.sessionId.cookie, want_cookie) != 0) {
+      fake_vddk_log (1, "Cannot complete login: the session cookie of %s "
+                     "on %s is not valid", user, p->serverName);
+      return fake_fail (VIX_E_HOST_USER_PERMISSIONS,
+                        "login as %s on %s failed: session cookie not "
+                        "valid", user, p->serverName);
+    }
+    return VIX_OK;
+  }
+  if ((want_user && *want_user && strcmp (user, want_user) != 0) ||
+      (want_pw && (password == NULL || strcmp (password, want_pw) != 0))) {
     fake_vddk_log (1, "Cannot complete login due to an incorrect user name "
-                   "or password (user %s on %s)",
-                   p->creds.uid.userName, p->serverName);
+                   "or password (user %s on %s)", user, p->serverName);
     return fake_fail (VIX_E_HOST_USER_PERMISSIONS,
                       "login as %s on %s failed: incorrect user name or "
-                      "password", p->creds.uid.userName, p->serverName);
+                      "password", user, p->serverName);
   }
   return VIX_OK;
 }
@@ -169,16 +253,22 @@ VixDiskLib_ConnectEx (const VixDiskLibConnectParams *p, char readOnly,
     c->magic = FAKE_CONN_MAGIC;
     c->id = __atomic_add_fetch (&next_conn_id, 1, __ATOMIC_RELAXED);
     c->remote = remote;
+    c->readonly = readOnly != 0;
     c->root = root ? strdup (root) : NULL;
     c->snapshot = snapshotRef && *snapshotRef ? strdup (snapshotRef) : NULL;
     c->transports = transportModes && *transportModes ?
       strdup (transportModes) : NULL;
     *connection = c;
+    if (getenv ("FAKEVDDK_NULL_CONNECTION")) {
+      /* A VDDK may hand out any value, NULL included, as a handle. */
+      __atomic_store_n (&null_conn, c, __ATOMIC_RELEASE);
+      *connection = NULL;
+    }
   }
 
   fake_logline ("VixDiskLib_ConnectEx vmxSpec=%s server=%s port=%u "
                 "nfcHostPort=%u thumbprint=%s credType=%d user=%s "
-                "password=%s readOnly=%d snapshotRef=%s transports=%s "
+                "password=%s%s readOnly=%d snapshotRef=%s transports=%s "
                 "conn=%u result=%llu",
                 p ? fake_str (p->vmxSpec) : "(null)",
                 p ? fake_str (p->serverName) : "(null)",
@@ -186,9 +276,15 @@ VixDiskLib_ConnectEx (const VixDiskLibConnectParams *p, char readOnly,
                 p ? fake_str (p->thumbPrint) : "(null)",
                 p ? p->credType : 0,
                 p && p->credType == VIXDISKLIB_CRED_UID ?
-                fake_str (p->creds.uid.userName) : "(null)",
+                fake_str (p->creds.uid.userName) :
+                p && p->credType == VIXDISKLIB_CRED_SESSIONID ?
+                fake_str (p->creds.sessionId.userName) : "(null)",
                 p && p->credType == VIXDISKLIB_CRED_UID &&
-                p->creds.uid.password ? "<hidden>" : "(null)",
+                p->creds.uid.password ? "<hidden>" :
+                p && p->credType == VIXDISKLIB_CRED_SESSIONID &&
+                p->creds.sessionId.key ? "<hidden>" : "(null)",
+                p && p->credType == VIXDISKLIB_CRED_SESSIONID ?
+                " cookie=<hidden>" : "",
                 readOnly, fake_str (snapshotRef), fake_str (transportModes),
                 c ? c->id : 0, (unsigned long long) err);
   fake_serial_leave ();
@@ -203,6 +299,8 @@ VixDiskLib_Disconnect (VixDiskLibConnection c)
 
   fake_clear_error ();
   fake_serial_enter ("VixDiskLib_Disconnect");
+  if (c == NULL && (c = fake_conn_get (NULL)) != NULL)
+    __atomic_store_n (&null_conn, NULL, __ATOMIC_RELEASE);
   if (!fake_conn_valid (c))
     err = fake_fail (VIX_E_INVALID_HANDLE, "connection %p", (void *) c);
   else {

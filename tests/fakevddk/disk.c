@@ -1,8 +1,9 @@
 /* Sendense capture — fake libvixDiskLib: disks.
  *
  * Open/Close, GetInfo/FreeInfo, GetTransportMode, Read,
- * QueryAllocatedBlocks/FreeBlockList over a local file opened O_RDONLY
- * (ReadAsync/Wait are in async.c).
+ * QueryAllocatedBlocks/FreeBlockList over a local file, opened O_RDWR
+ * unless the disk or its connection is read-only (ReadAsync/WriteAsync/
+ * Wait are in async.c, Write/Flush/Create in write.c).
  * Handles are never freed (a closed one is marked dead), so stale and
  * bogus handles get VIX_E_INVALID_HANDLE instead of a crash; calls that
  * overlap on one handle are reported (and abort under FAKEVDDK_STRICT=1).
@@ -20,6 +21,7 @@
 
 static unsigned next_handle_id;
 static long long read_calls;    /* Read + ReadAsync calls in this process */
+static long long write_calls;   /* Write + WriteAsync calls in this process */
 
 int
 fake_handle_valid (const struct fake_handle *h)
@@ -103,12 +105,15 @@ VixDiskLib_Open (VixDiskLibConnection c, const char *path, uint32_t flags,
   struct fake_handle *h = NULL;
   char *file = NULL;
   char fnames[128];
-  int fd = -1;
+  int fd = -1, readonly;
   off_t size;
 
   fake_clear_error ();
   fake_serial_enter ("VixDiskLib_Open");
+  c = fake_conn_get (c);
   fake_flag_names (flags, fnames, sizeof fnames);
+  readonly = (flags & VIXDISKLIB_FLAG_OPEN_READ_ONLY) ||
+    (fake_conn_valid (c) && c->readonly);
   if (!fake_conn_valid (c))
     err = fake_fail (VIX_E_INVALID_HANDLE, "connection %p", (void *) c);
   else if (path == NULL || handle == NULL)
@@ -116,9 +121,11 @@ VixDiskLib_Open (VixDiskLibConnection c, const char *path, uint32_t flags,
                      path == NULL ? "path" : "handle");
   else if ((file = fake_map_path (c, path)) == NULL)
     err = fake_last_error ();
-  else if ((fd = open (file, O_RDONLY | O_CLOEXEC)) == -1)
+  else if ((fd = open (file, (readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC))
+           == -1)
     err = fake_fail (errno == ENOENT ? VIX_E_FILE_NOT_FOUND :
                      errno == EACCES ? VIX_E_FILE_ACCESS_ERROR :
+                     errno == EROFS ? VIX_E_FILE_READ_ONLY :
                      VIX_E_FILE_ERROR, "%s: %s", file, strerror (errno));
   else if ((size = lseek (fd, 0, SEEK_END)) == -1)
     err = fake_fail (VIX_E_FILE_ERROR, "%s: %s", file, strerror (errno));
@@ -128,6 +135,7 @@ VixDiskLib_Open (VixDiskLibConnection c, const char *path, uint32_t flags,
     h->magic = FAKE_HANDLE_MAGIC;
     h->id = __atomic_add_fetch (&next_handle_id, 1, __ATOMIC_RELAXED);
     h->fd = fd;
+    h->readonly = readonly;
     h->conn = c;
     h->file = file;
     h->file_size = size;
@@ -137,6 +145,7 @@ VixDiskLib_Open (VixDiskLibConnection c, const char *path, uint32_t flags,
     h->fail_read_after = env_ll ("FAKEVDDK_FAIL_READ_AFTER", -1);
     h->fail_read_count = env_ll ("FAKEVDDK_FAIL_READ_COUNT", 1);
     h->read_latency_us = env_ll ("FAKEVDDK_READ_LATENCY_US", 0);
+    h->fail_write_after = env_ll ("FAKEVDDK_FAIL_WRITE_AFTER", -1);
     h->no_query_allocated = env_bool ("FAKEVDDK_NO_QUERY_ALLOCATED");
     h->no_async = env_bool ("FAKEVDDK_NO_ASYNC");
     h->async_threads = env_ll ("FAKEVDDK_ASYNC_THREADS", 4);
@@ -151,14 +160,17 @@ VixDiskLib_Open (VixDiskLibConnection c, const char *path, uint32_t flags,
   if (err != VIX_OK && fd >= 0)
     close (fd);
 
-  fake_logline ("VixDiskLib_Open path=%s file=%s flags=0x%x %s conn=%u "
+  fake_logline ("VixDiskLib_Open path=%s file=%s flags=0x%x %s%s conn=%u "
                 "handle=%u result=%llu",
                 fake_str (path), fake_str (file), flags, fnames,
+                readonly && !(flags & VIXDISKLIB_FLAG_OPEN_READ_ONLY) ?
+                " (read-only connection)" : "",
                 fake_conn_valid (c) ? c->id : 0, h ? h->id : 0,
                 (unsigned long long) err);
   if (h)
-    fake_vddk_log (0, "VixDiskLib: opened %s as %s, %llu sectors, "
+    fake_vddk_log (0, "VixDiskLib: opened %s as %s (%s), %llu sectors, "
                    "transport %s", path, file,
+                   readonly ? "read-only" : "read-write",
                    (unsigned long long) h->capacity, h->mode);
   else
     free (file);
@@ -301,6 +313,13 @@ long long
 fake_next_read_call (void)
 {
   return __atomic_add_fetch (&read_calls, 1, __ATOMIC_RELAXED);
+}
+
+/* The same for Write/WriteAsync (FAKEVDDK_FAIL_WRITE_AFTER). */
+long long
+fake_next_write_call (void)
+{
+  return __atomic_add_fetch (&write_calls, 1, __ATOMIC_RELAXED);
 }
 
 /* Read sectors [start, start+num) of h into buf, the checks passed, for

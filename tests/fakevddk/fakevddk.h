@@ -32,6 +32,9 @@ enum {
   VIX_E_FILE_NOT_FOUND = 4,
   VIX_E_NOT_SUPPORTED = 6,
   VIX_E_FILE_ERROR = 7,
+  VIX_E_DISK_FULL = 8,
+  VIX_E_FILE_READ_ONLY = 11,
+  VIX_E_FILE_ALREADY_EXISTS = 12,
   VIX_E_FILE_ACCESS_ERROR = 13,
   VIX_E_INVALID_HANDLE = 1000,
   VIX_E_HOST_USER_PERMISSIONS = 3014,
@@ -54,10 +57,19 @@ enum {
 #define VIXDISKLIB_FLAG_OPEN_COMPRESSION_SKIPZ 64
 
 #define VIXDISKLIB_CRED_UID 1
+#define VIXDISKLIB_CRED_SESSIONID 2
+
+#define VIXDISKLIB_ADAPTER_IDE 1
+#define VIXDISKLIB_ADAPTER_SCSI_BUSLOGIC 2
 #define VIXDISKLIB_ADAPTER_SCSI_LSILOGIC 3
+#define VIXDISKLIB_ADAPTER_SCSI_PVSCSI 4
+
+#define VIXDISKLIB_DISK_MONOLITHIC_SPARSE 1
+#define VIXDISKLIB_DISK_VMFS_SPARSE 8
 
 typedef void VixDiskLibGenericLogFunc (const char *fmt, va_list args);
 typedef void (*VixDiskLibCompletionCB) (void *data, VixError result);
+typedef int (*VixDiskLibProgressFunc) (void *data, int percentCompleted);
 
 typedef struct fake_connection *VixDiskLibConnection;
 typedef struct fake_handle *VixDiskLibHandle;
@@ -100,6 +112,19 @@ typedef struct VixDiskLibInfo {
   uint32_t physicalSectorSize;    /* @60 */
 } VixDiskLibInfo;
 
+/* VixDiskLib_Create's parameters (pack 8); the sector sizes are VDDK >= 7
+ * fields, not read by the fake (callers built for VDDK 6 do not pass
+ * them).
+ */
+typedef struct VixDiskLibCreateParams {
+  int diskType;                   /* @0 */
+  int adapterType;                /* @4 */
+  uint16_t hwVersion;             /* @8 */
+  uint64_t capacity;              /* @16, sectors */
+  uint32_t logicalSectorSize;     /* @24 */
+  uint32_t physicalSectorSize;    /* @28 */
+} VixDiskLibCreateParams;
+
 typedef struct VixDiskLibBlock {
   uint64_t offset;                /* sectors */
   uint64_t length;                /* sectors */
@@ -121,6 +146,8 @@ _Static_assert (sizeof (VixDiskLibInfo) == 64, "Info size");
 _Static_assert (offsetof (VixDiskLibInfo, capacity) == 24, "capacity");
 _Static_assert (offsetof (VixDiskLibInfo, uuid) == 48, "uuid");
 _Static_assert (offsetof (VixDiskLibBlockList, blocks) == 8, "blocks");
+_Static_assert (offsetof (VixDiskLibCreateParams, hwVersion) == 8, "hwVersion");
+_Static_assert (offsetof (VixDiskLibCreateParams, capacity) == 16, "capacity");
 
 /* ---- internal state ---- */
 
@@ -132,13 +159,14 @@ struct fake_connection {
   uint64_t magic;
   unsigned id;
   int remote;                 /* serverName was set */
+  int readonly;               /* ConnectEx's readOnly */
   char *root;                 /* FAKEVDDK_ROOT at connect time (remote) */
   char *snapshot;             /* snapshotRef or NULL */
   char *transports;           /* transportModes or NULL */
 };
 
-/* The ReadAsync machinery of one handle (async.c): a queue and a few
- * threads, started by the first ReadAsync and stopped by Close.
+/* The ReadAsync/WriteAsync machinery of one handle (async.c): a queue and
+ * a few threads, started by the first request and stopped by Close.
  */
 struct fake_pool;
 
@@ -146,6 +174,7 @@ struct fake_handle {
   uint64_t magic;
   unsigned id;
   int fd;
+  int readonly;               /* opened READ_ONLY, or on a read-only connection */
   struct fake_connection *conn;
   uint64_t file_size;         /* bytes */
   uint64_t capacity;          /* sectors = ceil (file_size / 512) */
@@ -157,6 +186,7 @@ struct fake_handle {
   unsigned read_latency_us;   /* overlaps between reads in flight */
   long long fail_read_after;  /* -1 = off */
   long long fail_read_count;
+  long long fail_write_after; /* -1 = off */
   int no_query_allocated;
   int no_async;               /* ReadAsync answers VIX_E_NOT_SUPPORTED */
   unsigned async_threads;     /* threads of the ReadAsync pool */
@@ -185,6 +215,7 @@ HIDDEN void fake_flag_names (uint32_t flags, char *buf, size_t n);
 /* connect.c */
 HIDDEN int fake_initialized (void);
 HIDDEN int fake_conn_valid (const struct fake_connection *c);
+HIDDEN struct fake_connection *fake_conn_get (VixDiskLibConnection c);
 HIDDEN void fake_serial_enter (const char *fn);
 HIDDEN void fake_serial_leave (void);
 
@@ -197,14 +228,22 @@ HIDDEN void fake_busy_leave (struct fake_handle *h);
 HIDDEN VixError fake_check_range (const struct fake_handle *h, uint64_t start,
                                   uint64_t num, const unsigned char *buf);
 HIDDEN long long fake_next_read_call (void);
+HIDDEN long long fake_next_write_call (void);
 HIDDEN VixError fake_read (struct fake_handle *h, uint64_t start,
                            uint64_t num, unsigned char *buf, long long call);
+HIDDEN VixError fake_write (struct fake_handle *h, uint64_t start,
+                            uint64_t num, const unsigned char *buf,
+                            long long call);
+HIDDEN VixError fake_check_write (const struct fake_handle *h, uint64_t start,
+                                  uint64_t num, const unsigned char *buf);
 
 /* async.c */
 HIDDEN void fake_pool_stop (struct fake_handle *h, unsigned *inflight,
                             unsigned *max_inflight);
+HIDDEN unsigned fake_pool_wait (struct fake_handle *h);
 
 /* paths.c */
 HIDDEN char *fake_map_path (const struct fake_connection *c, const char *path);
+HIDDEN char *fake_flat_path (const char *path);
 
 #endif /* SENDENSE_FAKEVDDK_H */

@@ -80,6 +80,29 @@ pick (const char *st, const char *snapshot, const char *fallback,
   return NULL;
 }
 
+/* The flat file VixDiskLib_Create makes for a local descriptor path:
+ * "/x/b.vmdk" -> "/x/b-flat.vmdk" (malloc'd); NULL (error recorded) when
+ * path does not end in .vmdk.
+ */
+char *
+fake_flat_path (const char *path)
+{
+  size_t n = strlen (path);
+  char *st, *flat;
+
+  if (n <= 5 || strcmp (path + n - 5, ".vmdk") != 0) {
+    fake_fail (VIX_E_INVALID_ARG, "%s: a disk to create must end in .vmdk",
+               path);
+    return NULL;
+  }
+  st = stem (path);
+  flat = st ? join (st, "-flat.vmdk", "", "") : NULL;
+  free (st);
+  if (flat == NULL)
+    fake_fail (VIX_E_OUT_OF_MEMORY, "mapping %s", path);
+  return flat;
+}
+
 char *
 fake_map_path (const struct fake_connection *c, const char *path)
 {
