@@ -39,10 +39,12 @@ deps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-# The C front nbdkit loads; it loads the Go library after nbdkit forks.
-$(FRONT): plugin/front/front.c VERSION | $(BUILD)
-	$(CC) $(CFLAGS) -Wall -Wextra -fPIC -shared -DSENDENSE_VERSION='"$(VERSION)"' \
-	  -o $@ $< -ldl
+# The C front nbdkit loads; it loads the Go library after nbdkit forks. It
+# shares vddk/loader.c (finding and loading VDDK, vddk/stubs.h) with the Go
+# side, compiled with hidden visibility so the two copies never mix.
+$(FRONT): plugin/front/front.c vddk/loader.c vddk/vixdisklib.h vddk/stubs.h VERSION | $(BUILD)
+	$(CC) $(CFLAGS) -Wall -Wextra -fPIC -shared -fvisibility=hidden -Ivddk \
+	  -DSENDENSE_VERSION='"$(VERSION)"' -o $@ plugin/front/front.c vddk/loader.c -ldl
 
 # The Go plugin (c-shared), loaded by the front from the same directory.
 $(GOLIB): $(GO_SOURCES) | $(BUILD)

@@ -13,11 +13,14 @@ import (
 
 	"github.com/sendense/capture/plugin"
 	"github.com/sendense/capture/plugin/nbdkit"
+	"github.com/sendense/capture/vddk"
 )
 
 func init() {
 	slog.SetDefault(slog.New(slog.NewTextHandler(debugWriter{}, &slog.HandlerOptions{Level: slog.LevelDebug})))
-	nbdkit.Register(&adapter{plugin.New(&plugin.VDDKBackend{}, plugin.QueryChangedAreas)})
+	backend := &plugin.VDDKBackend{}
+	nbdkit.Register(&adapter{p: plugin.New(backend, plugin.QueryChangedAreas), backend: backend})
+	vddk.SetTrace(vddk.TraceControl)
 }
 
 func main() {}
@@ -31,15 +34,43 @@ func (debugWriter) Write(p []byte) (int, error) {
 }
 
 // adapter implements nbdkit.Plugin over package plugin.
-type adapter struct{ p *plugin.Plugin }
+type adapter struct {
+	p       *plugin.Plugin
+	backend *plugin.VDDKBackend
+	stats   bool // -D sendense.stats=1
+}
 
 func (a *adapter) Config(key, value string) error { return a.p.Config.Set(key, value) }
 func (a *adapter) ConfigComplete() error          { return a.p.ConfigComplete() }
 func (a *adapter) AfterFork() error               { return a.p.AfterFork() }
-func (a *adapter) Unload()                        { a.p.Unload() }
+
+// Debug takes -D sendense.stats=1 (per-call statistics at unload) and
+// -D sendense.datapath=1 (a debug line for every Read and Write too).
+func (a *adapter) Debug(name string, value int) {
+	switch name {
+	case "stats":
+		a.stats = value != 0
+	case "datapath":
+		if value != 0 {
+			vddk.SetTrace(vddk.TraceAll)
+		}
+	}
+}
+
+// Unload prints the statistics (before VixDiskLib_Exit, which is not
+// counted) and stops the backend.
+func (a *adapter) Unload() {
+	if lib := a.backend.Library(); a.stats && lib != nil {
+		nbdkit.Debug("VixDiskLib call statistics (-D sendense.stats=1):")
+		for _, l := range vddk.FormatStats(lib.Stats()) {
+			nbdkit.Debug("  %s", l)
+		}
+	}
+	a.p.Unload()
+}
 
 func (a *adapter) Open(readonly bool) (nbdkit.Connection, error) {
-	h, err := a.p.Open()
+	h, err := a.p.Open(readonly)
 	if err != nil {
 		return nil, err
 	}
@@ -65,7 +96,24 @@ func (c connection) PRead(buf []byte, offset uint64, flags uint32) error {
 	return c.h.PRead(buf, offset)
 }
 
-func (c connection) CanExtents() (bool, error)   { return true, nil }
+func (c connection) CanWrite() (bool, error) { return !c.h.ReadOnly(), nil }
+func (c connection) CanFlush() (bool, error) { return !c.h.ReadOnly(), nil }
+
+func (c connection) PWrite(buf []byte, offset uint64, flags uint32) error {
+	return c.h.PWrite(buf, offset, flags&nbdkit.FlagFUA != 0)
+}
+
+func (c connection) Flush(flags uint32) error { return c.h.Flush() }
+
+func (c connection) Zero(count uint32, offset uint64, flags uint32) error {
+	return c.h.Zero(count, offset, flags&nbdkit.FlagFUA != 0)
+}
+
+func (c connection) CanExtents() (bool, error) { return true, nil }
+
+// CanMultiConn: a read-only export is the same through every connection,
+// and the writable connections share one VDDK handle (plugin.Plugin.Open),
+// so a flush on one covers the writes of all.
 func (c connection) CanMultiConn() (bool, error) { return true, nil }
 
 func (c connection) Extents(count uint32, offset uint64, flags uint32, e nbdkit.Extents) error {

@@ -13,12 +13,16 @@ import (
 // the disk of snapshot= by disk-key= or by its backing file file=, and
 // loops QueryChangedDiskAreas over the whole disk (see cbt.ChangedAreas).
 func QueryChangedAreas(ctx context.Context, c *Config) (extent.List, error) {
+	thumbprint, err := ParseThumbprint(c.Thumbprint)
+	if err != nil {
+		return nil, err
+	}
 	client, err := cbt.Connect(ctx, cbt.Config{
 		Server:     c.Server,
 		Port:       int(c.Port),
 		User:       c.User,
 		Password:   c.Password,
-		Thumbprint: c.Thumbprint,
+		Thumbprint: thumbprint,
 		KeepAlive:  -1,
 	})
 	if err != nil {

@@ -10,10 +10,16 @@ import (
 	"github.com/sendense/capture/internal/extent"
 )
 
-// Disk is an opened disk of a snapshot: vddk.Disk satisfies it.
+// Disk is an opened disk: vddk.Disk satisfies it.
 type Disk interface {
 	Size() uint64
 	ReadAt(p []byte, off int64) (int, error)
+	// WriteAt writes all of p at off (any alignment) or fails.
+	WriteAt(p []byte, off int64) (int, error)
+	// Flush makes every completed write durable.
+	Flush() error
+	// ReadOnly tells whether the disk was opened read-only.
+	ReadOnly() bool
 	// Allocated returns the allocated byte ranges inside [off, off+length)
 	// in normal form, at the backend's allocation granularity.
 	Allocated(off, length uint64) (extent.List, error)
@@ -27,9 +33,12 @@ type Backend interface {
 	Check(c *Config) error
 	// Start runs once in the serving process (VDDK: dlopen and InitEx).
 	Start(c *Config) error
-	// Open connects and opens the disk for one NBD connection; closing the
-	// Disk releases everything Open acquired.
-	Open(c *Config) (Disk, error)
+	// Create makes the disk of create=true (local VDDK only); Open comes
+	// after it.
+	Create(c *Config) error
+	// Open connects and opens the disk for one NBD connection, read-only
+	// or read-write; closing the Disk releases everything Open acquired.
+	Open(c *Config, readonly bool) (Disk, error)
 	// Stop runs at unload.
 	Stop()
 }
@@ -49,6 +58,15 @@ type Plugin struct {
 	mu      sync.Mutex
 	changed extent.List // cached result of query (changeid= only)
 	queried bool
+
+	createMu sync.Mutex
+	created  bool // create=true done in this process
+
+	// The one writable disk of the process, shared by its connections
+	// (see Open); nil when no writable connection is open.
+	sharedMu   sync.Mutex
+	shared     Disk
+	sharedRefs int
 }
 
 // New returns a plugin reading disks through backend and asking query for
@@ -96,8 +114,18 @@ func (p *Plugin) changedAreas() (extent.List, error) {
 	return p.changed, nil
 }
 
-// Open opens the disk for one NBD connection.
-func (p *Plugin) Open() (*Handle, error) {
+// Open opens the disk for one NBD connection: read-only when nbdkit says
+// so (-r) or the configuration does (Config.ForcedReadOnly), else
+// read-write. With create=true the first open creates the disk.
+//
+// Each read-only connection has a VDDK handle of its own, so reads of
+// different connections go through different handles in parallel. The
+// writable connections share one handle, opened by the first and closed
+// by the last: VDDK may refuse a second writer of a disk (its lock), and
+// with one handle a flush on any connection covers the writes of all and
+// every connection reads what any wrote, so the export can promise
+// multi-conn to clients.
+func (p *Plugin) Open(readonly bool) (*Handle, error) {
 	c := &p.Config
 	var changed extent.List
 	if c.Incremental() {
@@ -106,7 +134,17 @@ func (p *Plugin) Open() (*Handle, error) {
 			return nil, err
 		}
 	}
-	disk, err := p.backend.Open(c)
+	if err := p.create(); err != nil {
+		return nil, err
+	}
+	readonly = readonly || c.ForcedReadOnly() != ""
+	var disk Disk
+	var err error
+	if readonly {
+		disk, err = p.backend.Open(c, true)
+	} else {
+		disk, err = p.openShared()
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -116,4 +154,58 @@ func (p *Plugin) Open() (*Handle, error) {
 		return nil, err
 	}
 	return h, nil
+}
+
+// openShared returns the writable disk of the process, opening it for
+// the first writable connection.
+func (p *Plugin) openShared() (Disk, error) {
+	p.sharedMu.Lock()
+	defer p.sharedMu.Unlock()
+	if p.shared == nil {
+		d, err := p.backend.Open(&p.Config, false)
+		if err != nil {
+			return nil, err
+		}
+		p.shared = d
+	}
+	p.sharedRefs++
+	return sharedRef{p.shared, p}, nil
+}
+
+// sharedRef is one connection's reference to the shared writable disk:
+// closing it closes the disk with the last reference.
+type sharedRef struct {
+	Disk
+	p *Plugin
+}
+
+func (r sharedRef) Close() error {
+	p := r.p
+	p.sharedMu.Lock()
+	defer p.sharedMu.Unlock()
+	if p.sharedRefs--; p.sharedRefs > 0 {
+		return nil
+	}
+	d := p.shared
+	p.shared = nil
+	return d.Close()
+}
+
+// create runs create=true once per process; a failure is retried by the
+// next open.
+func (p *Plugin) create() error {
+	if !p.Config.Create {
+		return nil
+	}
+	p.createMu.Lock()
+	defer p.createMu.Unlock()
+	if p.created {
+		return nil
+	}
+	if err := p.backend.Create(&p.Config); err != nil {
+		return fmt.Errorf("create=true: %w", err)
+	}
+	slog.Debug("disk created", "file", p.Config.File, "size", p.Config.CreateSize)
+	p.created = true
+	return nil
 }

@@ -15,6 +15,10 @@ fakevddk=$builddir/fakevddk
 # installed for the system interpreter, not for any pyenv one.
 export PATH="$builddir:/usr/bin:$PATH"
 export LC_ALL=C
+# VDDK's directory in LD_LIBRARY_PATH, as sendense sets it: the plugin does
+# not re-execute nbdkit (tests/test-plugin-reexec.sh covers that, which
+# unsets it).
+export LD_LIBRARY_PATH="$fakevddk/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
 _cleanup_fns=()
 cleanup_fn () { _cleanup_fns+=("$(printf '%q ' "$@")"); }
@@ -95,3 +99,15 @@ qstop () {
     kill $pid
     while kill -0 $pid 2>/dev/null; do sleep 0.05; done
 }
+
+# build_fake DIR [GCC-ARGS...]: compile the fake VDDK into
+# DIR/lib64/libvixDiskLib.so.8 with extra gcc arguments (a version script
+# hiding functions, a dependency to link against...).
+build_fake () {
+    local dir=$1
+    shift
+    mkdir -p "$dir/lib64"
+    gcc -O1 -fPIC -shared -Wl,-soname,libvixDiskLib.so.8 -o "$dir/lib64/libvixDiskLib.so.8" \
+        "$top_srcdir"/tests/fakevddk/*.c -lpthread "$@"
+}
+

@@ -28,7 +28,8 @@ expect_fail "libdir=$tmp/novddk.*libvixDiskLib" $plugin libdir=$tmp/novddk file=
 expect_fail 'VixError' $plugin libdir=$fakevddk file=$tmp/missing.vmdk
 expect_fail 'missing.vmdk' $plugin libdir=$fakevddk file=$tmp/missing.vmdk
 expect_fail 'port: "99999" is not a TCP port' $plugin libdir=$fakevddk file=$disk port=99999
-expect_fail 'not a SHA-1 thumbprint' $plugin libdir=$fakevddk file=$disk thumbprint=xyz
+# As in nbdkit-vddk-plugin, a remote parameter asks for a remote connection.
+expect_fail 'remote connection requested \(by thumbprint=\), missing parameter: server' $plugin libdir=$fakevddk file=$disk thumbprint=xyz
 expect_fail 'changed-areas: .*line 2' $plugin libdir=$fakevddk file=$disk changed-areas=<(printf '0 512\nbogus\n')
 
 # Remote mode against the fake: wrong password and wrong thumbprint are

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Several connections in parallel: nbdkit opens one VDDK handle per
-# connection; FAKEVDDK_STRICT=1 makes the fake abort on concurrent calls on
-# one handle (VDDK handles are not thread-safe).
+# Several connections in parallel to a read-only export (multi-conn):
+# nbdkit opens one VDDK handle per connection; FAKEVDDK_STRICT=1 makes the
+# fake abort on concurrent calls on one handle (VDDK handles are not
+# thread-safe).
 source "$(dirname "$0")/functions.sh"
 set -e -x
 requires nbdkit --version
@@ -12,7 +13,7 @@ disk=$tmp/disk.img
 make_disk "$disk" $((256*1024*1024)) 0 $((256*1024*1024))
 export FAKEVDDK_STRICT=1 FAKEVDDK_LOG=$tmp/vddk.log
 sock=$tmp/sock
-nbdkit -f -U $sock $(plugin_args) file="$disk" &
+nbdkit -f -r -U $sock $(plugin_args) file="$disk" &
 pid=$!
 cleanup_fn kill $pid
 wait_for_socket $sock

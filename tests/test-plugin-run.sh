@@ -21,17 +21,23 @@ nbdkit -U - $(plugin_args) file="$disk" --run 'nbdinfo --map "$uri"' > $tmp/map.
 cat $tmp/map.ours
 diff -u $tmp/map.file $tmp/map.ours
 
-# Size, read-only, multi-conn and the description.
-nbdkit -U - $(plugin_args) file="$disk" --run 'nbdinfo --json "$uri"' > $tmp/info.json
-python3 - "$tmp/info.json" $size <<'PY'
+# Size, read-only (-r), multi-conn and the description; without -r the
+# export is writable (as with nbdkit-vddk-plugin), still multi-conn (its
+# connections share one VDDK handle).
+nbdkit -U - -r $(plugin_args) file="$disk" --run 'nbdinfo --json "$uri"' > $tmp/info.json
+nbdkit -U - $(plugin_args) file="$disk" --run 'nbdinfo --json "$uri"' > $tmp/info-rw.json
+python3 - "$tmp/info.json" "$tmp/info-rw.json" $size <<'PY'
 import json, sys
-info = json.load(open(sys.argv[1]))
-e = info["exports"][0]
-assert e["export-size"] == int(sys.argv[2]), e["export-size"]
+e = json.load(open(sys.argv[1]))["exports"][0]
+assert e["export-size"] == int(sys.argv[3]), e["export-size"]
 assert e["is_read_only"] is True, e
 assert e["can_multi_conn"] is True, e
 assert e["block_size_minimum"] == 512, e
-assert "full" in e.get("description", ""), e
+assert e.get("description", "").endswith(", full"), e
+w = json.load(open(sys.argv[2]))["exports"][0]
+assert w["is_read_only"] is False and w["can_multi_conn"] is True, w
+assert w["can_flush"] and w["can_fua"] and w["can_zero"] and not w["can_trim"], w
+assert w.get("description", "").endswith(", full, writable"), w
 PY
 
 # Bytes: nbdcopy and qemu-img against the flat file.

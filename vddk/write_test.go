@@ -33,14 +33,18 @@ func TestWriteAt(t *testing.T) {
 			want := make([]byte, size)
 			var wg sync.WaitGroup
 			var mu sync.Mutex
-			// Non-overlapping writes, many sharing sectors with their
-			// neighbours (the read-modify-write must not lose either).
-			for i := range 64 {
-				off := int64(i) * 16000
-				n := 7000 + i*97
+			// 64 writes covering [0, 1 MiB) without overlapping, their
+			// boundaries mostly inside sectors, so that neighbours share a
+			// sector (the read-modify-write must lose neither).
+			bound := func(i int) int64 {
 				if i%4 == 0 {
-					off, n = int64(i)*16384, 8192 // aligned
+					return int64(i) * 16384
 				}
+				return int64(i)*16384 + int64(i*97%512)
+			}
+			for i := range 64 {
+				off := bound(i)
+				n := int(bound(i+1) - off)
 				b := randomBytes(int64(100+i), n)
 				copy(want[off:], b)
 				wg.Add(1)

@@ -19,13 +19,20 @@ import (
 // The C front passes connection handles as uintptr_t: they are
 // runtime/cgo.Handle values (never 0), so C retains no Go pointer.
 
-// fail reports err to nbdkit and returns -1. A syscall.Errno inside err
-// becomes the errno sent to the client (EIO otherwise).
+// errnoer is an error that knows its errno (vddk.Error does).
+type errnoer interface{ Errno() syscall.Errno }
+
+// fail reports err to nbdkit and returns -1. The errno sent to the client
+// is that of an error in err's chain with an Errno method, else a
+// syscall.Errno in the chain, else EIO.
 func fail(op string, err error) C.int {
 	Error(err.Error())
 	errno := syscall.EIO
 	var e syscall.Errno
-	if errors.As(err, &e) {
+	var en errnoer
+	if errors.As(err, &en) {
+		errno = en.Errno()
+	} else if errors.As(err, &e) {
 		errno = e
 	}
 	SetError(errno)
@@ -84,6 +91,13 @@ func sendense_go_config_complete() (ret C.int) {
 func sendense_go_after_fork() (ret C.int) {
 	defer guard("after_fork", &ret)
 	return status("after_fork", thePlugin.AfterFork())
+}
+
+//export sendense_go_debug
+func sendense_go_debug(name *C.char, value C.int) {
+	var ret C.int
+	defer guard("debug", &ret)
+	thePlugin.Debug(C.GoString(name), int(value))
 }
 
 //export sendense_go_unload
@@ -149,6 +163,40 @@ func sendense_go_pread(h C.uintptr_t, buf unsafe.Pointer, count C.uint32_t, offs
 	// buf is nbdkit's C memory: the plugin reads straight into it.
 	b := unsafe.Slice((*byte)(buf), int(count))
 	return status("pread", conn(h).PRead(b, uint64(offset), uint32(flags)))
+}
+
+//export sendense_go_can_write
+func sendense_go_can_write(h C.uintptr_t) (ret C.int) {
+	defer guard("can_write", &ret)
+	ok, err := conn(h).CanWrite()
+	return boolResult("can_write", ok, err)
+}
+
+//export sendense_go_pwrite
+func sendense_go_pwrite(h C.uintptr_t, buf unsafe.Pointer, count C.uint32_t, offset C.uint64_t, flags C.uint32_t) (ret C.int) {
+	defer guard("pwrite", &ret)
+	// buf is nbdkit's C memory: the plugin writes straight from it.
+	b := unsafe.Slice((*byte)(buf), int(count))
+	return status("pwrite", conn(h).PWrite(b, uint64(offset), uint32(flags)))
+}
+
+//export sendense_go_can_flush
+func sendense_go_can_flush(h C.uintptr_t) (ret C.int) {
+	defer guard("can_flush", &ret)
+	ok, err := conn(h).CanFlush()
+	return boolResult("can_flush", ok, err)
+}
+
+//export sendense_go_flush
+func sendense_go_flush(h C.uintptr_t, flags C.uint32_t) (ret C.int) {
+	defer guard("flush", &ret)
+	return status("flush", conn(h).Flush(uint32(flags)))
+}
+
+//export sendense_go_zero
+func sendense_go_zero(h C.uintptr_t, count C.uint32_t, offset C.uint64_t, flags C.uint32_t) (ret C.int) {
+	defer guard("zero", &ret)
+	return status("zero", conn(h).Zero(uint32(count), uint64(offset), uint32(flags)))
 }
 
 //export sendense_go_can_extents

@@ -26,10 +26,12 @@ const (
 	ExtentZero = C.NBDKIT_EXTENT_ZERO
 )
 
-// Request flags passed to PRead and Extents.
+// Request flags passed to the Connection methods.
 const (
-	FlagReqOne = C.NBDKIT_FLAG_REQ_ONE
-	FlagFUA    = C.NBDKIT_FLAG_FUA
+	FlagReqOne   = C.NBDKIT_FLAG_REQ_ONE
+	FlagFUA      = C.NBDKIT_FLAG_FUA
+	FlagMayTrim  = C.NBDKIT_FLAG_MAY_TRIM
+	FlagFastZero = C.NBDKIT_FLAG_FAST_ZERO
 )
 
 // Error reports msg through nbdkit_error.

@@ -9,6 +9,9 @@ type Plugin interface {
 	ConfigComplete() error
 	AfterFork() error
 	Unload()
+	// Debug receives nbdkit's -D sendense.NAME=VALUE flags the front
+	// knows (stats, datapath), after Config.
+	Debug(name string, value int)
 	Open(readonly bool) (Connection, error)
 }
 
@@ -21,6 +24,15 @@ type Connection interface {
 	BlockSize() (minimum, preferred, maximum uint32, err error)
 	// PRead fills buf entirely from offset.
 	PRead(buf []byte, offset uint64, flags uint32) error
+	CanWrite() (bool, error)
+	// PWrite writes all of buf at offset; FlagFUA in flags asks for it to
+	// be durable on return.
+	PWrite(buf []byte, offset uint64, flags uint32) error
+	CanFlush() (bool, error)
+	Flush(flags uint32) error
+	// Zero makes [offset, offset+count) read as zeroes (FlagFUA as for
+	// PWrite; FlagMayTrim may be ignored).
+	Zero(count uint32, offset uint64, flags uint32) error
 	CanExtents() (bool, error)
 	// Extents adds extents covering at least the first byte of
 	// [offset, offset+count) to e.
