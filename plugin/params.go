@@ -253,6 +253,9 @@ func (c *Config) Complete() error {
 		if c.VM == "" {
 			return fmt.Errorf("changeid= needs vm=moref=<moref> (vm=%s is not a moref)", c.VMXSpec)
 		}
+		if c.Cookie != "" {
+			return errors.New("changeid= logs in to the vSphere API with user= and password=: drop cookie=")
+		}
 	}
 	if c.ChangedAreasFile != "" {
 		areas, err := ReadChangedAreas(c.ChangedAreasFile)

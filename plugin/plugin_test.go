@@ -99,6 +99,8 @@ func TestConfigErrors(t *testing.T) {
 		{[]string{"file", "[ds] a.vmdk", "server", "vc", "user", "u", "password", "p", "vm", "moref=vm-1", "changeid", "*", "snapshot", "snapshot-1", "thumbprint", "xx"}, "not a SHA-1 thumbprint"},
 		{[]string{"file", "[ds] a.vmdk", "server", "vc", "user", "u", "password", "p", "vm", "[ds] vm/vm.vmx?dcPath=DC&dsName=ds", "changeid", "*", "snapshot", "snapshot-1",
 			"thumbprint", "aa:bb:cc:dd:ee:ff:00:11:22:33:44:55:66:77:88:99:aa:bb:cc:dd"}, "needs vm=moref="},
+		{[]string{"file", "[ds] a.vmdk", "server", "vc", "user", "u", "password", "p", "vm", "moref=vm-1", "changeid", "*", "snapshot", "snapshot-1",
+			"thumbprint", "aa:bb:cc:dd:ee:ff:00:11:22:33:44:55:66:77:88:99:aa:bb:cc:dd", "cookie", "c"}, "drop cookie="},
 		{[]string{"file", "[ds] a/b.vmdk"}, "names a datastore"},
 		{[]string{"file", "rel.img"}, "absolute path"},
 		{[]string{"file", "/d", "changeid", "52 3c/4"}, "needs a server"},
