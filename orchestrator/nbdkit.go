@@ -46,9 +46,10 @@ type NBDKit struct {
 }
 
 // args returns nbdkit's command line: everything but the password, which
-// comes from file descriptor 3.
+// comes from file descriptor 3. The export is read-only (-r): a backup
+// never writes the disk it reads.
 func (p *PluginSource) args(socket string) []string {
-	a := []string{"--exit-with-parent", "-f", "-U", socket}
+	a := []string{"--exit-with-parent", "-f", "-r", "-U", socket}
 	if p.Verbose {
 		a = append(a, "-v")
 	}
