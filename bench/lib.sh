@@ -5,6 +5,8 @@ plugin=$builddir/nbdkit-sendense-plugin.so
 fakevddk=$builddir/fakevddk
 sendense=$builddir/sendense
 export PATH="$builddir:/usr/bin:$PATH" LC_ALL=C
+# As sendense runs it: VDDK's directory in LD_LIBRARY_PATH (no re-execution).
+export LD_LIBRARY_PATH="$fakevddk/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 for f in "$plugin" "$fakevddk/lib64/libvixDiskLib.so.8" "$sendense"; do
     [ -e "$f" ] || { echo "$f is missing: run make first" >&2; exit 1; }
 done
