@@ -273,3 +273,134 @@ func TestFakeAsync(t *testing.T) {
 		t.Errorf("Wait or Close line wrong:\n%s", log)
 	}
 }
+
+// peerProbe uses the fake as nbdkit-vddk-plugin 1.32 does: resolve the
+// functions it requires by name, connect with parameters from
+// AllocateConnectParams pointing at strings it does not own (argv) and
+// give them back with FreeConnectParams, create a disk, write it with
+// Write and WriteAsync, Wait, Flush, read it back, query its allocation,
+// close and exit. The strict fake aborts on any misuse; a FreeConnectParams
+// that freed the strings would crash on the static ones.
+const peerProbe = `
+#include <dlfcn.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "vixdisklib.h"
+
+static void nolog (const char *fmt, va_list ap) { (void) fmt; (void) ap; }
+static int done_calls; static VixError done_err;
+static void done (void *data, VixError err) { (void) data; done_calls++; if (err) done_err = err; }
+static char user[] = "root", vm[] = "moref=vm-1";
+
+int main (int argc, char **argv) {
+  static const char *required[] = {
+    "VixDiskLib_InitEx", "VixDiskLib_Exit", "VixDiskLib_GetErrorText", "VixDiskLib_FreeErrorText",
+    "VixDiskLib_FreeConnectParams", "VixDiskLib_ConnectEx", "VixDiskLib_Open",
+    "VixDiskLib_GetTransportMode", "VixDiskLib_Close", "VixDiskLib_Disconnect", "VixDiskLib_GetInfo",
+    "VixDiskLib_FreeInfo", "VixDiskLib_Read", "VixDiskLib_Write", "VixDiskLib_Flush",
+    "VixDiskLib_ReadAsync", "VixDiskLib_WriteAsync", "VixDiskLib_Wait", "VixDiskLib_Create",
+    "VixDiskLib_AllocateConnectParams", "VixDiskLib_QueryAllocatedBlocks", "VixDiskLib_FreeBlockList",
+  };
+  void *dl = dlopen (argv[1], RTLD_NOW);
+  size_t i;
+  if (!dl) { printf ("dlopen=%s\n", dlerror ()); return 1; }
+  for (i = 0; i < sizeof required / sizeof required[0]; i++)
+    if (!dlsym (dl, required[i])) { printf ("missing=%s\n", required[i]); return 1; }
+#define F(name, ret, args) ret (*name) args = (ret (*) args) dlsym (dl, "VixDiskLib_" #name)
+  F (InitEx, VixError, (uint32_t, uint32_t, VixDiskLibGenericLogFunc *, VixDiskLibGenericLogFunc *,
+                           VixDiskLibGenericLogFunc *, const char *, const char *));
+  F (Exit, void, (void));
+  F (AllocateConnectParams, VixDiskLibConnectParams *, (void));
+  F (FreeConnectParams, void, (VixDiskLibConnectParams *));
+  F (ConnectEx, VixError, (const VixDiskLibConnectParams *, char, const char *, const char *, VixDiskLibConnection *));
+  F (Create, VixError, (VixDiskLibConnection, const char *, const VixDiskLibCreateParams *, void *, void *));
+  F (Open, VixError, (VixDiskLibConnection, const char *, uint32_t, VixDiskLibHandle *));
+  F (GetInfo, VixError, (VixDiskLibHandle, VixDiskLibInfo **));
+  F (FreeInfo, void, (VixDiskLibInfo *));
+  F (Write, VixError, (VixDiskLibHandle, uint64_t, uint64_t, const unsigned char *));
+  F (WriteAsync, VixError, (VixDiskLibHandle, uint64_t, uint64_t, const unsigned char *, VixDiskLibCompletionCB, void *));
+  F (Read, VixError, (VixDiskLibHandle, uint64_t, uint64_t, unsigned char *));
+  F (ReadAsync, VixError, (VixDiskLibHandle, uint64_t, uint64_t, unsigned char *, VixDiskLibCompletionCB, void *));
+  F (Wait, VixError, (VixDiskLibHandle));
+  F (Flush, VixError, (VixDiskLibHandle));
+  F (QueryAllocatedBlocks, VixError, (VixDiskLibHandle, uint64_t, uint64_t, uint64_t, VixDiskLibBlockList **));
+  F (FreeBlockList, VixError, (VixDiskLibBlockList *));
+  F (Close, VixError, (VixDiskLibHandle));
+  F (Disconnect, VixError, (VixDiskLibConnection));
+  VixDiskLibConnectParams *p;
+  VixDiskLibConnection c;
+  VixDiskLibHandle h;
+  VixDiskLibInfo *info;
+  VixDiskLibBlockList *bl;
+  VixDiskLibCreateParams cp = { .diskType = 1, .adapterType = 2, .hwVersion = 4, .capacity = 2048 };
+  static unsigned char w[65536], r[65536];
+
+  memset (w, 'W', sizeof w);
+  printf ("init=%llu\n", (unsigned long long) InitEx (6, 5, nolog, nolog, nolog, argv[3], NULL));
+  p = AllocateConnectParams ();
+  /* Strings that are not the fake's (static, argv), as nbdkit's; no
+   * serverName: a local connection.
+   */
+  p->vmxSpec = vm; p->credType = 1;
+  p->creds.uid.userName = user; p->creds.uid.password = argv[4];
+  printf ("connect=%llu\n", (unsigned long long) ConnectEx (p, 0, NULL, NULL, &c));
+  printf ("create=%llu\n", (unsigned long long) Create (c, argv[2], &cp, NULL, NULL));
+  printf ("open=%llu\n", (unsigned long long) Open (c, argv[2], 0, &h));
+  GetInfo (h, &info); printf ("capacity=%llu\n", (unsigned long long) info->capacity); FreeInfo (info);
+  printf ("write=%llu\n", (unsigned long long) Write (h, 0, 128, w));
+  printf ("writeasync=%llu\n", (unsigned long long) WriteAsync (h, 1024, 128, w, done, NULL));
+  printf ("wait=%llu\n", (unsigned long long) Wait (h));
+  printf ("flush=%llu\n", (unsigned long long) Flush (h));
+  printf ("readasync=%llu\n", (unsigned long long) ReadAsync (h, 1024, 128, r, done, NULL));
+  Wait (h);
+  printf ("async done=%d err=%llu same=%d\n", done_calls, (unsigned long long) done_err, memcmp (r, w, sizeof r) == 0);
+  printf ("read=%llu same=%d\n", (unsigned long long) Read (h, 0, 128, r), memcmp (r, w, sizeof r) == 0);
+  printf ("query=%llu", (unsigned long long) QueryAllocatedBlocks (h, 0, 2048, 128, &bl));
+  printf (" blocks=%u first=%llu+%llu\n", bl->numBlocks, (unsigned long long) bl->blocks[0].offset,
+          (unsigned long long) bl->blocks[0].length);
+  FreeBlockList (bl);
+  printf ("close=%llu\n", (unsigned long long) Close (h));
+  printf ("disconnect=%llu\n", (unsigned long long) Disconnect (c));
+  FreeConnectParams (p);
+  Exit ();
+  printf ("end\n");
+  return 0;
+}
+`
+
+func TestFakeAsNbdkitVddkUsesIt(t *testing.T) {
+	if _, err := exec.LookPath("gcc"); err != nil {
+		t.Skip("gcc is not installed")
+	}
+	dir := t.TempDir()
+	src := filepath.Join(dir, "probe.c")
+	os.WriteFile(src, []byte(peerProbe), 0o644)
+	bin := filepath.Join(dir, "probe")
+	wd, _ := os.Getwd()
+	if out, err := exec.Command("gcc", "-Wall", "-I", wd, "-o", bin, src, "-ldl").CombinedOutput(); err != nil {
+		t.Fatalf("gcc: %v\n%s", err, out)
+	}
+	log := filepath.Join(dir, "log")
+	cmd := exec.Command(bin, filepath.Join(fakeLibdir, "lib64", "libvixDiskLib.so.8"), filepath.Join(dir, "new.vmdk"), fakeLibdir, "pw")
+	cmd.Env = []string{"FAKEVDDK_LOG=" + log, "FAKEVDDK_STRICT=1"}
+	outb, err := cmd.CombinedOutput()
+	out := string(outb)
+	if err != nil {
+		t.Fatalf("probe: %v\n%s", err, out)
+	}
+	for _, want := range []string{
+		"init=0\n", "connect=0\n", "create=0\n", "open=0\n", "capacity=2048\n", "write=0\n",
+		"writeasync=25000\n", "wait=0\n", "flush=0\n", "readasync=25000\n", "async done=2 err=0 same=1\n",
+		"read=0 same=1\n", "query=0 blocks=2 first=0+128\n", "close=0\n", "disconnect=0\n", "end\n",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("probe output lacks %q:\n%s", want, out)
+		}
+	}
+	if l, _ := os.ReadFile(log); strings.Contains(string(l), "VIOLATION") {
+		t.Errorf("violations:\n%s", l)
+	}
+}
