@@ -9,6 +9,7 @@ import (
 	"errors"
 	"io"
 	"strconv"
+	"sync/atomic"
 	"unsafe"
 )
 
@@ -70,31 +71,39 @@ func (d *disk) ReadAt(p []byte, off int64) (int, error) {
 // read reads num sectors at start into buf, or with n > 0 bytes
 // [skip, skip+n) of sector start (num 1); d.mu held shared.
 func (d *disk) read(start, num uint64, buf unsafe.Pointer, skip, n uint32) error {
-	l := d.lib
 	c := d.c
 	bytes := num * SectorSize
 	if n > 0 {
 		bytes = uint64(n)
 	}
+	return d.transfer(&d.async, fnReadAsync, fnRead, start, num, bytes, func() C.struct_vdk_ret {
+		return C.vdk_disk_ReadAsync(c, C.uint64_t(start), C.uint64_t(num), buf, C.uint32_t(skip), C.uint32_t(n))
+	}, func() C.struct_vdk_ret {
+		return C.vdk_disk_Read(c, C.uint64_t(start), C.uint64_t(num), buf, C.uint32_t(skip), C.uint32_t(n))
+	})
+}
+
+// transfer makes one data call of num sectors at start: the asynchronous
+// one (asyncFn, doAsync) while *async holds, else the synchronous one;
+// the first VIX_E_NOT_SUPPORTED of the asynchronous call clears *async
+// for good and falls back. bytes is what the statistics count.
+func (d *disk) transfer(async *atomic.Bool, asyncFn, syncFn fnID, start, num, bytes uint64,
+	doAsync, doSync func() C.struct_vdk_ret) error {
 	args := func() string {
 		return "start=" + strconv.FormatUint(start, 10) + " num=" + strconv.FormatUint(num, 10)
 	}
-	if d.async.Load() {
+	if async.Load() {
 		if !d.usedAsync.Load() {
 			d.usedAsync.Store(true)
 		}
-		_, err := l.call(fnReadAsync, bytes, args, func() C.struct_vdk_ret {
-			return C.vdk_disk_ReadAsync(c, C.uint64_t(start), C.uint64_t(num), buf, C.uint32_t(skip), C.uint32_t(n))
-		})
+		_, err := d.lib.call(asyncFn, bytes, args, doAsync)
 		if !errors.Is(err, ErrNotSupported) {
 			return err
 		}
-		if d.async.CompareAndSwap(true, false) {
-			debugf("%s: %v: reading with VixDiskLib_Read", d.path, err)
+		if async.CompareAndSwap(true, false) {
+			debugf("%s: %v: using %s", d.path, err, fnNames[syncFn])
 		}
 	}
-	_, err := l.call(fnRead, bytes, args, func() C.struct_vdk_ret {
-		return C.vdk_disk_Read(c, C.uint64_t(start), C.uint64_t(num), buf, C.uint32_t(skip), C.uint32_t(n))
-	})
+	_, err := d.lib.call(syncFn, bytes, args, doSync)
 	return err
 }

@@ -6,9 +6,7 @@ package vddk
 import "C"
 
 import (
-	"errors"
 	"fmt"
-	"strconv"
 	"unsafe"
 )
 
@@ -87,29 +85,12 @@ func (d *disk) patch(s uint64, skip int, b []byte) error {
 
 // write writes num sectors at start from buf; d.mu held shared.
 func (d *disk) write(start, num uint64, buf unsafe.Pointer) error {
-	l := d.lib
 	c := d.c
-	args := func() string {
-		return "start=" + strconv.FormatUint(start, 10) + " num=" + strconv.FormatUint(num, 10)
-	}
-	if d.asyncWrite.Load() {
-		if !d.usedAsync.Load() {
-			d.usedAsync.Store(true)
-		}
-		_, err := l.call(fnWriteAsync, num*SectorSize, args, func() C.struct_vdk_ret {
-			return C.vdk_disk_WriteAsync(c, C.uint64_t(start), C.uint64_t(num), buf)
-		})
-		if !errors.Is(err, ErrNotSupported) {
-			return err
-		}
-		if d.asyncWrite.CompareAndSwap(true, false) {
-			debugf("%s: %v: writing with VixDiskLib_Write", d.path, err)
-		}
-	}
-	_, err := l.call(fnWrite, num*SectorSize, args, func() C.struct_vdk_ret {
+	return d.transfer(&d.asyncWrite, fnWriteAsync, fnWrite, start, num, num*SectorSize, func() C.struct_vdk_ret {
+		return C.vdk_disk_WriteAsync(c, C.uint64_t(start), C.uint64_t(num), buf)
+	}, func() C.struct_vdk_ret {
 		return C.vdk_disk_Write(c, C.uint64_t(start), C.uint64_t(num), buf)
 	})
-	return err
 }
 
 // Flush calls VixDiskLib_Wait then VixDiskLib_Flush with no request
