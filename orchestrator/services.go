@@ -20,7 +20,10 @@ type Services struct {
 	Plugin   string   // nbdkit-sendense-plugin.so path, or "sendense"
 	Reporter Reporter // nil: no progress
 	TempDir  string   // private sockets and files go below it ("": os.TempDir)
-	Verbose  bool     // nbdkit -v
+	// JobID names the job in its snapshot's owner marker ("": a new id
+	// per VM job). The agent sets its job's id.
+	JobID   string
+	Verbose bool // nbdkit -v
 
 	// AcceptNewHostKey writes unknown SSH host keys into known_hosts
 	// (--accept-new-host-key); changed ones are refused regardless.

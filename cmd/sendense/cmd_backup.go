@@ -37,6 +37,7 @@ type backupOptions struct {
 type copyTuning struct {
 	connections, requests int
 	requestSize, rate     string
+	cbtFault              string
 }
 
 func (f *copyTuning) register(fs *pflag.FlagSet) {
@@ -44,6 +45,7 @@ func (f *copyTuning) register(fs *pflag.FlagSet) {
 	fs.IntVar(&f.requests, "requests", 0, "`requests` in flight per connection ([copy] requests, default 64)")
 	fs.StringVar(&f.requestSize, "request-size", "", "largest request `size`, e.g. 256K ([copy] request_size)")
 	fs.StringVar(&f.rate, "rate", "", "bandwidth limit in bytes per second, e.g. 100M ([copy] rate; default unlimited)")
+	fs.StringVar(&f.cbtFault, "cbt-fault", "", "when the changed-blocks query of a disk fails: `full` copies that disk in full, fail fails the job ([cbt] fault, default full)")
 }
 
 func (f *copyTuning) apply(fs *pflag.FlagSet, c *config.Config) {
@@ -55,6 +57,7 @@ func (f *copyTuning) apply(fs *pflag.FlagSet, c *config.Config) {
 	}
 	setString(fs, "request-size", &c.Copy.RequestSize, f.requestSize)
 	setString(fs, "rate", &c.Copy.Rate, f.rate)
+	setString(fs, "cbt-fault", &c.CBT.Fault, f.cbtFault)
 }
 
 func (o *backupOptions) AddFlags(fs *pflag.FlagSet) {
@@ -137,11 +140,25 @@ EXAMPLES
   sendense backup --repo ssh://sendense@cp.example.com/srv/backups \
       --ssh-key /etc/sendense/id_ed25519 db01
 
+When a changed-blocks query fails (a CBT fault), that disk is backed up in
+full and the reason printed ([cbt] fault = "full", --cbt-fault=full); with
+--cbt-fault=fail the backup fails instead and the next one of that disk is
+full.
+
+SIGINT or SIGTERM stops the backups: each removes its snapshot and keeps
+nothing ("backup of VM interrupted: snapshot S removed, nothing kept"),
+unless it had already committed its restore point ("backup ID of VM was
+committed before the interrupt"). Writing to a closed stdout or stderr
+(sendense backup --json VM | head) never stops a backup: the output is
+discarded from then on.
+
 EXIT STATUS
-  0    every VM was backed up
-  1    a backup failed (the others may have succeeded)
+  0    every VM was backed up (also when an interrupt came after every
+       backup had committed)
+  1    a backup failed (the others may have succeeded), or an interrupt
+       came after some backups had committed and before the others did
   2    bad flags, arguments or configuration
-  130  interrupted (SIGINT or SIGTERM): nothing of the running backups was kept`,
+  130  interrupted (SIGINT or SIGTERM) and nothing of the run was kept`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cfg, err := o.config(cmd)
@@ -197,11 +214,19 @@ func runBackup(ctx context.Context, cfg *config.Config, o backupOptions, vms []s
 	pr := newJobProgress(gopts, o.progress, stdout, stderr)
 	s, err := newServices(ctx, cfg, o.vddk.plugin, pr)
 	if err != nil {
+		if ctx.Err() != nil {
+			return &codedError{exitInterrupted, fmt.Errorf("interrupted before connecting to vCenter: nothing kept")}
+		}
 		return err
 	}
-	defer s.Client.Close(context.WithoutCancel(ctx))
+	// Closed before the outcome is decided: an interrupt while logging
+	// out comes after the backups, which it does not undo.
+	closeServices := sync.OnceFunc(func() {
+		s.CloseTunnels()
+		s.Client.Close(context.WithoutCancel(ctx))
+	})
+	defer closeServices()
 	s.AcceptNewHostKey = o.tunnel.acceptNewHostKey
-	defer s.CloseTunnels()
 	opt := orchestrator.BackupOptions{
 		Repo:                 cfg.Repository.Path,
 		Full:                 o.full,
@@ -212,13 +237,15 @@ func runBackup(ctx context.Context, cfg *config.Config, o backupOptions, vms []s
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var failed []error
-	for _, vm := range vms {
+	outcomes := make([]jobOutcome, len(vms))
+	for i, vm := range vms {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			sem <- struct{}{}
 			defer func() { <-sem }()
 			report, err := orchestrator.Backup(ctx, s, vm, opt)
+			outcomes[i] = jobOutcome{vm, report, err}
 			if report == nil {
 				pr.finish(nil, nil, err)
 			} else {
@@ -232,9 +259,10 @@ func runBackup(ctx context.Context, cfg *config.Config, o backupOptions, vms []s
 		}()
 	}
 	wg.Wait()
+	closeServices()
 	switch {
 	case ctx.Err() != nil:
-		return ctx.Err()
+		return interrupted("backup", outcomes, stderr)
 	case len(failed) == 1:
 		return failed[0]
 	case len(failed) > 1:

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -117,7 +118,7 @@ EXAMPLES
 		fmt.Fprintf(w, "Name:        %s\nPath:        %s\nMoref:       %s\nPower state: %s\nCBT:         %s (supported: %v)\nSnapshots:   %d\n",
 			info.Name, info.Path, info.Moref, info.CBT.PowerState, onOff(info.CBT.Enabled), info.CBT.Supported, info.CBT.Snapshots)
 		for _, s := range info.Snapshots {
-			fmt.Fprintf(w, "  snapshot %s  %s  %s\n", s.Moref, s.Name, s.Created.Format("2006-01-02 15:04:05"))
+			fmt.Fprintf(w, "  snapshot %s  %s  %s%s\n", s.Moref, s.Name, s.Created.Format("2006-01-02 15:04:05"), snapshotNote(s))
 		}
 		t := newTable(w)
 		fmt.Fprintln(t, "\nKEY\tLABEL\tCAPACITY\tFILE\tUUID")
@@ -150,13 +151,21 @@ EXAMPLES
 			return err
 		}
 		if gopts.JSON {
+			foreign := orchestrator.ForeignSnapshots(info.Snapshots)
+			if foreign == nil {
+				foreign = []cbt.Snapshot{}
+			}
 			return printJSON(w, "cbt_status", struct {
 				VM string `json:"vm"`
 				cbt.CBTStatus
-			}{info.Path, info.CBT})
+				Foreign []cbt.Snapshot `json:"foreign_snapshots"`
+			}{info.Path, info.CBT, foreign})
 		}
 		fmt.Fprintf(w, "%s: CBT %s (supported: %v, power: %s, snapshots: %d)\n",
 			info.Path, onOff(info.CBT.Enabled), info.CBT.Supported, info.CBT.PowerState, info.CBT.Snapshots)
+		for _, s := range orchestrator.ForeignSnapshots(info.Snapshots) {
+			fmt.Fprintf(w, "  snapshot %s  %s%s\n", s.Moref, s.Name, snapshotNote(s))
+		}
 		return nil
 	})
 	enable := vcenterCommand(&cobra.Command{
@@ -221,4 +230,15 @@ EXAMPLES
 	})
 	cmd.AddCommand(status, enable, reset)
 	return cmd
+}
+
+// snapshotNote says whose a snapshot is, when sendense has a say.
+func snapshotNote(s cbt.Snapshot) string {
+	switch {
+	case s.Foreign:
+		return "  (foreign: named like a sendense job's but without its owner marker; never removed by sendense)"
+	case s.Owner != nil:
+		return fmt.Sprintf("  (sendense job %s, pid %d, started %s)", s.Owner.Job, s.Owner.PID, s.Owner.Started.Format(time.RFC3339))
+	}
+	return ""
 }

@@ -63,6 +63,15 @@ func (s *Server) newJob(ctx context.Context, req *StartRequest) (*job, *apiError
 	if aerr != nil {
 		return nil, aerr
 	}
+	for key, uri := range targets {
+		field := "targets"
+		if key == "" {
+			field = "target"
+		}
+		if aerr := s.authz.target(s.cfg, uri, field); aerr != nil {
+			return nil, aerr
+		}
+	}
 	typ := req.BackupType
 	switch typ {
 	case "":
@@ -81,7 +90,7 @@ func (s *Server) newJob(ctx context.Context, req *StartRequest) (*job, *apiError
 	case dir == "":
 		dir = s.cfg.Repository.Path
 	default:
-		if aerr := checkRepoLocation(dir, `invalid field "repository"`); aerr != nil {
+		if aerr := s.authz.repository(s.cfg, dir, `invalid field "repository"`); aerr != nil {
 			return nil, aerr
 		}
 	}
@@ -268,8 +277,9 @@ func checkRepoLocation(loc, what string) *apiError {
 }
 
 // checkRepoDir refuses, before queueing, a repository directory a backup
-// could not use: a file, or a non-empty directory that is not a
-// repository. A missing or empty directory becomes a new repository.
+// could not use: a file, or a non-empty directory (dot-files count) that
+// is not a repository. A missing or empty directory becomes a new
+// repository (checked again when the job runs).
 func checkRepoDir(dir string) *apiError {
 	st, err := os.Stat(dir)
 	switch {
@@ -283,8 +293,8 @@ func checkRepoDir(dir string) *apiError {
 	if _, err := os.Stat(filepath.Join(dir, repo.RepoFileName)); err == nil {
 		return nil
 	}
-	if entries, err := os.ReadDir(dir); err == nil && !repo.EmptyDir(entries) {
-		return errorf(http.StatusBadRequest, `invalid field "repository"`, "%s is not empty and is not a sendense repository (it has no %s)", dir, repo.RepoFileName)
+	if entries, err := os.ReadDir(dir); err == nil && orchestrator.NotEmpty(entries) != "" {
+		return errorf(http.StatusBadRequest, `invalid field "repository"`, "%s is not empty (it holds %s) and is not a sendense repository (it has no %s): the API creates repositories only in missing or empty directories", dir, orchestrator.NotEmpty(entries), repo.RepoFileName)
 	}
 	return nil
 }

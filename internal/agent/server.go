@@ -72,6 +72,7 @@ type Server struct {
 	history  int
 	stateDir string
 	token    *tokenAuth // nil: --insecure-no-auth
+	authz    *authz
 	tlsCfg   *tls.Config
 	window   window
 	started  time.Time
@@ -118,6 +119,12 @@ func New(opts Options) (*Server, error) {
 	}
 	if err := s.setupListenSecurity(); err != nil {
 		return nil, &ConfigError{err}
+	}
+	if s.authz, err = newAuthz(cfg); err != nil {
+		return nil, &ConfigError{err}
+	}
+	if _, err := cfg.State.Lease(); err != nil {
+		return nil, &ConfigError{fmt.Errorf("[state] snapshot_lease: %w", err)}
 	}
 	if s.stateDir, err = StateDir(cfg.API.StateDir); err != nil {
 		return nil, &ConfigError{err}
@@ -192,6 +199,7 @@ func (s *Server) runBackup(ctx context.Context, j *job) (*orchestrator.BackupRep
 		Full:                 j.Type == TypeFull,
 		Quiesce:              j.Quiesce,
 		AllowCrashConsistent: j.AllowCrashConsistent,
+		InitOnlyEmpty:        true,
 	}
 	vm := j.VM.Moref
 	j.mu.Unlock()
@@ -206,6 +214,7 @@ func (s *Server) jobServices(j *job) (*orchestrator.Services, error) {
 	}
 	svc := *base
 	svc.Reporter = jobReporter{s: s, j: j}
+	svc.JobID = j.ID                // in the owner marker of the job's snapshot
 	svc.Tunnels = s.rev.tun.Tunnels // one SSH connection for the API and the jobs
 	return &svc, nil
 }
