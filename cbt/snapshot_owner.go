@@ -8,6 +8,9 @@ import (
 	"regexp"
 	"strings"
 	"time"
+
+	"github.com/sendense/capture/internal/procid"
+	"github.com/sendense/capture/internal/version"
 )
 
 // OwnerFormat is the version of the owner marker (SnapshotOwner's
@@ -36,6 +39,26 @@ var (
 	ownerBoot    = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
 	ownerVersion = regexp.MustCompile(`^[A-Za-z0-9.+~_-]{1,64}$`)
 )
+
+// NewSnapshotOwner is the marker of a snapshot that job (an id matching
+// [A-Za-z0-9][A-Za-z0-9._-]*), started at started, of this process takes.
+// It fails when the process cannot identify itself (no /proc): then a
+// snapshot it leaves behind can only be removed by hand.
+func NewSnapshotOwner(job string, started time.Time) (SnapshotOwner, error) {
+	me, err := procid.Current()
+	if err != nil {
+		return SnapshotOwner{}, err
+	}
+	v := strings.Map(func(r rune) rune {
+		if r < 0x80 && (r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune(".+~_-", r)) {
+			return r
+		}
+		return '_'
+	}, version.Version)
+	o := SnapshotOwner{Format: OwnerFormat, Job: job, Host: me.Host, Boot: me.Boot, PID: me.PID, PIDStart: me.Start,
+		Started: started.UTC().Truncate(time.Second), Version: v}
+	return o, o.check()
+}
 
 // maxOwnerLength bounds a description taken for a marker.
 const maxOwnerLength = 1024

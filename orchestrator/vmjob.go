@@ -19,7 +19,6 @@ import (
 	"github.com/sendense/capture/internal/config"
 	"github.com/sendense/capture/internal/lockfile"
 	"github.com/sendense/capture/internal/procid"
-	"github.com/sendense/capture/internal/version"
 )
 
 // SnapshotPrefix starts the name of every snapshot a job takes. A later
@@ -330,13 +329,11 @@ func (j *vmJob) fullAfterFault(p *diskPlan, why string) {
 // cannot identify itself (then a snapshot left behind is never removed
 // by a later job).
 func (j *vmJob) owner() string {
-	me, err := procid.Current()
+	o, err := cbt.NewSnapshotOwner(j.id, j.started)
 	if err != nil {
-		slog.Warn("cannot identify this process for the snapshot's owner marker: a snapshot this job leaves behind must be removed by hand", "err", err)
+		slog.Warn("cannot make the snapshot's owner marker: a snapshot this job leaves behind must be removed by hand", "err", err)
 		return ""
 	}
-	o := cbt.SnapshotOwner{Format: cbt.OwnerFormat, Job: j.id, Host: me.Host, Boot: me.Boot, PID: me.PID, PIDStart: me.Start,
-		Started: j.started.UTC().Truncate(time.Second), Version: safeName(version.Version)}
 	return o.Description()
 }
 

@@ -118,9 +118,15 @@ backed up in full again when CBT cannot vouch for the changes (CBT reset or
 enabled again, disk resized or replaced, previous image missing, a failed
 changed-blocks query); the reason is printed.
 
-The snapshot is removed whatever happens (success, error, SIGINT, SIGTERM),
-and snapshots named sendense-* left by a crash are removed first. A backup
-that fails leaves the previous restore points as they were.
+The snapshot is removed whatever happens (success, error, SIGINT, SIGTERM).
+Its description records its owner (job, host, process); a snapshot left by
+a job that died (SIGKILL, a crash) is removed by the next job, and only
+such a one: a user's snapshot, even named sendense-*, or a running job's is
+never touched. One job per VM per vCenter runs at a time on a host: a second
+one fails at once ("VM is busy"); the locks are in [state] dir
+($SENDENSE_STATE_DIR, default /var/lib/sendense). See
+docs/snapshots-and-locks.md. A backup that fails leaves the previous restore
+points as they were.
 
 The repository may be on the control plane: --repo ssh://[user@]host[:port]/path
 (the same format; qemu-img and qemu-nbd run there, the data goes through the

@@ -97,7 +97,10 @@ func newVMCommand() *cobra.Command {
 		Use:   "info VM",
 		Short: "Show a VM's specifications and disk layout",
 		Long: `Show a virtual machine's identity, power state, CBT state, snapshots and
-disks (device key, label, capacity, backing file, UUID).
+disks (device key, label, capacity, backing file, UUID). A snapshot a
+sendense job took shows its job and process; one named sendense-* without
+sendense's owner marker is "foreign": a user's, never removed by a job
+(see docs/snapshots-and-locks.md).
 
 VM is a managed object id (vm-42), an inventory path (/DC/vm/folder/name)
 or a unique name.
@@ -139,7 +142,8 @@ func newCBTCommand() *cobra.Command {
 		Use:   "status VM",
 		Short: "Show whether CBT is enabled and each disk's current changeId",
 		Long: `Show the Changed Block Tracking state of a VM: enabled, supported, power
-state, and the changeId of each disk (when the VM has snapshots).
+state, and the changeId of each disk (when the VM has snapshots), and the
+foreign snapshots: named sendense-* but not made by a sendense job.
 
 EXAMPLES
   sendense cbt status lab-small

@@ -25,13 +25,14 @@ type StartRequest struct {
 	// previous backup exists; when a disk must be full anyway, an
 	// incremental job says so in its notices instead of failing.
 	BackupType string `json:"backup_type"`
-	// Repository is the repository directory (absolute; default
-	// [repository] path).
+	// Repository is the repository: [repository] path (the default) or an
+	// entry of [api] allowed_repositories (authz.go).
 	Repository string `json:"repository"`
 	// Target (or TargetEndpoint, the product sheet's name) makes the job a
 	// replication of a single-disk VM into that NBD target (nbd://,
 	// nbd+unix://, ssh://); Targets maps disk keys to targets for VMs
-	// with several disks. Mutually exclusive with Repository.
+	// with several disks. Each must be in [api] allowed_targets. Mutually
+	// exclusive with Repository.
 	Target         string            `json:"target"`
 	TargetEndpoint string            `json:"target_endpoint"`
 	Targets        map[string]string `json:"targets"`
