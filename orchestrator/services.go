@@ -20,10 +20,7 @@ type Services struct {
 	Plugin   string   // nbdkit-sendense-plugin.so path, or "sendense"
 	Reporter Reporter // nil: no progress
 	TempDir  string   // private sockets and files go below it ("": os.TempDir)
-	// JobID names the job in its snapshot's owner marker ("": a new id
-	// per VM job). The agent sets its job's id.
-	JobID   string
-	Verbose bool // nbdkit -v
+	Verbose  bool     // nbdkit -v
 
 	// AcceptNewHostKey writes unknown SSH host keys into known_hosts
 	// (--accept-new-host-key); changed ones are refused regardless.
@@ -31,6 +28,9 @@ type Services struct {
 	// Tunnels are the SSH tunnels jobs share (copies of Services share
 	// them too); nil: created on first use.
 	Tunnels *TunnelPool
+	// JobID names the job in its snapshot's owner marker ("": a new id
+	// per VM job). The agent sets its job's id.
+	JobID string
 }
 
 // Preflight checks, before any snapshot is taken, that the tools a job

@@ -208,17 +208,8 @@ func (b *backupLab) backupIDs(vm string) []string {
 // snapshots returns the names of vm's snapshots.
 func (b *backupLab) snapshots(vm string) []string {
 	b.t.Helper()
-	ctx := context.Background()
-	v, err := b.client.FindVM(ctx, vm)
-	if err != nil {
-		b.t.Fatal(err)
-	}
-	snaps, err := b.client.Snapshots(ctx, v)
-	if err != nil {
-		b.t.Fatal(err)
-	}
 	var names []string
-	for _, s := range snaps {
+	for _, s := range b.vmSnapshots(vm) {
 		names = append(names, s.Name)
 	}
 	return names

@@ -139,13 +139,6 @@ VM is a managed object id (vm-42), an inventory path (/DC/vm/folder/name)
 or a unique name. Several VMs are backed up [backup] max_concurrent_vms at a
 time; the disks of a VM [backup] max_concurrent_disks at a time.
 
-EXAMPLES
-  sendense backup --repo /srv/backups /DC0/vm/db01
-  sendense backup --config /etc/sendense/sendense.toml --quiesce db01 web01
-  sendense backup --repo /srv/backups --full --json db01 | jq .
-  sendense backup --repo ssh://sendense@cp.example.com/srv/backups \
-      --ssh-key /etc/sendense/id_ed25519 db01
-
 When a changed-blocks query fails (a CBT fault), that disk is backed up in
 full and the reason printed ([cbt] fault = "full", --cbt-fault=full); with
 --cbt-fault=fail the backup fails instead and the next one of that disk is
@@ -157,6 +150,13 @@ unless it had already committed its restore point ("backup ID of VM was
 committed before the interrupt"). Writing to a closed stdout or stderr
 (sendense backup --json VM | head) never stops a backup: the output is
 discarded from then on.
+
+EXAMPLES
+  sendense backup --repo /srv/backups /DC0/vm/db01
+  sendense backup --config /etc/sendense/sendense.toml --quiesce db01 web01
+  sendense backup --repo /srv/backups --full --json db01 | jq .
+  sendense backup --repo ssh://sendense@cp.example.com/srv/backups \
+      --ssh-key /etc/sendense/id_ed25519 db01
 
 EXIT STATUS
   0    every VM was backed up (also when an interrupt came after every
