@@ -272,3 +272,42 @@ func TestKeyPathsInAnswers(t *testing.T) {
 		t.Errorf("the failed job names the key by path or not by fingerprint: %s", body)
 	}
 }
+
+// TestRecordedJobsRecheck: jobs recorded before a restart are held to the
+// new configuration: a queued job whose repository or target is no longer
+// allowed fails with the 403's message and touches nothing.
+func TestRecordedJobsRecheck(t *testing.T) {
+	e := newEnv(t, []lab.VMSpec{webVM})
+	gone := filepath.Join(e.dir, "no-longer-allowed")
+	srv, err := New(Options{Config: e.cfg, Connect: connectFunc(e.cfg), Logger: testLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vm, err := e.client.FindVM(context.Background(), "web")
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	backup := &Job{ID: newJobID(now), Kind: KindBackup, VMPath: "web", VM: *vm, Type: TypeAuto, Repo: gone,
+		State: StateQueued, Phase: phaseQueued, Created: now}
+	repl := &Job{ID: newJobID(now.Add(time.Second)), Kind: KindReplicate, VMPath: "web", VM: *vm, Type: TypeAuto,
+		Targets: map[string]string{"": "nbd://127.0.0.1:1/x"}, State: StateQueued, Phase: phaseQueued, Created: now.Add(time.Second)}
+	for _, j := range []*Job{backup, repl} {
+		if err := srv.store.put(j); err != nil {
+			t.Fatal(err)
+		}
+	}
+	srv.Close()
+
+	a := e.start()
+	for _, id := range []string{backup.ID, repl.ID} {
+		v := a.wait(id, time.Minute, nil)
+		if v.State != StateFailed || !strings.Contains(v.Error, "not allowed") {
+			t.Fatalf("recorded job %s: %s %q", id, v.State, v.Error)
+		}
+	}
+	if _, err := os.Lstat(gone); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("%s was created: %v", gone, err)
+	}
+	e.noSnapshots("web")
+}

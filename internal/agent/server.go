@@ -203,6 +203,12 @@ func (s *Server) runBackup(ctx context.Context, j *job) (*orchestrator.BackupRep
 	}
 	vm := j.VM.Moref
 	j.mu.Unlock()
+	// A job recorded before a restart is held to today's configuration.
+	if opt.Repo != s.cfg.Repository.Path {
+		if aerr := s.authz.repository(s.cfg, opt.Repo, "repository"); aerr != nil {
+			return nil, aerr
+		}
+	}
 	return orchestrator.Backup(ctx, svc, vm, opt)
 }
 
@@ -235,6 +241,10 @@ func (s *Server) runReplicate(ctx context.Context, j *job) (*orchestrator.Report
 		AllowCrashConsistent: j.AllowCrashConsistent,
 	}
 	for key, uri := range j.Targets {
+		if aerr := s.authz.target(s.cfg, uri, "target"); aerr != nil {
+			j.mu.Unlock()
+			return nil, aerr // a job recorded before a restart, no longer allowed
+		}
 		if key == "" {
 			opt.Target = uri
 			continue
