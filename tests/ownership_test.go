@@ -132,6 +132,19 @@ func waitCopying(t *testing.T, b *backupLab, vm string, n int, j *job) {
 	t.Fatal("the job never started copying")
 }
 
+// waitReached waits until the job calls the paused vSphere method.
+func waitReached(t *testing.T, reached <-chan struct{}, j *job, method string) {
+	t.Helper()
+	select {
+	case <-reached:
+	case <-j.done:
+		code, stderr := j.wait(t)
+		t.Fatalf("the job ended (exit %d) before %s: %s", code, method, stderr)
+	case <-time.After(2 * time.Minute):
+		t.Fatalf("the job never called %s", method)
+	}
+}
+
 func names(snaps []cbt.Snapshot) string {
 	var n []string
 	for _, s := range snaps {
@@ -142,7 +155,8 @@ func names(snaps []cbt.Snapshot) string {
 
 var slowVM = lab.VMSpec{Name: "web", PowerOn: true, CBT: true, Disks: []lab.DiskSpec{{Capacity: 32 * mib, Data: 8 * mib, Seed: 3}}}
 
-const slowReads = "FAKEVDDK_READ_DELAY_US=60000"
+// slowReads makes each read of the fake VDDK take 100 ms (one at a time).
+const slowReads = "FAKEVDDK_READ_DELAY_US=100000"
 
 // TestConcurrentBackupsOneVM: two backups of one VM, with different
 // TMPDIRs and the vCenter spelt 127.0.0.1 and localhost: the second fails
@@ -176,8 +190,12 @@ func TestConcurrentBackupsOneVM(t *testing.T) {
 		}
 	}()
 
-	a := b.start([]string{slowReads, "TMPDIR=" + t.TempDir()}, "backup", "web")
-	waitCopying(t, b, "web", 1, a)
+	// The first backup waits in its snapshot's removal (every disk copied)
+	// while the second one runs.
+	reached, release := b.Pause("RemoveSnapshot")
+	defer release()
+	a := b.start([]string{"TMPDIR=" + t.TempDir()}, "backup", "web")
+	waitReached(t, reached, a, "RemoveSnapshot")
 	second := b.start([]string{"TMPDIR=" + t.TempDir(), "SENDENSE_VCENTER_URL=" + u.String(), "SENDENSE_REPOSITORY=" + repoB}, "backup", "web")
 	code, stderr := second.wait(t)
 	if code != 1 || !strings.Contains(stderr, "VM is busy") || !strings.Contains(stderr, "backup of web") ||
@@ -188,8 +206,9 @@ func TestConcurrentBackupsOneVM(t *testing.T) {
 		t.Fatalf("the second backup created its repository: %v", err)
 	}
 	if n := len(b.vmSnapshots("web")); n != 1 {
-		t.Fatalf("%d snapshots while the first backup copies", n)
+		t.Fatalf("%d snapshots while the first backup runs", n)
 	}
+	release()
 	if code, stderr := a.wait(t); code != 0 {
 		t.Fatalf("the first backup: exit %d, %s", code, stderr)
 	}
@@ -246,12 +265,15 @@ func TestSnapshotOwnership(t *testing.T) {
 		t.Errorf("vm info does not show the foreign snapshots:\n%s", text)
 	}
 
-	// kill -9 mid-copy: the snapshot stays, with the job's owner marker.
+	// kill -9 (while it queries the changed blocks): the snapshot stays,
+	// with the job's owner marker.
 	b.write("web", 2000, 0, mib, 9)
-	killed := b.start([]string{slowReads}, "backup", "web")
-	waitCopying(t, b, "web", 4, killed)
+	reached, release := b.Pause("QueryChangedDiskAreas")
+	killed := b.start(nil, "backup", "web")
+	waitReached(t, reached, killed, "QueryChangedDiskAreas")
 	killed.cmd.Process.Kill()
 	killed.wait(t)
+	release() // the dead job's query: harmless
 	var left *cbt.Snapshot
 	for _, s := range b.vmSnapshots("web") {
 		if s.Owner != nil && s.Owner.PID == killed.cmd.Process.Pid {
@@ -265,8 +287,10 @@ func TestSnapshotOwnership(t *testing.T) {
 	// A live job's snapshot: a second job that does not share the first
 	// one's lock ([state] dir) must leave it alone (it fails afterwards:
 	// its own snapshot is refused, it backs up into another repository).
-	first := b.start([]string{slowReads}, "backup", "web")
-	waitCopying(t, b, "web", 4, first) // the killed job's went, the first job's came
+	reached, release = b.Pause("QueryChangedDiskAreas")
+	defer release()
+	first := b.start(nil, "backup", "web")
+	waitReached(t, reached, first, "QueryChangedDiskAreas") // the killed job's snapshot went, the first job's came
 	for _, s := range b.vmSnapshots("web") {
 		if s.Moref == left.Moref {
 			t.Fatalf("the dead job's snapshot %s (%s) is still there: %s", left.Name, left.Moref, names(b.vmSnapshots("web")))
@@ -284,6 +308,7 @@ func TestSnapshotOwnership(t *testing.T) {
 	if n := len(b.vmSnapshots("web")); n != 4 {
 		t.Fatalf("the live job's snapshot was touched: %s", names(b.vmSnapshots("web")))
 	}
+	release()
 	if code, stderr := first.wait(t); code != 0 {
 		t.Fatalf("the live job failed: exit %d: %s", code, stderr)
 	}
@@ -344,7 +369,7 @@ func TestBackupSIGINTPhases(t *testing.T) {
 		t.Run(strings.ReplaceAll(tc.phase, " ", "_"), func(t *testing.T) {
 			b.t = t
 			before := b.backupIDs("web")
-			b.write("web", 2000, 4*mib, mib, uint64(len(before)))
+			b.write("web", 2000, 4*mib, 4*mib, uint64(len(before))) // 4 MiB: copying takes a while with slow reads
 			env := []string{}
 			var release func()
 			var reached <-chan struct{}
@@ -356,14 +381,7 @@ func TestBackupSIGINTPhases(t *testing.T) {
 			}
 			j := b.start(env, "backup", "web")
 			if tc.pause != "" {
-				select {
-				case <-reached:
-				case <-j.done:
-					_, stderr := j.wait(t)
-					t.Fatalf("the backup ended before %s: %s", tc.pause, stderr)
-				case <-time.After(time.Minute):
-					t.Fatalf("the backup never called %s", tc.pause)
-				}
+				waitReached(t, reached, j, tc.pause)
 			} else {
 				waitCopying(t, b, "web", 1, j)
 			}
