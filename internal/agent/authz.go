@@ -52,6 +52,9 @@ func newAuthz(cfg *config.Config) (*authz, error) {
 		a.tunnel = fmt.Sprintf("%s@%s:%d", t.User, strings.ToLower(t.Host), t.Port)
 	}
 	if p := cfg.Repository.Path; p != "" {
+		if !orchestrator.IsRemoteRepository(p) {
+			p, _ = filepath.Abs(p) // as the jobs will open it
+		}
 		canon, err := a.canonRepo(cfg, p)
 		if err != nil {
 			return nil, fmt.Errorf("[repository] path: %w", err)

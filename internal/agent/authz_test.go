@@ -311,3 +311,22 @@ func TestRecordedJobsRecheck(t *testing.T) {
 	}
 	e.noSnapshots("web")
 }
+
+// TestKeyRedactor: the key's path in its spellings becomes its
+// fingerprint; a bare file name is left alone.
+func TestKeyRedactor(t *testing.T) {
+	cfg := config.Defaults()
+	cfg.Tunnel.Key = "/etc/sendense/ssh/id key"
+	r := keyRedactor(cfg)
+	got := r.Replace(`{"error":"ssh key /etc/sendense/ssh/id key: denied","detail":"offered: SHA256:x from /etc/sendense/ssh/id key.pub"}`)
+	if strings.Contains(got, "/etc/sendense") || strings.Count(got, "the [tunnel] key") != 2 {
+		t.Fatalf("redacted: %s", got)
+	}
+	cfg.Tunnel.Key = "id"
+	if got := keyRedactor(cfg).Replace(`{"job_id":"x"}`); got != `{"job_id":"x"}` {
+		t.Fatalf("a bare file name garbled the answer: %s", got)
+	}
+	if keyRedactor(config.Defaults()) != nil {
+		t.Fatal("a redactor without a key")
+	}
+}

@@ -21,16 +21,21 @@ func keyRedactor(cfg *config.Config) *strings.Replacer {
 	if key == "" {
 		return nil
 	}
-	paths := map[string]bool{key: true}
+	// The path as given and as the tunnel expands it; a bare file name
+	// ("id") is left alone: replacing it would garble answers.
+	paths := map[string]bool{}
+	if strings.Contains(key, "/") {
+		paths[key] = true
+	}
+	exp := key
 	if strings.HasPrefix(key, "~/") {
 		if home, err := os.UserHomeDir(); err == nil {
-			paths[filepath.Join(home, key[2:])] = true
+			exp = filepath.Join(home, key[2:])
+			paths[exp] = true
 		}
 	}
-	for p := range paths {
-		if abs, err := filepath.Abs(p); err == nil {
-			paths[abs] = true
-		}
+	if abs, err := filepath.Abs(exp); err == nil {
+		paths[abs] = true
 	}
 	name := "the [tunnel] key"
 	if fp := keyFingerprint(key); fp != "" {
