@@ -201,6 +201,9 @@ func pluginPath(flag string) string {
 
 // newServices logs in to vCenter and gathers what jobs share.
 func newServices(ctx context.Context, cfg *config.Config, plugin string, rep orchestrator.Reporter) (*orchestrator.Services, error) {
+	if _, err := orchestrator.StateDir(cfg); err != nil { // the VM locks: fail before any job
+		return nil, &codedError{exitUsage, err}
+	}
 	client, cred, err := orchestrator.Connect(ctx, cfg)
 	if err != nil {
 		return nil, err

@@ -126,6 +126,9 @@ func New(opts Options) (*Server, error) {
 	if _, err := cfg.State.Lease(); err != nil {
 		return nil, &ConfigError{fmt.Errorf("[state] snapshot_lease: %w", err)}
 	}
+	if _, err := orchestrator.StateDir(cfg); err != nil { // the VM locks every job takes
+		return nil, &ConfigError{err}
+	}
 	if s.stateDir, err = StateDir(cfg.API.StateDir); err != nil {
 		return nil, &ConfigError{err}
 	}
