@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/vmware/govmomi/fault"
@@ -47,6 +48,9 @@ type Client struct {
 	rt   *sessionRT
 	host string
 	user string
+
+	idMu sync.Mutex
+	id   string // ServerID
 }
 
 // serverURL turns Config.Server and Config.Port into the SDK URL.

@@ -20,11 +20,19 @@ type Snapshot struct {
 	Created     time.Time `json:"created"`
 	Parent      string    `json:"parent,omitempty"` // moref of the parent snapshot
 	Current     bool      `json:"current,omitempty"`
+	// Owner is the job that took the snapshot, when its description is a
+	// valid owner marker (SnapshotOwner).
+	Owner *SnapshotOwner `json:"owner,omitempty"`
+	// Foreign marks a snapshot named like a job's ("sendense-*") that
+	// carries no valid owner marker: no job ever removes it. Set by the
+	// orchestrator.
+	Foreign bool `json:"foreign,omitempty"`
 }
 
 func flattenSnapshots(tree []types.VirtualMachineSnapshotTree, parent string, cur *types.ManagedObjectReference) []Snapshot {
 	var out []Snapshot
 	for _, t := range tree {
+		owner, _ := ParseSnapshotOwner(t.Description)
 		out = append(out, Snapshot{
 			Moref:       t.Snapshot.Value,
 			Name:        t.Name,
@@ -32,14 +40,16 @@ func flattenSnapshots(tree []types.VirtualMachineSnapshotTree, parent string, cu
 			Created:     t.CreateTime,
 			Parent:      parent,
 			Current:     cur != nil && *cur == t.Snapshot,
+			Owner:       owner,
 		})
 		out = append(out, flattenSnapshots(t.ChildSnapshotList, t.Snapshot.Value, cur)...)
 	}
 	return out
 }
 
-// Snapshots lists the snapshots of vm, parents before children. The
-// orchestrator uses it to remove stale "sendense-*" snapshots.
+// Snapshots lists the snapshots of vm, parents before children, with
+// their owner markers. The orchestrator uses it to remove the snapshots
+// of dead jobs.
 func (c *Client) Snapshots(ctx context.Context, vm *VM) ([]Snapshot, error) {
 	var m mo.VirtualMachine
 	if err := property.DefaultCollector(c.vc).RetrieveOne(ctx, vm.Reference(), []string{"snapshot"}, &m); err != nil {

@@ -3,6 +3,7 @@ package cbt
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/property"
@@ -102,7 +103,11 @@ func (c *Client) ResetCBT(ctx context.Context, vm *VM) (notice string, err error
 // stun creates and removes a snapshot, which makes vSphere apply CBT
 // changes to a running VM.
 func (c *Client) stun(ctx context.Context, vm *VM) error {
-	s, err := c.CreateSnapshot(ctx, vm, "sendense-cbt-reset", "temporary snapshot to apply a CBT change", false, false)
+	desc := "temporary snapshot to apply a CBT change"
+	if o, err := NewSnapshotOwner("cbt-reset-"+time.Now().UTC().Format("20060102T150405Z"), time.Now()); err == nil {
+		desc = o.Description() // a crash leaves it to the next job to remove
+	}
+	s, err := c.CreateSnapshot(ctx, vm, "sendense-cbt-reset", desc, false, false)
 	if err != nil {
 		return err
 	}

@@ -18,6 +18,9 @@ type BackupOptions struct {
 	Full                 bool   // full backup of every disk, whatever CBT says
 	Quiesce              bool   // quiesced (application-consistent) snapshot
 	AllowCrashConsistent bool   // fall back to a crash-consistent snapshot when quiescing fails
+	// InitOnlyEmpty creates a new repository only in a missing or truly
+	// empty directory (dot-files count): API jobs.
+	InitOnlyEmpty bool
 }
 
 // BackupReport is the outcome of a backup of one VM.
@@ -44,7 +47,11 @@ func Backup(ctx context.Context, s *Services, vmSpec string, opt BackupOptions) 
 		return nil, err
 	}
 	defer vj.close()
-	r, err := OpenOrInitRepository(ctx, s, opt.Repo)
+	open := OpenOrInitRepository
+	if opt.InitOnlyEmpty {
+		open = OpenOrInitEmptyRepository
+	}
+	r, err := open(ctx, s, opt.Repo)
 	if err != nil {
 		return nil, err
 	}
@@ -53,7 +60,7 @@ func Backup(ctx context.Context, s *Services, vmSpec string, opt BackupOptions) 
 		report: &BackupReport{Kind: KindBackup, VM: vj.vm.Name, Moref: vj.vm.Moref, Started: started, Repo: opt.Repo}}
 	err = j.run(ctx)
 	j.report.Seconds = time.Since(started).Seconds()
-	j.report.Notices = j.takeNotices()
+	vj.finish(j.report)
 	if err != nil {
 		return j.report, fmt.Errorf("backup of %s: %w", vj.vm.Name, err)
 	}
@@ -136,7 +143,11 @@ func (j *backupJob) run(ctx context.Context) error {
 	}
 	snapRemoved = true
 
-	// Commit the restore point, which records the new changeIds.
+	// Commit the restore point, which records the new changeIds, unless
+	// the job was interrupted before: then nothing is kept.
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	m := &repo.Manifest{
 		VM:       vmRef,
 		Snapshot: repo.SnapshotRef{Moref: snap, Name: snapName, Quiesced: quiesced},
@@ -183,13 +194,20 @@ func (j *backupJob) plan(ctx context.Context, pending *repo.Pending, prev *repo.
 				return nil, fmt.Errorf("disk %d (%s): the previous backup's image cannot be the base of an incremental: %w; run 'sendense verify %s', or start a new chain with --full", d.Key, d.Label, err, j.vm.Name)
 			}
 			if err := j.queryChanges(ctx, snap, p); err != nil {
-				// CBT rule 2: a query fault makes the next backup of this disk full.
+				if !j.cbtFault(ctx, err) {
+					return nil, fmt.Errorf("disk %d (%s): querying changed blocks since %s: %w", d.Key, d.Label, p.base, err)
+				}
+				// CBT rule 2: a query fault makes this disk full (or, with
+				// [cbt] fault = "fail", its next backup).
 				_, why := cbt.NeedFull(prevState, d.State(), err)
 				state.ForceFull[d.Key] = why
 				if werr := pending.WriteState(state); werr != nil {
 					slog.Warn("recording that the next backup must be full", "err", werr)
 				}
-				return nil, fmt.Errorf("disk %d (%s): querying changed blocks since %s: %w; the next backup of this disk will be full", d.Key, d.Label, p.base, err)
+				if j.s.Config.CBT.Fault == "fail" {
+					return nil, fmt.Errorf("disk %d (%s): querying changed blocks since %s: %w; the next backup of this disk will be full ([cbt] fault = \"fail\", --cbt-fault)", d.Key, d.Label, p.base, err)
+				}
+				j.fullAfterFault(p, why)
 			}
 		} else if prevImg != nil || j.opt.Full {
 			j.notice("disk %d (%s): full backup: %s", d.Key, d.Label, p.reason)

@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/sendense/capture/internal/childenv"
 	"github.com/sendense/capture/internal/tailbuf"
 )
 
@@ -82,7 +83,7 @@ func (p *PluginSource) args(socket string) []string {
 func StartNBDKit(ctx context.Context, p PluginSource, dir, name string) (*NBDKit, error) {
 	socket := filepath.Join(dir, name+".sock")
 	cmd := exec.Command("nbdkit", p.args(socket)...)
-	cmd.Env = append(os.Environ(), "LD_LIBRARY_PATH="+joinPath(filepath.Join(p.Libdir, "lib64"), os.Getenv("LD_LIBRARY_PATH")))
+	cmd.Env = childenv.Environ("LD_LIBRARY_PATH=" + joinPath(filepath.Join(p.Libdir, "lib64"), os.Getenv("LD_LIBRARY_PATH")))
 	stderr := tailbuf.New(16 << 10)
 	cmd.Stderr = stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}

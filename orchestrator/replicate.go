@@ -91,7 +91,7 @@ func Replicate(ctx context.Context, s *Services, vmSpec string, opt ReplicateOpt
 		report: &ReplicateReport{Kind: KindReplicate, VM: vj.vm.Name, Moref: vj.vm.Moref, Started: started, StateFile: opt.StateFile}}
 	err = j.run(ctx)
 	j.report.Seconds = time.Since(started).Seconds()
-	j.report.Notices = j.takeNotices()
+	vj.finish(j.report)
 	if err != nil {
 		return j.report, fmt.Errorf("replication of %s: %w", vj.vm.Name, err)
 	}
@@ -146,6 +146,9 @@ func (j *replicateJob) run(ctx context.Context) error {
 		return err
 	}
 	snapRemoved = true
+	if err := ctx.Err(); err != nil { // interrupted: nothing recorded
+		return err
+	}
 	err = updateReplicationState(ctx, j.opt.StateFile, func(st *ReplicationState) {
 		for _, p := range plans {
 			d := p.disk
@@ -214,6 +217,9 @@ func (j *replicateJob) plan(ctx context.Context, state *ReplicationState, snap s
 		}
 		if !p.full {
 			if err := j.queryChanges(ctx, snap, p); err != nil {
+				if !j.cbtFault(ctx, err) {
+					return nil, fmt.Errorf("disk %d (%s): querying changed blocks since %s: %w", d.Key, d.Label, p.base, err)
+				}
 				_, why := cbt.NeedFull(prev.diskState(), d.State(), err)
 				if uerr := updateReplicationState(ctx, j.opt.StateFile, func(st *ReplicationState) {
 					if t := st.Targets[target]; t != nil {
@@ -222,7 +228,10 @@ func (j *replicateJob) plan(ctx context.Context, state *ReplicationState, snap s
 				}); uerr != nil {
 					j.notice("recording that the next replication of disk %d must be full: %v", d.Key, uerr)
 				}
-				return nil, fmt.Errorf("disk %d (%s): querying changed blocks since %s: %w; the next replication of this disk will be full", d.Key, d.Label, p.base, err)
+				if j.s.Config.CBT.Fault == "fail" {
+					return nil, fmt.Errorf("disk %d (%s): querying changed blocks since %s: %w; the next replication of this disk will be full ([cbt] fault = \"fail\", --cbt-fault)", d.Key, d.Label, p.base, err)
+				}
+				j.fullAfterFault(p, why)
 			}
 		} else if prev != nil {
 			j.notice("disk %d (%s): full copy to %s: %s", d.Key, d.Label, target, p.reason)

@@ -26,6 +26,10 @@ type Report struct {
 	BytesRead uint64       `json:"bytes_read"`
 	Copied    uint64       `json:"bytes_copied"`
 	Capacity  uint64       `json:"capacity"`
+
+	// SnapshotLeft is the job's snapshot when it could not be removed
+	// (the next job of the VM removes it).
+	SnapshotLeft string `json:"snapshot_left,omitempty"`
 }
 
 // summarise fills the report's totals and level.

@@ -2,8 +2,11 @@ package orchestrator
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"net/url"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -61,17 +64,40 @@ func ParseRepositoryURL(location string) (*url.URL, error) {
 // remote side are errors saying what to do. Close the repository, then
 // the services' tunnels (s.CloseTunnels), when done.
 func OpenRepository(ctx context.Context, s *Services, location string) (*repo.Repo, error) {
-	return openRepository(ctx, s, location, false)
+	return openRepository(ctx, s, location, openOnly)
 }
 
 // OpenOrInitRepository is OpenRepository that creates the repository
 // when its directory does not exist or is empty (what a backup does).
 func OpenOrInitRepository(ctx context.Context, s *Services, location string) (*repo.Repo, error) {
-	return openRepository(ctx, s, location, true)
+	return openRepository(ctx, s, location, openOrInit)
 }
 
-func openRepository(ctx context.Context, s *Services, location string, create bool) (*repo.Repo, error) {
+// OpenOrInitEmptyRepository is OpenOrInitRepository that creates the
+// repository only in a missing or truly empty directory: a directory
+// holding anything, dot-files included, that is not a repository is
+// refused. Jobs started through the agent's API use it.
+func OpenOrInitEmptyRepository(ctx context.Context, s *Services, location string) (*repo.Repo, error) {
+	return openRepository(ctx, s, location, openOrInitEmpty)
+}
+
+// openMode says whether openRepository may create the repository.
+type openMode int
+
+const (
+	openOnly        openMode = iota
+	openOrInit               // in a missing or empty directory (dot-files ignored)
+	openOrInitEmpty          // in a missing or truly empty directory
+)
+
+func openRepository(ctx context.Context, s *Services, location string, mode openMode) (*repo.Repo, error) {
+	create := mode != openOnly
 	if !IsRemoteRepository(location) {
+		if mode == openOrInitEmpty {
+			if err := checkInitEmpty(repo.Local, location); err != nil {
+				return nil, err
+			}
+		}
 		if create {
 			return repo.OpenOrInitFS(ctx, repo.Local, qemu.Default, location)
 		}
@@ -88,6 +114,12 @@ func openRepository(ctx context.Context, s *Services, location string, create bo
 	}
 	tools := qemu.New(h)
 	var r *repo.Repo
+	if mode == openOrInitEmpty {
+		if err := checkInitEmpty(h, u.Path); err != nil {
+			h.Close()
+			return nil, err
+		}
+	}
 	if create {
 		r, err = repo.OpenOrInitFS(ctx, h, tools, u.Path)
 	} else {
@@ -111,4 +143,40 @@ func serverReconnector(srv *qemu.Server) Reconnector {
 		defer cancel()
 		return srv.Reconnect(ctx)
 	}
+}
+
+// checkInitEmpty refuses to let a repository be created in dir when dir
+// holds anything, dot-files included, and is not a repository already.
+// Only another job's atomic write of the repository file is allowed.
+func checkInitEmpty(fsys repo.FS, dir string) error {
+	abs, err := fsys.Abs(dir)
+	if err != nil {
+		return err
+	}
+	entries, err := fsys.ReadDir(abs)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil
+	case err != nil:
+		return fmt.Errorf("repository %s: %w", dir, err)
+	}
+	if _, err := fsys.Lstat(filepath.Join(abs, repo.RepoFileName)); err == nil {
+		return nil
+	}
+	if name := NotEmpty(entries); name != "" {
+		return fmt.Errorf("%s is not empty (it holds %s) and is not a sendense repository: a repository is created only in a missing or empty directory", dir, name)
+	}
+	return nil
+}
+
+// NotEmpty returns the first entry that keeps a directory from being
+// empty for OpenOrInitEmptyRepository, "" if none: any entry, dot-files
+// included, but another job's atomic write of the repository file.
+func NotEmpty(entries []fs.DirEntry) string {
+	for _, e := range entries {
+		if !strings.HasPrefix(e.Name(), "."+repo.RepoFileName+".tmp-") {
+			return e.Name()
+		}
+	}
+	return ""
 }

@@ -28,6 +28,9 @@ type Services struct {
 	// Tunnels are the SSH tunnels jobs share (copies of Services share
 	// them too); nil: created on first use.
 	Tunnels *TunnelPool
+	// JobID names the job in its snapshot's owner marker ("": a new id
+	// per VM job). The agent sets its job's id.
+	JobID string
 }
 
 // Preflight checks, before any snapshot is taken, that the tools a job

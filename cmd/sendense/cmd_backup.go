@@ -37,6 +37,7 @@ type backupOptions struct {
 type copyTuning struct {
 	connections, requests int
 	requestSize, rate     string
+	cbtFault              string
 }
 
 func (f *copyTuning) register(fs *pflag.FlagSet) {
@@ -44,6 +45,7 @@ func (f *copyTuning) register(fs *pflag.FlagSet) {
 	fs.IntVar(&f.requests, "requests", 0, "`requests` in flight per connection ([copy] requests, default 64)")
 	fs.StringVar(&f.requestSize, "request-size", "", "largest request `size`, e.g. 256K ([copy] request_size)")
 	fs.StringVar(&f.rate, "rate", "", "bandwidth limit in bytes per second, e.g. 100M ([copy] rate; default unlimited)")
+	fs.StringVar(&f.cbtFault, "cbt-fault", "", "when the changed-blocks query of a disk fails: `full` copies that disk in full, fail fails the job ([cbt] fault, default full)")
 }
 
 func (f *copyTuning) apply(fs *pflag.FlagSet, c *config.Config) {
@@ -55,6 +57,7 @@ func (f *copyTuning) apply(fs *pflag.FlagSet, c *config.Config) {
 	}
 	setString(fs, "request-size", &c.Copy.RequestSize, f.requestSize)
 	setString(fs, "rate", &c.Copy.Rate, f.rate)
+	setString(fs, "cbt-fault", &c.CBT.Fault, f.cbtFault)
 }
 
 func (o *backupOptions) AddFlags(fs *pflag.FlagSet) {
@@ -115,9 +118,15 @@ backed up in full again when CBT cannot vouch for the changes (CBT reset or
 enabled again, disk resized or replaced, previous image missing, a failed
 changed-blocks query); the reason is printed.
 
-The snapshot is removed whatever happens (success, error, SIGINT, SIGTERM),
-and snapshots named sendense-* left by a crash are removed first. A backup
-that fails leaves the previous restore points as they were.
+The snapshot is removed whatever happens (success, error, SIGINT, SIGTERM).
+Its description records its owner (job, host, process); a snapshot left by
+a job that died (SIGKILL, a crash) is removed by the next job, and only
+such a one: a user's snapshot, even named sendense-*, or a running job's is
+never touched. One job per VM per vCenter runs at a time on a host: a second
+one fails at once ("VM is busy"); the locks are in [state] dir
+($SENDENSE_STATE_DIR, default /var/lib/sendense). See
+docs/snapshots-and-locks.md. A backup that fails leaves the previous restore
+points as they were.
 
 The repository may be on the control plane: --repo ssh://[user@]host[:port]/path
 (the same format; qemu-img and qemu-nbd run there, the data goes through the
@@ -130,6 +139,18 @@ VM is a managed object id (vm-42), an inventory path (/DC/vm/folder/name)
 or a unique name. Several VMs are backed up [backup] max_concurrent_vms at a
 time; the disks of a VM [backup] max_concurrent_disks at a time.
 
+When a changed-blocks query fails (a CBT fault), that disk is backed up in
+full and the reason printed ([cbt] fault = "full", --cbt-fault=full); with
+--cbt-fault=fail the backup fails instead and the next one of that disk is
+full.
+
+SIGINT or SIGTERM stops the backups: each removes its snapshot and keeps
+nothing ("backup of VM interrupted: snapshot S removed, nothing kept"),
+unless it had already committed its restore point ("backup ID of VM was
+committed before the interrupt"). Writing to a closed stdout or stderr
+(sendense backup --json VM | head) never stops a backup: the output is
+discarded from then on.
+
 EXAMPLES
   sendense backup --repo /srv/backups /DC0/vm/db01
   sendense backup --config /etc/sendense/sendense.toml --quiesce db01 web01
@@ -138,10 +159,12 @@ EXAMPLES
       --ssh-key /etc/sendense/id_ed25519 db01
 
 EXIT STATUS
-  0    every VM was backed up
-  1    a backup failed (the others may have succeeded)
+  0    every VM was backed up (also when an interrupt came after every
+       backup had committed)
+  1    a backup failed (the others may have succeeded), or an interrupt
+       came after some backups had committed and before the others did
   2    bad flags, arguments or configuration
-  130  interrupted (SIGINT or SIGTERM): nothing of the running backups was kept`,
+  130  interrupted (SIGINT or SIGTERM) and nothing of the run was kept`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cfg, err := o.config(cmd)
@@ -178,6 +201,9 @@ func pluginPath(flag string) string {
 
 // newServices logs in to vCenter and gathers what jobs share.
 func newServices(ctx context.Context, cfg *config.Config, plugin string, rep orchestrator.Reporter) (*orchestrator.Services, error) {
+	if _, err := orchestrator.StateDir(cfg); err != nil { // the VM locks: fail before any job
+		return nil, &codedError{exitUsage, err}
+	}
 	client, cred, err := orchestrator.Connect(ctx, cfg)
 	if err != nil {
 		return nil, err
@@ -197,11 +223,19 @@ func runBackup(ctx context.Context, cfg *config.Config, o backupOptions, vms []s
 	pr := newJobProgress(gopts, o.progress, stdout, stderr)
 	s, err := newServices(ctx, cfg, o.vddk.plugin, pr)
 	if err != nil {
+		if ctx.Err() != nil {
+			return &codedError{exitInterrupted, fmt.Errorf("interrupted before connecting to vCenter: nothing kept")}
+		}
 		return err
 	}
-	defer s.Client.Close(context.WithoutCancel(ctx))
+	// Closed before the outcome is decided: an interrupt while logging
+	// out comes after the backups, which it does not undo.
+	closeServices := sync.OnceFunc(func() {
+		s.CloseTunnels()
+		s.Client.Close(context.WithoutCancel(ctx))
+	})
+	defer closeServices()
 	s.AcceptNewHostKey = o.tunnel.acceptNewHostKey
-	defer s.CloseTunnels()
 	opt := orchestrator.BackupOptions{
 		Repo:                 cfg.Repository.Path,
 		Full:                 o.full,
@@ -212,13 +246,15 @@ func runBackup(ctx context.Context, cfg *config.Config, o backupOptions, vms []s
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var failed []error
-	for _, vm := range vms {
+	outcomes := make([]jobOutcome, len(vms))
+	for i, vm := range vms {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			sem <- struct{}{}
 			defer func() { <-sem }()
 			report, err := orchestrator.Backup(ctx, s, vm, opt)
+			outcomes[i] = jobOutcome{vm, report, err}
 			if report == nil {
 				pr.finish(nil, nil, err)
 			} else {
@@ -232,9 +268,10 @@ func runBackup(ctx context.Context, cfg *config.Config, o backupOptions, vms []s
 		}()
 	}
 	wg.Wait()
+	closeServices()
 	switch {
 	case ctx.Err() != nil:
-		return ctx.Err()
+		return interrupted("backup", outcomes, stderr)
 	case len(failed) == 1:
 		return failed[0]
 	case len(failed) > 1:

@@ -14,7 +14,6 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
-	"golang.org/x/term"
 
 	"github.com/sendense/capture/internal/copier"
 	"github.com/sendense/capture/internal/units"
@@ -277,10 +276,7 @@ func newCopyProgress(enabled bool, gopts globalOptions, stdout, stderr io.Writer
 	return p
 }
 
-func copyIsTerminal(w io.Writer) bool {
-	f, ok := w.(*os.File)
-	return ok && term.IsTerminal(int(f.Fd()))
-}
+func copyIsTerminal(w io.Writer) bool { return isTerminal(w) }
 
 // copyStatus is a "status" JSON line.
 type copyStatus struct {

@@ -139,7 +139,8 @@ With --env FILE it also writes them as shell assignments:
 
   SENDENSE_VCENTER_URL, SENDENSE_VCENTER_USER, SENDENSE_VCENTER_PASSWORD_FILE,
   SENDENSE_VCENTER_THUMBPRINT, SENDENSE_VDDK_LIBDIR, FAKEVDDK_ROOT,
-  SENDENSE_LAB_SOCKET, SENDENSE_LAB_DIR, SENDENSE_LAB_CA_FILE
+  SENDENSE_LAB_SOCKET, SENDENSE_LAB_DIR, SENDENSE_LAB_CA_FILE,
+  SENDENSE_STATE_DIR (the lab directory's state/: jobs' VM locks)
 
 The subcommands act on a running lab through its control socket
 (--socket, default $SENDENSE_LAB_SOCKET). See docs/lab.md.
@@ -193,6 +194,10 @@ type labReady struct {
 	VDDKLibDir string `json:"vddk_libdir"`
 	Socket     string `json:"socket"`
 	EnvFile    string `json:"env_file,omitempty"`
+	// StateDir is the [state] dir the env file sets: the VM locks of jobs
+	// against this lab (whose vCenter is new at every start), in the lab
+	// directory, so that any user can run backups against the lab.
+	StateDir string `json:"state_dir"`
 }
 
 func (r labReady) Write(w io.Writer) {
@@ -205,6 +210,7 @@ func (r labReady) Write(w io.Writer) {
 	fmt.Fprintf(w, "  VDDK libdir:    %s (the fake VDDK)\n", r.VDDKLibDir)
 	fmt.Fprintf(w, "  FAKEVDDK_ROOT:  %s\n", r.DatastoreRoot)
 	fmt.Fprintf(w, "  control socket: %s\n", r.Socket)
+	fmt.Fprintf(w, "  state dir:      %s (SENDENSE_STATE_DIR: the VM locks of jobs)\n", r.StateDir)
 	if r.EnvFile != "" {
 		fmt.Fprintf(w, "  env file:       %s\n", r.EnvFile)
 	}
@@ -236,6 +242,7 @@ func (r labReady) envFile() string {
 		{"SENDENSE_LAB_SOCKET", r.Socket},
 		{"SENDENSE_LAB_DIR", filepath.Dir(r.PasswordFile)},
 		{"SENDENSE_LAB_CA_FILE", r.CAFile},
+		{"SENDENSE_STATE_DIR", r.StateDir},
 	} {
 		fmt.Fprintf(&b, "export %s=%s\n", kv[0], shellQuote(kv[1]))
 	}
@@ -308,7 +315,11 @@ func runLab(ctx context.Context, opts labOptions, gopts globalOptions, stdout, s
 	go func() { served <- l.Serve(serveCtx, ln) }()
 	defer func() { stopServe(); <-served }()
 
-	ready := labReady{MessageType: "status", Info: l.Info(), VDDKLibDir: libdir, Socket: sock, EnvFile: envPath}
+	ready := labReady{MessageType: "status", Info: l.Info(), VDDKLibDir: libdir, Socket: sock, EnvFile: envPath,
+		StateDir: filepath.Join(l.Dir(), "state")}
+	if _, err := os.Lstat(ready.StateDir); os.IsNotExist(err) {
+		defer os.RemoveAll(ready.StateDir) // made by the jobs: the lab's
+	}
 	if envPath != "" {
 		if err := atomicfile.WriteFile(envPath, []byte(ready.envFile()), 0o644); err != nil {
 			return fmt.Errorf("--env: %w", err)

@@ -67,11 +67,16 @@ EXAMPLES
                                  --disk 2001=nbd+unix:///?socket=/run/vol2.sock
   sendense replicate db01 --target ssh://sendense@control/run/sendense/db01.sock
 
+When a changed-blocks query fails (a CBT fault), that disk is copied in full
+and the reason printed (--cbt-fault=fail fails instead). SIGINT or SIGTERM
+stops the replication: the snapshot is removed and the state file is not
+updated, so the next run copies again whatever this one had written.
+
 EXIT STATUS
-  0    every disk was replicated
+  0    every disk was replicated (also when an interrupt came after that)
   1    the replication failed (the targets' recorded changeIds did not advance)
   2    bad flags, arguments or configuration
-  130  interrupted (SIGINT or SIGTERM)`,
+  130  interrupted (SIGINT or SIGTERM): the state file was not updated`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cfg, err := loadConfig(cmd)
@@ -158,16 +163,22 @@ func runReplicate(ctx context.Context, cfg *config.Config, o replicateOptions, o
 	pr := newJobProgress(gopts, o.progress, stdout, stderr)
 	s, err := newServices(ctx, cfg, o.vddk.plugin, pr)
 	if err != nil {
+		if ctx.Err() != nil {
+			return &codedError{exitInterrupted, fmt.Errorf("interrupted before connecting to vCenter: nothing recorded")}
+		}
 		return err
 	}
-	defer s.Client.Close(context.WithoutCancel(ctx))
 	s.AcceptNewHostKey = o.tunnel.acceptNewHostKey
-	defer s.CloseTunnels()
 	report, err := orchestrator.Replicate(ctx, s, vm, opt)
 	if report == nil {
 		pr.finish(nil, nil, err)
 	} else {
 		pr.finish(report, replicateSummary(report), err)
+	}
+	s.CloseTunnels()
+	s.Client.Close(context.WithoutCancel(ctx))
+	if ctx.Err() != nil {
+		return interrupted("replication", []jobOutcome{{vm, report, err}}, stderr)
 	}
 	return err
 }

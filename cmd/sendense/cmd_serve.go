@@ -112,9 +112,15 @@ an active job is refused with 409), and only inside [performance]
 backup_window unless the request says "force": true.
 
 Every request needs 'Authorization: Bearer TOKEN', TOKEN being the content
-of [api] token_file (--token-file). The API listens on 127.0.0.1:8081 by
-default, where the control plane reaches it through the SSH tunnel's
-reverse forward; any other address needs TLS (--tls-cert, --tls-key).
+of [api] token_file (--token-file), a file only the agent's user may read.
+The API listens on 127.0.0.1:8081 by default, where the control plane
+reaches it through the SSH tunnel's reverse forward; any other address
+needs TLS (--tls-cert, --tls-key).
+
+A request may name only the configured repositories ([repository] path,
+[api] allowed_repositories) and replication targets ([api] allowed_targets),
+ssh:// ones only on the [tunnel] host; anything else is refused (403)
+before any file, directory or connection is made. See docs/api.md.
 
 The job history is kept in [api] state_dir/agent.db. A job that was running
 when the agent died is marked failed ("interrupted by an agent restart")
@@ -133,8 +139,9 @@ EXIT STATUS
   0  stopped by SIGTERM or SIGINT (running jobs canceled cleanly)
   1  the agent could not serve (address in use, state directory locked by
      another agent, job store unreadable)
-  2  bad flags or configuration (no token file, TLS files, a non-loopback
-     address without TLS, backup window, vCenter settings)`,
+  2  bad flags or configuration (no token file or one other users may
+     read, TLS files, a non-loopback address without TLS, backup window,
+     allow lists, vCenter settings)`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cfg, err := o.config(cmd)
@@ -178,7 +185,7 @@ func runServe(ctx context.Context, cfg *config.Config, o serveOptions, stdout, s
 		return err
 	}
 	if cfg.Repository.Path == "" {
-		log.Info("no default repository ([repository] path, --repo): every backup request must give \"repository\"")
+		log.Info("no default repository ([repository] path, --repo): every backup request must give \"repository\", one of [api] allowed_repositories")
 	}
 	return srv.ListenAndServe(ctx, func(addr net.Addr) {
 		scheme := "http"

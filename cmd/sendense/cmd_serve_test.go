@@ -73,6 +73,7 @@ func serveEnv(t *testing.T) (string, string) {
 		"SENDENSE_CONFIG": "", "SENDENSE_REPOSITORY": "", "SENDENSE_VCENTER_URL": "https://127.0.0.1:1/sdk",
 		"SENDENSE_VCENTER_USER": "u", "SENDENSE_VCENTER_PASSWORD_FILE": pw,
 		"SENDENSE_VCENTER_THUMBPRINT": strings.Repeat("AA:", 19) + "AA",
+		"SENDENSE_STATE_DIR":          filepath.Join(dir, "locks"),
 	} {
 		t.Setenv(k, v)
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -96,7 +97,10 @@ func newVMCommand() *cobra.Command {
 		Use:   "info VM",
 		Short: "Show a VM's specifications and disk layout",
 		Long: `Show a virtual machine's identity, power state, CBT state, snapshots and
-disks (device key, label, capacity, backing file, UUID).
+disks (device key, label, capacity, backing file, UUID). A snapshot a
+sendense job took shows its job and process; one named sendense-* without
+sendense's owner marker is "foreign": a user's, never removed by a job
+(see docs/snapshots-and-locks.md).
 
 VM is a managed object id (vm-42), an inventory path (/DC/vm/folder/name)
 or a unique name.
@@ -117,7 +121,7 @@ EXAMPLES
 		fmt.Fprintf(w, "Name:        %s\nPath:        %s\nMoref:       %s\nPower state: %s\nCBT:         %s (supported: %v)\nSnapshots:   %d\n",
 			info.Name, info.Path, info.Moref, info.CBT.PowerState, onOff(info.CBT.Enabled), info.CBT.Supported, info.CBT.Snapshots)
 		for _, s := range info.Snapshots {
-			fmt.Fprintf(w, "  snapshot %s  %s  %s\n", s.Moref, s.Name, s.Created.Format("2006-01-02 15:04:05"))
+			fmt.Fprintf(w, "  snapshot %s  %s  %s%s\n", s.Moref, s.Name, s.Created.Format("2006-01-02 15:04:05"), snapshotNote(s))
 		}
 		t := newTable(w)
 		fmt.Fprintln(t, "\nKEY\tLABEL\tCAPACITY\tFILE\tUUID")
@@ -138,7 +142,8 @@ func newCBTCommand() *cobra.Command {
 		Use:   "status VM",
 		Short: "Show whether CBT is enabled and each disk's current changeId",
 		Long: `Show the Changed Block Tracking state of a VM: enabled, supported, power
-state, and the changeId of each disk (when the VM has snapshots).
+state, and the changeId of each disk (when the VM has snapshots), and the
+foreign snapshots: named sendense-* but not made by a sendense job.
 
 EXAMPLES
   sendense cbt status lab-small
@@ -150,13 +155,21 @@ EXAMPLES
 			return err
 		}
 		if gopts.JSON {
+			foreign := orchestrator.ForeignSnapshots(info.Snapshots)
+			if foreign == nil {
+				foreign = []cbt.Snapshot{}
+			}
 			return printJSON(w, "cbt_status", struct {
 				VM string `json:"vm"`
 				cbt.CBTStatus
-			}{info.Path, info.CBT})
+				Foreign []cbt.Snapshot `json:"foreign_snapshots"`
+			}{info.Path, info.CBT, foreign})
 		}
 		fmt.Fprintf(w, "%s: CBT %s (supported: %v, power: %s, snapshots: %d)\n",
 			info.Path, onOff(info.CBT.Enabled), info.CBT.Supported, info.CBT.PowerState, info.CBT.Snapshots)
+		for _, s := range orchestrator.ForeignSnapshots(info.Snapshots) {
+			fmt.Fprintf(w, "  snapshot %s  %s%s\n", s.Moref, s.Name, snapshotNote(s))
+		}
 		return nil
 	})
 	enable := vcenterCommand(&cobra.Command{
@@ -221,4 +234,15 @@ EXAMPLES
 	})
 	cmd.AddCommand(status, enable, reset)
 	return cmd
+}
+
+// snapshotNote says whose a snapshot is, when sendense has a say.
+func snapshotNote(s cbt.Snapshot) string {
+	switch {
+	case s.Foreign:
+		return "  (foreign: named like a sendense job's but without its owner marker; never removed by sendense)"
+	case s.Owner != nil:
+		return fmt.Sprintf("  (sendense job %s, pid %d, started %s)", s.Owner.Job, s.Owner.PID, s.Owner.Started.Format(time.RFC3339))
+	}
+	return ""
 }

@@ -10,9 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/signal"
 	"strings"
-	"syscall"
 
 	"github.com/spf13/cobra"
 )
@@ -23,7 +21,7 @@ const (
 	exitError       = 1   // the command failed
 	exitUsage       = 2   // bad flags, arguments or configuration
 	exitVerify      = 3   // verify found a mismatch
-	exitInterrupted = 130 // SIGINT/SIGTERM
+	exitInterrupted = 130 // SIGINT/SIGTERM, and nothing was kept
 )
 
 // codedError carries a specific exit code through cobra's RunE.
@@ -80,8 +78,8 @@ func init() {
 }
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	ctx, stop := handleSignals()
+	code := run(ctx, os.Args[1:], newPipeWriter(os.Stdout), newPipeWriter(os.Stderr))
 	stop()
 	os.Exit(code)
 }

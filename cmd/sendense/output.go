@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"os"
 	"text/tabwriter"
 
 	"golang.org/x/term"
@@ -35,6 +34,6 @@ func newTable(w io.Writer) *tabwriter.Writer {
 
 // isTerminal reports whether w is a terminal (progress bars only then).
 func isTerminal(w io.Writer) bool {
-	f, ok := w.(*os.File)
+	f, ok := w.(interface{ Fd() uintptr })
 	return ok && term.IsTerminal(int(f.Fd()))
 }

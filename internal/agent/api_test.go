@@ -26,6 +26,7 @@ func esc(p string) string { return url.PathEscape(p) }
 // (401, 404, 405, 400, 409 is in TestBackupJobs) with JSON error bodies.
 func TestAPIRequests(t *testing.T) {
 	e := newEnv(t, []lab.VMSpec{webVM, dbVM})
+	e.cfg.API.AllowedRepositories = []string{e.dir} // allowed, but not empty
 	a := e.start()
 
 	// 401: no token, a wrong one, on every path (unknown ones too).
@@ -116,7 +117,7 @@ func TestAPIRequests(t *testing.T) {
 		{"POST", "/api/v1/backup/start", `{"backup_type": "full"}`, 400, `missing field "vm_path"`},
 		{"POST", "/api/v1/backup/start", `{"vm_path": "web", "backup_type": "differential"}`, 400, `invalid field "backup_type"`},
 		{"POST", "/api/v1/backup/start", `{"vm_path": "web", "repository": "relative/dir"}`, 400, `invalid field "repository"`},
-		{"POST", "/api/v1/backup/start", map[string]any{"vm_path": "web", "repository": e.dir}, 400, "is not empty and is not a sendense repository"},
+		{"POST", "/api/v1/backup/start", map[string]any{"vm_path": "web", "repository": e.dir}, 400, "is not empty"},
 		{"POST", "/api/v1/backup/start", `{"vm_path": "web", "target": "http://cp/x"}`, 400, `invalid field "target"`},
 		{"POST", "/api/v1/backup/start", `{"vm_path": "/DC0/vm/web", "backup_type": "incremental", "target_endpoint": "control.sendense.com:10809/backup-export"}`, 400, `invalid field "target_endpoint"`},
 		{"POST", "/api/v1/backup/start", `{"vm_path": "web", "target": "nbd://cp/x", "repository": "/srv/r"}`, 400, "not both"},

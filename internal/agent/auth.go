@@ -5,11 +5,13 @@ import (
 	"crypto/subtle"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"os"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -31,9 +33,9 @@ func readToken(path string, log *slog.Logger) (*tokenAuth, error) {
 	if path == "" {
 		return nil, errors.New("no API token: set [api] token_file (--token-file) to a file holding the bearer token clients send, e.g. created with 'openssl rand -hex 32 > token; chmod 600 token' (--insecure-no-auth serves a loopback address without one)")
 	}
-	b, err := os.ReadFile(path)
+	b, err := readPrivateFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("[api] token_file: %w", err)
+		return nil, err
 	}
 	line, _, _ := strings.Cut(string(b), "\n")
 	tok := strings.TrimSpace(line)
@@ -44,9 +46,6 @@ func readToken(path string, log *slog.Logger) (*tokenAuth, error) {
 		return nil, fmt.Errorf("[api] token_file %s: the token is shorter than %d characters; make a longer one (openssl rand -hex 32)", path, minTokenLength)
 	case strings.ContainsAny(tok, " \t"):
 		return nil, fmt.Errorf("[api] token_file %s: the token contains blanks", path)
-	}
-	if st, err := os.Stat(path); err == nil && st.Mode().Perm()&0o077 != 0 {
-		log.Warn("the API token file is readable by other users: chmod 600 it", "file", path, "mode", st.Mode().Perm().String())
 	}
 	return &tokenAuth{sum: sha256.Sum256([]byte(tok)), log: log}, nil
 }
@@ -81,4 +80,29 @@ func (a *tokenAuth) middleware(next http.Handler) http.Handler {
 		}
 		writeError(w, &apiError{Status: http.StatusUnauthorized, Message: "unauthorized", Detail: detail})
 	})
+}
+
+// readPrivateFile reads the token file, refusing one that other users may
+// read or that is not the agent's own: the token lets its holder start
+// backups. The checks are made on the opened file.
+func readPrivateFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("[api] token_file: %w", err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("[api] token_file: %w", err)
+	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("[api] token_file %s is not a regular file", path)
+	}
+	if sys, ok := st.Sys().(*syscall.Stat_t); ok && int(sys.Uid) != os.Geteuid() {
+		return nil, fmt.Errorf("[api] token_file %s belongs to uid %d, not to the agent's user (uid %d): chown it to that user (chown %d %s) or run the agent as its owner", path, sys.Uid, os.Geteuid(), os.Geteuid(), path)
+	}
+	if perm := st.Mode().Perm(); perm&0o077 != 0 {
+		return nil, fmt.Errorf("[api] token_file %s is readable or writable by other users (mode %04o): chmod 600 %s", path, perm, path)
+	}
+	return io.ReadAll(io.LimitReader(f, 64<<10))
 }

@@ -171,7 +171,11 @@ func (s *Server) routes() http.Handler {
 	if s.token != nil {
 		h = s.token.middleware(h)
 	}
+	redact := keyRedactor(s.cfg)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if redact != nil {
+			w = redactWriter{w, redact}
+		}
 		sw := &statusWriter{ResponseWriter: w}
 		defer func() {
 			if p := recover(); p != nil {

@@ -25,13 +25,14 @@ type StartRequest struct {
 	// previous backup exists; when a disk must be full anyway, an
 	// incremental job says so in its notices instead of failing.
 	BackupType string `json:"backup_type"`
-	// Repository is the repository directory (absolute; default
-	// [repository] path).
+	// Repository is the repository: [repository] path (the default) or an
+	// entry of [api] allowed_repositories (authz.go).
 	Repository string `json:"repository"`
 	// Target (or TargetEndpoint, the product sheet's name) makes the job a
 	// replication of a single-disk VM into that NBD target (nbd://,
 	// nbd+unix://, ssh://); Targets maps disk keys to targets for VMs
-	// with several disks. Mutually exclusive with Repository.
+	// with several disks. Each must be in [api] allowed_targets. Mutually
+	// exclusive with Repository.
 	Target         string            `json:"target"`
 	TargetEndpoint string            `json:"target_endpoint"`
 	Targets        map[string]string `json:"targets"`
@@ -63,6 +64,15 @@ func (s *Server) newJob(ctx context.Context, req *StartRequest) (*job, *apiError
 	if aerr != nil {
 		return nil, aerr
 	}
+	for key, uri := range targets {
+		field := "targets"
+		if key == "" {
+			field = "target"
+		}
+		if aerr := s.authz.target(s.cfg, uri, field); aerr != nil {
+			return nil, aerr
+		}
+	}
 	typ := req.BackupType
 	switch typ {
 	case "":
@@ -81,7 +91,7 @@ func (s *Server) newJob(ctx context.Context, req *StartRequest) (*job, *apiError
 	case dir == "":
 		dir = s.cfg.Repository.Path
 	default:
-		if aerr := checkRepoLocation(dir, `invalid field "repository"`); aerr != nil {
+		if aerr := s.authz.repository(s.cfg, dir, `invalid field "repository"`); aerr != nil {
 			return nil, aerr
 		}
 	}
@@ -268,8 +278,9 @@ func checkRepoLocation(loc, what string) *apiError {
 }
 
 // checkRepoDir refuses, before queueing, a repository directory a backup
-// could not use: a file, or a non-empty directory that is not a
-// repository. A missing or empty directory becomes a new repository.
+// could not use: a file, or a non-empty directory (dot-files count) that
+// is not a repository. A missing or empty directory becomes a new
+// repository (checked again when the job runs).
 func checkRepoDir(dir string) *apiError {
 	st, err := os.Stat(dir)
 	switch {
@@ -283,8 +294,8 @@ func checkRepoDir(dir string) *apiError {
 	if _, err := os.Stat(filepath.Join(dir, repo.RepoFileName)); err == nil {
 		return nil
 	}
-	if entries, err := os.ReadDir(dir); err == nil && !repo.EmptyDir(entries) {
-		return errorf(http.StatusBadRequest, `invalid field "repository"`, "%s is not empty and is not a sendense repository (it has no %s)", dir, repo.RepoFileName)
+	if entries, err := os.ReadDir(dir); err == nil && orchestrator.NotEmpty(entries) != "" {
+		return errorf(http.StatusBadRequest, `invalid field "repository"`, "%s is not empty (it holds %s) and is not a sendense repository (it has no %s): the API creates repositories only in missing or empty directories", dir, orchestrator.NotEmpty(entries), repo.RepoFileName)
 	}
 	return nil
 }

@@ -3,6 +3,7 @@ package agent
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"net/http"
 	"strconv"
 	"strings"
@@ -11,7 +12,6 @@ import (
 
 	"github.com/sendense/capture/internal/lab"
 	"github.com/sendense/capture/internal/lockfile"
-	"github.com/sendense/capture/orchestrator"
 )
 
 // TestBackupJobs: with max_concurrent_backups = 1 a second job queues;
@@ -111,7 +111,10 @@ func TestBackupJobs(t *testing.T) {
 		t.Fatalf("no snapshot while copying: %v", e.snapshots("web"))
 	}
 	// The agent's cleanups take the orchestrator's VM lock: same file.
-	lockPath := orchestrator.VMLockPath(a.vc.svc.Load().Client.Host(), a.progress(c).VM.Moref)
+	lockPath, err := a.vc.svc.Load().VMLockPath(context.Background(), a.progress(c).VM.Moref)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if l, ok, err := lockfile.TryLock(lockPath, true); err != nil || ok {
 		if l != nil {
 			l.Unlock()

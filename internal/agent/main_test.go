@@ -93,6 +93,7 @@ func newEnv(t *testing.T, vms []lab.VMSpec) *env {
 	cfg.Copy.Requests = 4
 	cfg.Repository.Path = filepath.Join(dir, "repo")
 	cfg.API = config.API{Listen: "127.0.0.1:0", TokenFile: tokenFile, StateDir: filepath.Join(dir, "state")}
+	cfg.State.Dir = filepath.Join(dir, "locks") // the VM locks
 	return &env{t: t, lab: l, dir: dir, cfg: cfg, client: c}
 }
 

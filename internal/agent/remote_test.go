@@ -25,6 +25,9 @@ func TestRemoteRepositoryJob(t *testing.T) {
 	e.cfg.Tunnel.Key, e.cfg.Tunnel.KnownHosts = srv.UserKeyFile, srv.KnownHostsFile
 	dir := filepath.Join(e.dir, "remote-repo")
 	location := fmt.Sprintf("ssh://%s@%s:%d%s", srv.User, srv.Host, srv.Port, dir)
+	// ssh:// repositories must be listed and on the [tunnel] endpoint.
+	e.cfg.Tunnel.Host, e.cfg.Tunnel.Port, e.cfg.Tunnel.User, e.cfg.Tunnel.APIForward = srv.Host, srv.Port, srv.User, ""
+	e.cfg.API.AllowedRepositories = []string{location}
 	a := e.start()
 	a.waitVCenter()
 

@@ -29,6 +29,7 @@ func TestReplicationJob(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer srv.Close()
+	e.cfg.API.AllowedTargets = []string{srv.URI()}
 	a := e.start()
 	a.waitVCenter()
 	flat, err := e.lab.DiskPath("dr", 2000)

@@ -12,9 +12,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sendense/capture/cbt"
 	"github.com/sendense/capture/internal/lab"
 	"github.com/sendense/capture/internal/lockfile"
-	"github.com/sendense/capture/orchestrator"
+	"github.com/sendense/capture/internal/procid"
 )
 
 // TestRestart: an agent is killed (SIGKILL) with a job copying and one
@@ -109,27 +110,45 @@ func TestRestart(t *testing.T) {
 	e.noSnapshots("web", "db")
 
 	// The sweep after a failed or canceled job (a cancellation during
-	// CreateSnapshot leaves one): stale sendense-* snapshots go, under the
+	// CreateSnapshot leaves one): snapshots of dead jobs go, under the
 	// VM lock; while another process's job holds it, nothing is touched.
+	// A snapshot named like a job's without an owner marker is a user's.
 	ctx := context.Background()
-	if _, err := e.lab.CreateSnapshot(ctx, "web", "sendense-20250101T000000Z"); err != nil {
+	dead := cbt.SnapshotOwner{Format: cbt.OwnerFormat, Job: "sweep", Host: "0123456789abcdef0123456789abcdef", PID: 1, PIDStart: 1,
+		Started: time.Now().Add(-48 * time.Hour), Version: "test"} // another host's, older than the lease
+	if me, err := procid.Current(); err == nil {
+		dead.Host, dead.Boot, dead.PID, dead.PIDStart = me.Host, me.Boot, me.PID, me.Start // this process, job ended
+	}
+	web, err := e.client.FindVM(ctx, "web")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.client.CreateSnapshot(ctx, web, "sendense-20250101T000000Z", dead.Description(), false, false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.lab.CreateSnapshot(ctx, "web", "sendense-before-upgrade"); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := e.lab.CreateSnapshot(ctx, "web", "operator's own"); err != nil {
 		t.Fatal(err)
 	}
 	fake := &job{Job: Job{ID: "sweep", VM: after.VM}}
-	other, _, err := lockfile.TryExclusive(orchestrator.VMLockPath(a.vc.svc.Load().Client.Host(), after.VM.Moref), "a backup in another process")
+	lockPath, err := a.vc.svc.Load().VMLockPath(ctx, after.VM.Moref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, _, err := lockfile.TryExclusive(lockPath, "a backup in another process")
 	if err != nil {
 		t.Fatal(err)
 	}
 	a.sweepSnapshots(fake)
-	if len(e.snapshots("web")) != 2 || len(fake.Notices) != 0 {
+	if len(e.snapshots("web")) != 3 || len(fake.Notices) != 0 {
 		t.Fatalf("the sweep ignored the VM lock: %v %v", e.snapshots("web"), fake.Notices)
 	}
 	other.Unlock()
 	a.sweepSnapshots(fake)
-	if s := e.snapshots("web"); len(s) != 1 || !strings.HasPrefix(s[0], "operator's own") || len(fake.Notices) != 1 {
+	if s := strings.Join(e.snapshots("web"), " "); strings.Contains(s, "sendense-20250101T000000Z") || !strings.Contains(s, "operator's own") ||
+		!strings.Contains(s, "sendense-before-upgrade") || len(fake.Notices) != 1 {
 		t.Fatalf("after the sweep: %v %v", s, fake.Notices)
 	}
 

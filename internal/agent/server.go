@@ -72,6 +72,7 @@ type Server struct {
 	history  int
 	stateDir string
 	token    *tokenAuth // nil: --insecure-no-auth
+	authz    *authz
 	tlsCfg   *tls.Config
 	window   window
 	started  time.Time
@@ -117,6 +118,15 @@ func New(opts Options) (*Server, error) {
 		return nil, &ConfigError{errors.New("[performance] max_concurrent_backups must be at least 1")}
 	}
 	if err := s.setupListenSecurity(); err != nil {
+		return nil, &ConfigError{err}
+	}
+	if s.authz, err = newAuthz(cfg); err != nil {
+		return nil, &ConfigError{err}
+	}
+	if _, err := cfg.State.Lease(); err != nil {
+		return nil, &ConfigError{fmt.Errorf("[state] snapshot_lease: %w", err)}
+	}
+	if _, err := orchestrator.StateDir(cfg); err != nil { // the VM locks every job takes
 		return nil, &ConfigError{err}
 	}
 	if s.stateDir, err = StateDir(cfg.API.StateDir); err != nil {
@@ -192,9 +202,16 @@ func (s *Server) runBackup(ctx context.Context, j *job) (*orchestrator.BackupRep
 		Full:                 j.Type == TypeFull,
 		Quiesce:              j.Quiesce,
 		AllowCrashConsistent: j.AllowCrashConsistent,
+		InitOnlyEmpty:        true,
 	}
 	vm := j.VM.Moref
 	j.mu.Unlock()
+	// A job recorded before a restart is held to today's configuration.
+	if opt.Repo != s.cfg.Repository.Path {
+		if aerr := s.authz.repository(s.cfg, opt.Repo, "repository"); aerr != nil {
+			return nil, aerr
+		}
+	}
 	return orchestrator.Backup(ctx, svc, vm, opt)
 }
 
@@ -206,6 +223,7 @@ func (s *Server) jobServices(j *job) (*orchestrator.Services, error) {
 	}
 	svc := *base
 	svc.Reporter = jobReporter{s: s, j: j}
+	svc.JobID = j.ID                // in the owner marker of the job's snapshot
 	svc.Tunnels = s.rev.tun.Tunnels // one SSH connection for the API and the jobs
 	return &svc, nil
 }
@@ -226,6 +244,10 @@ func (s *Server) runReplicate(ctx context.Context, j *job) (*orchestrator.Report
 		AllowCrashConsistent: j.AllowCrashConsistent,
 	}
 	for key, uri := range j.Targets {
+		if aerr := s.authz.target(s.cfg, uri, "target"); aerr != nil {
+			j.mu.Unlock()
+			return nil, aerr // a job recorded before a restart, no longer allowed
+		}
 		if key == "" {
 			opt.Target = uri
 			continue

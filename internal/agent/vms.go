@@ -237,6 +237,9 @@ type CBTStatus struct {
 	Repository   string    `json:"repository,omitempty"`
 	RepoError    string    `json:"repository_error,omitempty"`
 	Disks        []CBTDisk `json:"disks"`
+	// Foreign are the VM's snapshots named like a job's ("sendense-*")
+	// without a sendense owner marker: a user's, never removed by a job.
+	Foreign []cbt.Snapshot `json:"foreign_snapshots"`
 }
 
 // CBTDisk is one disk of a CBT status.
@@ -249,6 +252,11 @@ type CBTDisk struct {
 }
 
 func (s *Server) cbtStatus(ctx context.Context, svc *orchestrator.Services, vm *cbt.VM, repoDir string) (*CBTStatus, *apiError) {
+	if repoDir == "" {
+		repoDir = s.cfg.Repository.Path
+	} else if aerr := s.authz.repository(s.cfg, repoDir, `invalid parameter "repository"`); aerr != nil {
+		return nil, aerr
+	}
 	st, err := svc.Client.CBTStatus(ctx, vm)
 	if err != nil {
 		return nil, vcenterError(vm.Moref, err)
@@ -257,13 +265,14 @@ func (s *Server) cbtStatus(ctx context.Context, svc *orchestrator.Services, vm *
 	if err != nil {
 		return nil, vcenterError(vm.Moref, err)
 	}
-	out := &CBTStatus{Enabled: st.Enabled, Supported: st.Supported, VMName: vm.Name, VMPath: vm.Path, Moref: vm.Moref,
-		PowerState: st.PowerState, Snapshots: st.Snapshots, Disks: []CBTDisk{}}
-	if repoDir == "" {
-		repoDir = s.cfg.Repository.Path
-	} else if aerr := checkRepoLocation(repoDir, `invalid parameter "repository"`); aerr != nil {
-		return nil, aerr
+	snaps, err := svc.Client.Snapshots(ctx, vm)
+	if err != nil {
+		return nil, vcenterError(vm.Moref, err)
 	}
+	orchestrator.MarkForeign(snaps)
+	out := &CBTStatus{Enabled: st.Enabled, Supported: st.Supported, VMName: vm.Name, VMPath: vm.Path, Moref: vm.Moref,
+		PowerState: st.PowerState, Snapshots: st.Snapshots, Disks: []CBTDisk{}, Foreign: []cbt.Snapshot{}}
+	out.Foreign = append(out.Foreign, orchestrator.ForeignSnapshots(snaps)...)
 	var latest *repo.Manifest
 	if repoDir != "" {
 		out.Repository = repoDir

@@ -10,9 +10,11 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/BurntSushi/toml"
 
+	"github.com/sendense/capture/internal/childenv"
 	"github.com/sendense/capture/internal/units"
 )
 
@@ -28,6 +30,7 @@ type Config struct {
 	Tunnel      Tunnel      `toml:"tunnel"`
 	API         API         `toml:"api"`
 	Performance Performance `toml:"performance"`
+	State       State       `toml:"state"`
 
 	// File is the configuration file read, if any.
 	File string `toml:"-"`
@@ -54,6 +57,9 @@ type VDDK struct {
 // CBT configures Changed Block Tracking handling.
 type CBT struct {
 	AutoEnable bool `toml:"auto_enable"` // enable CBT on VMs that lack it (the first backup is then full)
+	// Fault is what a job does when QueryChangedDiskAreas fails for a
+	// disk: "full" (default) copies that disk in full, "fail" fails the job.
+	Fault string `toml:"fault"`
 }
 
 // Backup configures backup jobs.
@@ -96,6 +102,40 @@ type API struct {
 	TLSCert   string `toml:"tls_cert"`   // serve HTTPS (needed for non-loopback addresses)
 	TLSKey    string `toml:"tls_key"`
 	StateDir  string `toml:"state_dir"` // job history
+	// AllowedRepositories and AllowedTargets are the repositories and
+	// replication targets API requests may name, besides [repository]
+	// path (exact locations; an entry ending in "/*" allows any single
+	// name below it). ssh:// ones must also be on the [tunnel] host.
+	AllowedRepositories []string `toml:"allowed_repositories"`
+	AllowedTargets      []string `toml:"allowed_targets"`
+}
+
+// State is what the CLI and the agent of one host share.
+type State struct {
+	// Dir holds the VM locks of running jobs (default /var/lib/sendense,
+	// created 0700). Every sendense process of a host must use the same.
+	Dir string `toml:"dir"`
+	// SnapshotLease is how old a snapshot taken by a job on another host
+	// must be before a job here may remove it ("24h"; "0": never).
+	SnapshotLease string `toml:"snapshot_lease"`
+}
+
+// DefaultStateDir is [state] dir's default.
+const DefaultStateDir = "/var/lib/sendense"
+
+// Lease parses snapshot_lease (0: never).
+func (s State) Lease() (time.Duration, error) {
+	switch s.SnapshotLease {
+	case "":
+		return 24 * time.Hour, nil
+	case "0":
+		return 0, nil
+	}
+	d, err := time.ParseDuration(s.SnapshotLease)
+	if err != nil || d < time.Minute {
+		return 0, fmt.Errorf("%q is not a duration of at least 1m such as \"24h\" (\"0\": never)", s.SnapshotLease)
+	}
+	return d, nil
 }
 
 // Performance holds the agent's scheduling knobs (the product sheet's
@@ -114,6 +154,8 @@ func Defaults() *Config {
 		Tunnel:      Tunnel{Port: 443, Connections: 1, APIForward: "127.0.0.1:10808"},
 		API:         API{Listen: "127.0.0.1:8081"},
 		Performance: Performance{MaxConcurrentBackups: 1},
+		CBT:         CBT{Fault: "full"},
+		State:       State{Dir: DefaultStateDir, SnapshotLease: "24h"},
 	}
 }
 
@@ -130,6 +172,7 @@ var Env = []struct {
 	{"SENDENSE_VCENTER_CA_FILE", "CA bundle for the vCenter certificate ([vcenter] ca_file)", func(c *Config, v string) error { c.VCenter.CAFile = v; return nil }},
 	{"SENDENSE_VDDK_LIBDIR", "VDDK directory ([vddk] libdir)", func(c *Config, v string) error { c.VDDK.Libdir = v; return nil }},
 	{"SENDENSE_REPOSITORY", "backup repository ([repository] path)", func(c *Config, v string) error { c.Repository.Path = v; return nil }},
+	{"SENDENSE_STATE_DIR", "directory of the VM locks shared by the CLI and the agent ([state] dir)", func(c *Config, v string) error { c.State.Dir = v; return nil }},
 }
 
 // Load returns the configuration from the defaults, the environment (read
@@ -163,6 +206,7 @@ func Load(path string, getenv func(string) string) (*Config, error) {
 		return nil, fmt.Errorf("config %s line %d: unknown key %q (see examples/sendense.toml for the keys)", path, keyLine(string(text), u[0]), key)
 	}
 	c.File = path
+	childenv.Hide(c.VCenter.PasswordEnv) // its value is a secret
 	return c, c.Check()
 }
 
@@ -192,6 +236,15 @@ func (c *Config) Check() error {
 	}
 	if c.Performance.BandwidthLimitMbps < 0 {
 		return fmt.Errorf("%s: [performance] bandwidth_limit_mbps must not be negative", where)
+	}
+	if c.CBT.Fault != "full" && c.CBT.Fault != "fail" {
+		return fmt.Errorf("%s: [cbt] fault must be \"full\" or \"fail\", not %q", where, c.CBT.Fault)
+	}
+	if c.State.Dir == "" {
+		return fmt.Errorf("%s: [state] dir must not be empty (default %s)", where, DefaultStateDir)
+	}
+	if _, err := c.State.Lease(); err != nil {
+		return fmt.Errorf("%s: [state] snapshot_lease: %w", where, err)
 	}
 	return nil
 }
@@ -238,6 +291,7 @@ func (v VCenter) Password(getenv func(string) string) (string, error) {
 		}
 		return pw, nil
 	case v.PasswordEnv != "":
+		childenv.Hide(v.PasswordEnv)
 		pw := getenv(v.PasswordEnv)
 		if pw == "" {
 			return "", fmt.Errorf("vCenter password: environment variable %s ([vcenter] password_env) is not set", v.PasswordEnv)

@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func write(t *testing.T, text string) string {
@@ -51,6 +52,11 @@ func TestErrors(t *testing.T) {
 		{"[copy]\nrate = \"fast\"\n", "[copy] rate"},
 		{"[vcenter]\npassword_file = \"/a\"\npassword_env = \"B\"\n", "mutually exclusive"},
 		{"[backup]\nmax_concurrent_disks = 0\n", "at least 1"},
+		{"[cbt]\nfault = \"maybe\"\n", `[cbt] fault must be "full" or "fail"`},
+		{"[state]\nsnapshot_lease = \"5s\"\n", "[state] snapshot_lease"},
+		{"[state]\nsnapshot_lease = \"soon\"\n", "[state] snapshot_lease"},
+		{"[state]\ndir = \"\"\n", "[state] dir must not be empty"},
+		{"[api]\nallowed_repositories = \"/srv\"\n", "allowed_repositories"},
 	} {
 		_, err := Load(write(t, tc.text), env(nil))
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -84,5 +90,25 @@ func TestExampleConfigLoads(t *testing.T) {
 	}
 	if c.VCenter.URL == "" || c.Repository.Path == "" {
 		t.Fatalf("example config incomplete: %+v", c)
+	}
+}
+
+func TestState(t *testing.T) {
+	c, err := Load(write(t, "[cbt]\nauto_enable = true\n"), env(map[string]string{"SENDENSE_STATE_DIR": "/run/sendense"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l, _ := c.State.Lease(); c.State.Dir != "/run/sendense" || l != 24*time.Hour || c.CBT.Fault != "full" {
+		t.Fatalf("state %+v, lease %v, cbt %+v", c.State, l, c.CBT)
+	}
+	c, err = Load(write(t, "[state]\ndir = \"/srv/state\"\nsnapshot_lease = \"0\"\n"), env(map[string]string{"SENDENSE_STATE_DIR": "/run/sendense"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l, _ := c.State.Lease(); c.State.Dir != "/srv/state" || l != 0 {
+		t.Fatalf("the file must win: %+v, lease %v", c.State, l)
+	}
+	if c, _ := Load("", env(nil)); c.State.Dir != DefaultStateDir {
+		t.Fatalf("default state dir %q", c.State.Dir)
 	}
 }

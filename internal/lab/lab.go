@@ -127,6 +127,8 @@ type Lab struct {
 	opsMu  sync.Mutex
 	client *govmomi.Client // the lab's own session, for control operations
 
+	pauses pauses // Pause
+
 	closeOnce sync.Once
 }
 
@@ -222,6 +224,7 @@ func (l *Lab) start(ctx context.Context) error {
 // Close stops the lab and removes its files.
 func (l *Lab) Close() {
 	l.closeOnce.Do(func() {
+		l.pauses.releaseAll()
 		l.opsMu.Lock()
 		if l.client != nil {
 			_ = l.client.Logout(context.Background())

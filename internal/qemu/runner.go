@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/sendense/capture/internal/childenv"
 	"github.com/sendense/capture/internal/tailbuf"
 )
 
@@ -136,6 +137,7 @@ func (r LocalRunner) Run(ctx context.Context, name string, args ...string) ([]by
 		return nil, err
 	}
 	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Env = childenv.Environ()
 	var stdout bytes.Buffer
 	stderr := tailbuf.New(stderrLimit)
 	cmd.Stdout = &stdout
@@ -160,6 +162,7 @@ func (r LocalRunner) Run(ctx context.Context, name string, args ...string) ([]by
 // Start implements Runner. The child gets SIGTERM if sendense dies.
 func (r LocalRunner) Start(name string, args ...string) (Process, error) {
 	cmd := exec.Command(name, args...)
+	cmd.Env = childenv.Environ()
 	p := &localProcess{cmd: cmd, stderr: tailbuf.New(stderrLimit), done: make(chan struct{})}
 	cmd.Stderr = p.stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
