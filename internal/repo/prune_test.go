@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -139,62 +140,185 @@ func mustManifest(t *testing.T, r *repo.Repo, id string) *repo.Manifest {
 	return nil
 }
 
-// TestPruneCrash stops a prune after each of its steps, as a crash would,
-// and checks that the kept backups restore exactly at that moment, that
-// the next Open finishes the prune and that everything then verifies.
-func TestPruneCrash(t *testing.T) {
-	cases := []struct {
-		step string
-		nth  int
-	}{
-		{"journal", 1}, {"dropped", 1}, {"commit", 1}, {"commit", 2}, {"manifest-new", 1},
-		{"rename", 1}, {"rename", 2}, {"switch", 1}, {"delete", 1}, {"delete", 2},
+// pruneSteps are the steps of a prune of the chain to 2 backups (two
+// disks of the oldest kept backup merged), in order; merging ones roll
+// back when interrupted, the others roll forward.
+var pruneSteps = []struct {
+	step    string
+	nth     int
+	forward bool
+}{
+	{"journal", 1, false}, {"merged", 1, false}, {"merged", 2, false}, {"manifest-new", 1, false},
+	{"switching", 1, true}, {"rename", 1, true}, {"rename", 2, true}, {"switch", 1, true},
+	{"drop", 1, true}, {"drop", 2, true}, {"delete", 1, true}, {"delete", 2, true},
+}
+
+// killAtEnv makes TestPruneKillHelper prune the repository in
+// $SENDENSE_TEST_REPO and kill itself (SIGKILL) at step:nth.
+const killAtEnv = "SENDENSE_TEST_PRUNE_KILL_AT"
+
+// TestPruneKillHelper is the process TestPruneCrash kills.
+func TestPruneKillHelper(t *testing.T) {
+	at := os.Getenv(killAtEnv)
+	if at == "" {
+		t.Skip("run by TestPruneCrash")
 	}
-	for _, c := range cases {
-		t.Run(fmt.Sprintf("%s-%d", c.step, c.nth), func(t *testing.T) {
-			t.Parallel()
-			r, b := chain(t)
-			ctx := context.Background()
-			all := ids(b)
-			seen := 0
-			crash := errors.New("injected crash")
-			repo.SetHook(r, func(step string) error {
-				if step == c.step {
-					if seen++; seen == c.nth {
-						return crash
+	step, nth, _ := strings.Cut(at, ":")
+	r, err := repo.Open(os.Getenv("SENDENSE_TEST_REPO"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := 0
+	repo.SetHook(r, func(s string) error {
+		if s == step {
+			if seen++; fmt.Sprint(seen) == nth {
+				syscall.Kill(os.Getpid(), syscall.SIGKILL)
+				time.Sleep(time.Minute)
+			}
+		}
+		return nil
+	})
+	_, err = r.Prune(context.Background(), repo.PruneOptions{Keep: 2})
+	t.Fatalf("prune was not killed: %v", err)
+}
+
+// TestPruneCrash interrupts a prune after each of its steps, by an error
+// from the step (a failed step, in the same process) and by SIGKILL of
+// the process, and checks that at that instant every point that must be
+// restorable restores exactly (before the point of no return: all of
+// them; after: the kept ones), that the next Open rolls the prune back or
+// forward, and that everything then verifies and nothing is left over.
+func TestPruneCrash(t *testing.T) {
+	for _, c := range pruneSteps {
+		for _, mode := range []string{"error", "kill"} {
+			t.Run(fmt.Sprintf("%s-%d-%s", c.step, c.nth, mode), func(t *testing.T) {
+				t.Parallel()
+				r, b := chain(t)
+				ctx := context.Background()
+				all := ids(b)
+				if mode == "error" {
+					seen := 0
+					crash := errors.New("injected crash")
+					repo.SetHook(r, func(step string) error {
+						if step == c.step {
+							if seen++; seen == c.nth {
+								return crash
+							}
+						}
+						return nil
+					})
+					if _, err := r.Prune(ctx, repo.PruneOptions{Keep: 2}); !errors.Is(err, crash) {
+						t.Fatalf("prune: got %v, want the injected crash", err)
+					}
+					repo.SetHook(r, nil)
+				} else {
+					cmd := exec.Command(os.Args[0], "-test.run=^TestPruneKillHelper$", "-test.count=1")
+					cmd.Env = append(os.Environ(), killAtEnv+"="+c.step+":"+fmt.Sprint(c.nth), "SENDENSE_TEST_REPO="+r.Dir)
+					out, err := cmd.CombinedOutput()
+					var ee *exec.ExitError
+					if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+						t.Fatalf("the prune was not killed at %s: %v\n%s", c.step, err, out)
 					}
 				}
-				return nil
+				if !exists(filepath.Join(r.Dir, "web_01", "prune-journal.json")) {
+					t.Fatal("no journal after the interruption")
+				}
+				want := all
+				if c.forward {
+					want = all[2:]
+				}
+				// At this instant every point that must be restorable is.
+				if got := listIDs(t, r); !slices.Equal(got, want) {
+					t.Fatalf("listed during the prune: %v, want %v", got, want)
+				}
+				for _, id := range want {
+					b.CheckRestore(id)
+				}
+				// The next Open rolls it back or forward.
+				r2, err := repo.Open(r.Dir)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer r2.Close()
+				if exists(filepath.Join(r.Dir, "web_01", "prune-journal.json")) {
+					t.Fatal("the journal is still there after Open")
+				}
+				if got := listIDs(t, r2); !slices.Equal(got, want) {
+					t.Fatalf("after recovery: %v, want %v", got, want)
+				}
+				b2 := b.Clone(t, r2)
+				for _, id := range want {
+					b2.CheckRestore(id)
+				}
+				res := verifyOK(t, r2, "", "")
+				if len(res.Leftovers) != 0 {
+					t.Fatalf("leftovers after recovery: %+v", res.Leftovers)
+				}
+				if got, n := vmFiles(t, r2), 3*len(want); len(got) != n {
+					t.Fatalf("%d files left, want %d: %v", len(got), n, got)
+				}
 			})
-			if _, err := r.Prune(ctx, repo.PruneOptions{Keep: 2}); !errors.Is(err, crash) {
-				t.Fatalf("prune: got %v, want the injected crash", err)
+		}
+	}
+}
+
+// failingTool is a wrapper of qemu-img or qemu-nbd that fails its n-th
+// run whose arguments contain match (counted in a file).
+func failingTool(t *testing.T, tool, match string, n int) string {
+	t.Helper()
+	real, err := exec.LookPath(tool)
+	if err != nil {
+		t.Skip(err)
+	}
+	dir := t.TempDir()
+	script := fmt.Sprintf(`#!/bin/sh
+case " $* " in *%s*)
+  n=$(cat %[2]s/count 2>/dev/null || echo 0); n=$((n+1)); echo $n > %[2]s/count
+  if [ $n -eq %[3]d ]; then echo "injected failure of %[4]s $1" >&2; exit 1; fi;;
+esac
+exec %[5]s "$@"
+`, match, dir, n, tool, real)
+	p := filepath.Join(dir, tool)
+	if err := os.WriteFile(p, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestPruneToolFailure makes each qemu-img and qemu-nbd run of a prune
+// fail in turn: the prune fails, says that nothing was changed, every
+// point restores exactly as before and nothing is left over.
+func TestPruneToolFailure(t *testing.T) {
+	cases := []struct {
+		tool, match string
+		n           int
+	}{
+		{"qemu-img", "info", 1}, {"qemu-img", "info", 8}, {"qemu-img", "convert", 1}, {"qemu-img", "convert", 2},
+		{"qemu-img", "map", 1}, {"qemu-img", "map", 2}, {"qemu-nbd", "--read-only", 1}, {"qemu-nbd", "--read-only", 3},
+	}
+	for _, c := range cases {
+		t.Run(fmt.Sprintf("%s-%s-%d", c.tool, c.match, c.n), func(t *testing.T) {
+			t.Parallel()
+			r, b := chain(t)
+			all := ids(b)
+			before := vmFiles(t, r)
+			tools := &qemu.Tools{Runner: qemu.LocalRunner{}}
+			if c.tool == "qemu-img" {
+				tools.QemuImg = failingTool(t, c.tool, c.match, c.n)
+			} else {
+				tools.QemuNBD = failingTool(t, c.tool, c.match, c.n)
 			}
-			repo.SetHook(r, nil)
-			// At this instant the kept backups restore exactly.
-			for _, id := range all[2:] {
+			r.Tools = tools
+			_, err := r.Prune(context.Background(), repo.PruneOptions{Keep: 2})
+			if err == nil || !strings.Contains(err.Error(), "injected failure") || !strings.Contains(err.Error(), "nothing was changed") {
+				t.Fatalf("prune with a failing %s %s: %v", c.tool, c.match, err)
+			}
+			r.Tools = qemu.Default
+			if after := vmFiles(t, r); !slices.Equal(before, after) {
+				t.Fatalf("files changed: %v → %v", before, after)
+			}
+			for _, id := range all {
 				b.CheckRestore(id)
-			}
-			if got := listIDs(t, r); !slices.Equal(got, all[2:]) {
-				t.Fatalf("listed during the prune: %v", got)
-			}
-			// The next Open finishes it.
-			r2, err := repo.Open(r.Dir)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if exists(filepath.Join(r.Dir, "web_01", "prune-journal.json")) {
-				t.Fatal("the journal is still there after Open")
-			}
-			if got := listIDs(t, r2); !slices.Equal(got, all[2:]) {
-				t.Fatalf("after recovery: %v", got)
-			}
-			b2 := b.Clone(t, r2)
-			for _, id := range all[2:] {
-				b2.CheckRestore(id)
-			}
-			verifyOK(t, r2, "", "")
-			if got := len(vmFiles(t, r2)); got != 6 {
-				t.Fatalf("%d files left: %v", got, vmFiles(t, r2))
 			}
 		})
 	}
@@ -215,11 +339,8 @@ func TestPruneRecoveredByBackup(t *testing.T) {
 	if _, err := r.Prune(ctx, repo.PruneOptions{Keep: 2}); err == nil {
 		t.Fatal("prune did not fail")
 	}
-	// Meanwhile verify reports the pending prune rather than a mismatch.
-	res, err := r.Verify(ctx, repo.VerifyOptions{VM: "vm-42", Backup: all[2]})
-	if err != nil || res.OK() || res.Images[0].Problems[0].Kind != repo.ProblemPrunePending {
-		t.Fatalf("verify during an interrupted prune: %+v %v", res, err)
-	}
+	// Meanwhile the kept backups verify (the merged disk is full already).
+	verifyOK(t, r, "vm-42", all[2])
 	repo.SetHook(r, nil)
 	b.Backup(repotest.Disk{Key: keyA, Capacity: 4 * mib, Writes: []repotest.Write{{Off: 8 * kib, Len: 4 * kib}}},
 		repotest.Disk{Key: keyB, Capacity: 2 * mib})

@@ -26,10 +26,11 @@ type imageReader struct {
 	hs  []*nbd.Handle
 }
 
-// openImageReader serves path read-only (alone, without its backing file,
-// when noBacking) and connects to it.
-func (r *Repo) openImageReader(ctx context.Context, path string, noBacking bool) (*imageReader, error) {
-	srv, err := r.Tools.ServeNBD(ctx, path, qemu.ServeOptions{ReadOnly: true, NoBacking: noBacking})
+// openImageReader serves path read-only with opts (pin its backing chain
+// with Backing or NoBacking) and connects to it.
+func (r *Repo) openImageReader(ctx context.Context, path string, opts qemu.ServeOptions) (*imageReader, error) {
+	opts.ReadOnly = true
+	srv, err := r.Tools.ServeNBD(ctx, path, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -67,8 +68,11 @@ func (s segment) end() uint64 { return s.off + s.n }
 // stream reads the segments with every connection, keeping several in
 // flight, and calls fn with each in order (data nil: s.n zero bytes). The
 // SHA-256 of a segment that is a whole data chunk is computed by the
-// reading goroutine and passed as sum.
-func (ir *imageReader) stream(ctx context.Context, segs []segment, fn func(s segment, data []byte, sum string) error) error {
+// reading goroutine and passed as sum. write, when set, is called by the
+// reading goroutine (worker i of len(ir.hs)) with each segment read,
+// before fn sees it.
+func (ir *imageReader) stream(ctx context.Context, segs []segment, write func(worker int, s segment, data []byte) error,
+	fn func(s segment, data []byte, sum string) error) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	type slot struct {
@@ -85,7 +89,7 @@ func (ir *imageReader) stream(ctx context.Context, segs []segment, fn func(s seg
 	work := make(chan *slot, readDepth)
 	order := make(chan *slot, 2*readDepth)
 	var wg sync.WaitGroup
-	for _, h := range ir.hs {
+	for worker, h := range ir.hs {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -94,6 +98,11 @@ func (ir *imageReader) stream(ctx context.Context, segs []segment, fn func(s seg
 					sl.err = err
 				} else {
 					sl.err = h.Pread(sl.buf[:sl.seg.n], sl.seg.off, 0)
+					if sl.err == nil && write != nil {
+						if err := write(worker, sl.seg, sl.buf[:sl.seg.n]); err != nil {
+							sl.err = &writeError{err}
+						}
+					}
 					if sl.err == nil && sl.seg.whole {
 						sum := sha256.Sum256(sl.buf[:sl.seg.n])
 						sl.sum = hex.EncodeToString(sum[:])
@@ -139,7 +148,11 @@ func (ir *imageReader) stream(ctx context.Context, segs []segment, fn func(s seg
 		if err == nil {
 			switch {
 			case sl.err != nil:
-				err = fmt.Errorf("reading %d bytes at offset %d: %w", sl.seg.n, sl.seg.off, sl.err)
+				if we, ok := sl.err.(*writeError); ok {
+					err = fmt.Errorf("writing %d bytes at offset %d: %w", sl.seg.n, sl.seg.off, we.err)
+				} else {
+					err = fmt.Errorf("reading %d bytes at offset %d: %w", sl.seg.n, sl.seg.off, sl.err)
+				}
 			case sl.buf != nil:
 				err = fn(sl.seg, sl.buf[:sl.seg.n], sl.sum)
 			default:
@@ -156,6 +169,11 @@ func (ir *imageReader) stream(ctx context.Context, segs []segment, fn func(s seg
 	wg.Wait()
 	return err
 }
+
+// writeError is a failed write of a segment read.
+type writeError struct{ err error }
+
+func (e *writeError) Error() string { return e.err.Error() }
 
 var zeroBuf [maxSegment]byte
 
@@ -262,6 +280,9 @@ func (s *hashSink) feed(seg segment, data []byte, sum string) error {
 }
 
 func (s *hashSink) wholeSum() string { return hex.EncodeToString(s.whole.Sum(nil)) }
+
+// hashesWhole says whether the sink computes the whole-disk hash.
+func (s *hashSink) hashesWhole() bool { return s.whole != nil }
 
 // annotate sets each segment's chunk (segments never straddle a chunk
 // boundary) and whether it is a whole data chunk, read.
