@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"path/filepath"
 
+	"github.com/sendense/capture/internal/qcow2"
 	"github.com/sendense/capture/internal/qemu"
 )
 
@@ -69,7 +70,7 @@ func paths(layers []layer) []string {
 type checkedImage struct {
 	deep bool
 	err  error
-	hdr  *qemu.Header
+	hdr  *qcow2.Header
 	info *qemu.ImageInfo
 }
 
@@ -96,7 +97,7 @@ func (r *Repo) checkImage(ctx context.Context, ix *vmIndex, m *Manifest, d *Disk
 		c.err = damage(ProblemImage, fmt.Sprintf("the image is not a regular file (%s): a repository image always is", fi.Mode().Type()), "", "")
 		return c, c.err
 	}
-	hdr, err := qemu.ReadHeader(func(off int64, n int) ([]byte, error) { return r.fs.ReadAt(path, off, n) })
+	hdr, err := qcow2.ReadHeader(func(off int64, n int) ([]byte, error) { return r.fs.ReadAt(path, off, n) })
 	if err != nil {
 		c.err = damage(ProblemImage, "the image's qcow2 header cannot be read: "+err.Error(), "", "")
 		return c, c.err
@@ -134,7 +135,7 @@ func (r *Repo) checkImage(ctx context.Context, ix *vmIndex, m *Manifest, d *Disk
 }
 
 // checkHeader compares an image's header with its disk record.
-func checkHeader(hdr *qemu.Header, d *DiskImage, damage func(kind, msg, expected, actual string) error) error {
+func checkHeader(hdr *qcow2.Header, d *DiskImage, damage func(kind, msg, expected, actual string) error) error {
 	switch {
 	case hdr.ExternalData():
 		return damage(ProblemDataFile, "the image keeps its data in another file: a repository image never does; it is not opened", "", hdr.DataFile)

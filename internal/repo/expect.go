@@ -200,12 +200,12 @@ func (r *Repo) completeCuts(ctx context.Context, layers []layer, exp *expected) 
 		}
 		sinkParts := newHashSink(parts, false)
 		sinkParts.onChunk = func(i int, sum string) { exp.chunks[partIndex[i]].SHA256 = sum }
-		ir, err := r.openImageReader(ctx, layers[li].path, qemu.ServeOptions{NoBacking: true})
+		ir, err := r.openChain(ctx, layers[li:li+1], true)
 		if err != nil {
 			return err
 		}
 		n := 0
-		err = ir.stream(ctx, segs, nil, func(s segment, data []byte, sum string) error {
+		err = stream(ctx, ir, segs, nil, func(s segment, data []byte, sum string) error {
 			sinkFull.feed(s, data, sum)
 			sinkParts.feed(segsParts[n], data, "")
 			n++
@@ -231,7 +231,7 @@ func (r *Repo) completeCuts(ctx context.Context, layers []layer, exp *expected) 
 // whole-disk SHA-256 is computed and returned (and checked against
 // exp.whole when that applies). A mismatch is a *MismatchError; the
 // stream stops at the first.
-func checkStream(ctx context.Context, ir *imageReader, entries []qemu.MapEntry, layers []layer, exp *expected, whole bool,
+func checkStream(ctx context.Context, ir reader, entries []qemu.MapEntry, layers []layer, exp *expected, whole bool,
 	write func(worker int, off uint64, data []byte) error) (string, error) {
 	segs := annotate(wholeSegments(entries, exp.capacity, chunkCuts(exp.chunks)), exp.chunks)
 	sink := newHashSink(exp.chunks, whole || exp.whole != "")
@@ -247,11 +247,7 @@ func checkStream(ctx context.Context, ir *imageReader, entries []qemu.MapEntry, 
 			bad = exp.mismatch(layers, zeroChunk, off, 1, "0x00", "")
 		}
 	}
-	var w func(worker int, s segment, data []byte) error
-	if write != nil {
-		w = func(worker int, s segment, data []byte) error { return write(worker, s.off, data) }
-	}
-	err := ir.stream(ctx, segs, w, func(s segment, data []byte, sum string) error {
+	err := stream(ctx, ir, segs, write, func(s segment, data []byte, sum string) error {
 		zeroChunk = s.chunk
 		sink.feed(s, data, sum)
 		if bad != nil {

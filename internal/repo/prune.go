@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sendense/capture/internal/qcow2"
 	"github.com/sendense/capture/internal/qemu"
 )
 
@@ -418,7 +419,7 @@ func (r *Repo) mergeDisk(ctx context.Context, ix *vmIndex, mg journalMerge, laye
 		ids = append(ids, l.m.ID)
 	}
 	nd.Reason = "merged with the older backups " + strings.Join(ids, ", ") + " by prune"
-	hdr, err := qemu.ReadHeader(func(off int64, n int) ([]byte, error) { return r.fs.ReadAt(tmp, off, n) })
+	hdr, err := qcow2.ReadHeader(func(off int64, n int) ([]byte, error) { return r.fs.ReadAt(tmp, off, n) })
 	if err != nil {
 		return nil, fmt.Errorf("the merged image %s: %w", tmp, err)
 	}
@@ -436,7 +437,7 @@ func (r *Repo) mergeDisk(ctx context.Context, ix *vmIndex, mg journalMerge, laye
 	if len(scratch.Problems) > 0 {
 		return nil, fmt.Errorf("the merged image %s: %s", tmp, scratch.Problems[0])
 	}
-	ir, err := r.openImageReader(ctx, tmp, qemu.ServeOptions{NoBacking: true})
+	ir, err := r.openChain(ctx, []layer{{m: top.m, d: &nd, path: tmp}}, true)
 	if err != nil {
 		return nil, err
 	}
@@ -510,7 +511,7 @@ func (r *Repo) finishSwitch(vd *vmDir, j *journal) error {
 		if fi, err := r.fs.Lstat(p); err != nil || !fi.Mode().IsRegular() {
 			return fmt.Errorf("%s is not a regular file", p)
 		}
-		hdr, err := qemu.ReadHeader(func(off int64, n int) ([]byte, error) { return r.fs.ReadAt(p, off, n) })
+		hdr, err := qcow2.ReadHeader(func(off int64, n int) ([]byte, error) { return r.fs.ReadAt(p, off, n) })
 		if err != nil {
 			return fmt.Errorf("the merged image %s: %w", p, err)
 		}

@@ -262,56 +262,61 @@ func TestPruneCrash(t *testing.T) {
 	}
 }
 
-// failingTool is a wrapper of qemu-img or qemu-nbd that fails its n-th
-// run whose arguments contain match (counted in a file).
-func failingTool(t *testing.T, tool, match string, n int) string {
+// failingTool is a wrapper of qemu-img that fails its n-th run of the
+// sub-command match (counted in a file) or, with corrupt, runs it and
+// then writes garbage into its output image (its last argument).
+func failingTool(t *testing.T, match string, n int, corrupt bool) string {
 	t.Helper()
-	real, err := exec.LookPath(tool)
+	real, err := exec.LookPath("qemu-img")
 	if err != nil {
 		t.Skip(err)
 	}
 	dir := t.TempDir()
+	fail := `echo "injected failure of qemu-img $1" >&2; exit 1`
+	if corrupt {
+		fail = `"$REAL" "$@" || exit; for out; do :; done; qemu-io -f qcow2 -c "write -P 0x5a 4096 512" "$out" >/dev/null; exit`
+	}
 	script := fmt.Sprintf(`#!/bin/sh
-case " $* " in *%s*)
-  n=$(cat %[2]s/count 2>/dev/null || echo 0); n=$((n+1)); echo $n > %[2]s/count
-  if [ $n -eq %[3]d ]; then echo "injected failure of %[4]s $1" >&2; exit 1; fi;;
+REAL=%s
+case "$1" in %s)
+  n=$(cat %[3]s/count 2>/dev/null || echo 0); n=$((n+1)); echo $n > %[3]s/count
+  if [ $n -eq %[4]d ]; then %[5]s; fi;;
 esac
-exec %[5]s "$@"
-`, match, dir, n, tool, real)
-	p := filepath.Join(dir, tool)
+exec "$REAL" "$@"
+`, real, match, dir, n, fail)
+	p := filepath.Join(dir, "qemu-img")
 	if err := os.WriteFile(p, []byte(script), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	return p
 }
 
-// TestPruneToolFailure makes each qemu-img and qemu-nbd run of a prune
-// fail in turn: the prune fails, says that nothing was changed, every
-// point restores exactly as before and nothing is left over.
+// TestPruneToolFailure makes each qemu-img run of a prune fail in turn,
+// and a conversion write wrong data: the prune fails, says that nothing
+// was changed, every point restores exactly as before and nothing is
+// left over.
 func TestPruneToolFailure(t *testing.T) {
 	cases := []struct {
-		tool, match string
-		n           int
+		match   string
+		n       int
+		corrupt bool
+		want    string
 	}{
-		{"qemu-img", "info", 1}, {"qemu-img", "info", 8}, {"qemu-img", "convert", 1}, {"qemu-img", "convert", 2},
-		{"qemu-img", "map", 1}, {"qemu-img", "map", 2}, {"qemu-nbd", "--read-only", 1}, {"qemu-nbd", "--read-only", 3},
+		{"info", 1, false, "injected failure"}, {"info", 8, false, "injected failure"},
+		{"convert", 1, false, "injected failure"}, {"convert", 2, false, "injected failure"},
+		{"map", 1, false, "injected failure"}, {"map", 2, false, "injected failure"},
+		{"convert", 1, true, "does not match"}, {"convert", 2, true, "is not zero"},
 	}
 	for _, c := range cases {
-		t.Run(fmt.Sprintf("%s-%s-%d", c.tool, c.match, c.n), func(t *testing.T) {
+		t.Run(fmt.Sprintf("%s-%d-%v", c.match, c.n, c.corrupt), func(t *testing.T) {
 			t.Parallel()
 			r, b := chain(t)
 			all := ids(b)
 			before := vmFiles(t, r)
-			tools := &qemu.Tools{Runner: qemu.LocalRunner{}}
-			if c.tool == "qemu-img" {
-				tools.QemuImg = failingTool(t, c.tool, c.match, c.n)
-			} else {
-				tools.QemuNBD = failingTool(t, c.tool, c.match, c.n)
-			}
-			r.Tools = tools
+			r.Tools = &qemu.Tools{Runner: qemu.LocalRunner{}, QemuImg: failingTool(t, c.match, c.n, c.corrupt)}
 			_, err := r.Prune(context.Background(), repo.PruneOptions{Keep: 2})
-			if err == nil || !strings.Contains(err.Error(), "injected failure") || !strings.Contains(err.Error(), "nothing was changed") {
-				t.Fatalf("prune with a failing %s %s: %v", c.tool, c.match, err)
+			if err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), "nothing was changed") {
+				t.Fatalf("prune with a failing qemu-img %s: %v", c.match, err)
 			}
 			r.Tools = qemu.Default
 			if after := vmFiles(t, r); !slices.Equal(before, after) {
@@ -321,103 +326,5 @@ func TestPruneToolFailure(t *testing.T) {
 				b.CheckRestore(id)
 			}
 		})
-	}
-}
-
-// TestPruneRecoveredByBackup: an interrupted prune is finished by the next
-// backup of the VM, which then continues the chain.
-func TestPruneRecoveredByBackup(t *testing.T) {
-	r, b := chain(t)
-	ctx := context.Background()
-	all := ids(b)
-	repo.SetHook(r, func(step string) error {
-		if step == "rename" {
-			return errors.New("crash")
-		}
-		return nil
-	})
-	if _, err := r.Prune(ctx, repo.PruneOptions{Keep: 2}); err == nil {
-		t.Fatal("prune did not fail")
-	}
-	// Meanwhile the kept backups verify (the merged disk is full already).
-	verifyOK(t, r, "vm-42", all[2])
-	repo.SetHook(r, nil)
-	b.Backup(repotest.Disk{Key: keyA, Capacity: 4 * mib, Writes: []repotest.Write{{Off: 8 * kib, Len: 4 * kib}}},
-		repotest.Disk{Key: keyB, Capacity: 2 * mib})
-	if exists(filepath.Join(r.Dir, "web_01", "prune-journal.json")) {
-		t.Fatal("the backup did not finish the prune")
-	}
-	all = ids(b)
-	if got := listIDs(t, r); !slices.Equal(got, all[2:]) {
-		t.Fatalf("after: %v", got)
-	}
-	for _, id := range all[2:] {
-		b.CheckRestore(id)
-	}
-	verifyOK(t, r, "", "")
-}
-
-// TestPruneRefusesBrokenChain: a kept backup needing a missing image
-// stops the prune before anything changes.
-func TestPruneRefusesBrokenChain(t *testing.T) {
-	r, b := chain(t)
-	all := ids(b)
-	missing := filepath.Join(r.Dir, "web_01", repo.ImageName(all[1], keyA))
-	os.Remove(missing)
-	before := vmFiles(t, r)
-	_, err := r.Prune(context.Background(), repo.PruneOptions{Keep: 2})
-	if err == nil || !strings.Contains(err.Error(), missing) || !strings.Contains(err.Error(), "nothing was changed") {
-		t.Fatalf("prune of a broken chain: %v", err)
-	}
-	if after := vmFiles(t, r); !slices.Equal(before, after) {
-		t.Fatalf("files changed: %v → %v", before, after)
-	}
-	b.CheckRestore(all[0])
-}
-
-// TestReadersWaitForPrune: restore and verify wait while a prune holds the
-// VM's read lock (here: taken by hand), and give up when cancelled.
-func TestReadersWaitForPrune(t *testing.T) {
-	r, b := chain(t)
-	f, err := os.OpenFile(filepath.Join(r.Dir, "web_01", "read.lock"), os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
-	defer cancel()
-	if _, err := r.Verify(ctx, repo.VerifyOptions{VM: "vm-42"}); !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("verify during a prune: %v", err)
-	}
-	syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
-	b.CheckRestore(b.Points[0].ID)
-}
-
-// TestPruneKeep1: keeping only the newest of four merges a chain of four
-// images into it (disk A); disk B, already full there, is left alone.
-func TestPruneKeep1(t *testing.T) {
-	r, b := chain(t)
-	all := ids(b)
-	reps, err := r.Prune(context.Background(), repo.PruneOptions{Keep: 1, VM: "vm-42"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if rep := reps[0]; len(rep.Dropped) != 3 || len(rep.Merged) != 1 || len(rep.Merged[0].Images) != 4 || rep.Merged[0].Disk != keyA {
-		t.Fatalf("prune: %+v", rep)
-	}
-	if got := listIDs(t, r); !slices.Equal(got, all[3:]) {
-		t.Fatalf("after: %v", got)
-	}
-	m := mustManifest(t, r, all[3])
-	if m.Parent != "" || m.Disk(keyA).Level != repo.LevelFull || m.Disk(keyB).Reason != "first backup of this disk" {
-		t.Fatalf("manifest: %+v", m)
-	}
-	b.CheckRestore(all[3])
-	verifyOK(t, r, "", "")
-	if got := len(vmFiles(t, r)); got != 3 {
-		t.Fatalf("files left: %v", vmFiles(t, r))
 	}
 }

@@ -174,8 +174,12 @@ func (r *Repo) restoreDisk(ctx context.Context, layers []layer, dst, format stri
 	if err := r.completeCuts(ctx, layers, exp); err != nil {
 		return restoreMismatch(err)
 	}
-	all := paths(layers)
-	entries, err := r.Tools.Map(ctx, all[0], qemu.MapOptions{Backing: all[1:]})
+	rd, err := r.openChain(ctx, layers, false)
+	if err != nil {
+		return err
+	}
+	defer rd.Close()
+	entries, err := rd.extents(ctx)
 	if err != nil {
 		return err
 	}
@@ -188,16 +192,11 @@ func (r *Repo) restoreDisk(ctx context.Context, layers []layer, dst, format stri
 			out.remove()
 		}
 	}()
-	ir, err := r.openImageReader(ctx, all[0], qemu.ServeOptions{Backing: all[1:]})
-	if err != nil {
+	if err := out.connect(rd.workers()); err != nil {
 		return err
 	}
-	if err := out.connect(len(ir.hs)); err != nil {
-		ir.Close()
-		return err
-	}
-	_, err = checkStream(ctx, ir, entries, layers, exp, false, out.write)
-	if cerr := ir.Close(); err == nil {
+	_, err = checkStream(ctx, rd, entries, layers, exp, false, out.write)
+	if cerr := rd.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {

@@ -449,7 +449,7 @@ func (r *Repo) checkContent(ctx context.Context, rep *ImageReport, path string, 
 		rep.add(Problem{Kind: ProblemImage, Message: "the image cannot be read: " + err.Error()})
 		return
 	}
-	err = ir.stream(ctx, segs, nil, sink.feed)
+	err = stream(ctx, ir, segs, nil, sink.feed)
 	if cerr := ir.Close(); err == nil && ctx.Err() == nil {
 		err = cerr
 	}

@@ -1,4 +1,4 @@
-package qemu
+package qcow2
 
 import (
 	"encoding/binary"
@@ -6,19 +6,22 @@ import (
 	"fmt"
 )
 
-// The qcow2 header (docs/interop/qcow2.txt in the QEMU sources), read
-// without QEMU: what an image would make QEMU open besides itself (a
-// backing file, an external data file) is known before any QEMU tool sees
-// the image.
+// Package qcow2 reads qcow2 images (docs/interop/qcow2.txt in the QEMU
+// sources) without QEMU: the header, so that what an image would make
+// QEMU open besides itself (a backing file, an external data file) is
+// known before any QEMU tool sees it, and the data of a chain of images
+// of the subset of the format sendense writes (Chain).
 
 // qcow2 header constants.
 const (
 	qcow2Magic = 0x514649fb // "QFI\xfb"
 
 	// Incompatible feature bits.
-	IncompatDirty    = 1 << 0
-	IncompatCorrupt  = 1 << 1
-	IncompatDataFile = 1 << 2
+	IncompatDirty       = 1 << 0
+	IncompatCorrupt     = 1 << 1
+	IncompatDataFile    = 1 << 2
+	IncompatCompression = 1 << 3 // a compression type other than zlib
+	IncompatExtendedL2  = 1 << 4
 
 	extEnd           = 0x00000000
 	extBackingFormat = 0xe2792aca
@@ -44,6 +47,8 @@ type Header struct {
 	// DataFile is the name of the external data file ("" for none).
 	DataFile             string
 	IncompatibleFeatures uint64
+	L1Size               uint32 // L1 table entries
+	L1TableOffset        uint64
 }
 
 // ClusterSize is 1 << ClusterBits.
@@ -92,10 +97,12 @@ func parseHeader(b []byte) (h *Header, need int, err error) {
 		return nil, 0, ErrNotQcow2
 	}
 	h = &Header{
-		Version:     be.Uint32(b[4:]),
-		ClusterBits: be.Uint32(b[20:]),
-		Size:        be.Uint64(b[24:]),
-		CryptMethod: be.Uint32(b[32:]),
+		Version:       be.Uint32(b[4:]),
+		ClusterBits:   be.Uint32(b[20:]),
+		Size:          be.Uint64(b[24:]),
+		CryptMethod:   be.Uint32(b[32:]),
+		L1Size:        be.Uint32(b[36:]),
+		L1TableOffset: be.Uint64(b[40:]),
 	}
 	if h.Version != 2 && h.Version != 3 {
 		return nil, 0, fmt.Errorf("qcow2 version %d is not supported", h.Version)
