@@ -57,7 +57,7 @@ func Open(f File) (*Image, error) {
 		return nil, fmt.Errorf("qcow2 L1 table of %d entries does not cover %d bytes", hdr.L1Size, hdr.Size)
 	}
 	b := make([]byte, 8*need)
-	if _, err := f.ReadAt(b, int64(hdr.L1TableOffset)); err != nil {
+	if err := readFull(f, b, hdr.L1TableOffset); err != nil {
 		return nil, fmt.Errorf("reading the qcow2 L1 table: %w", err)
 	}
 	im.l1 = make([]uint64, need)
@@ -65,6 +65,17 @@ func Open(f File) (*Image, error) {
 		im.l1[i] = binary.BigEndian.Uint64(b[8*i:])
 	}
 	return im, nil
+}
+
+// readFull reads len(b) bytes at off; beyond the end of the file it reads
+// zeroes, as QEMU does (a truncated image reads as unallocated there).
+func readFull(f File, b []byte, off uint64) error {
+	n, err := f.ReadAt(b, int64(off))
+	if errors.Is(err, io.EOF) {
+		clear(b[n:])
+		return nil
+	}
+	return err
 }
 
 // Header is the image's header.
@@ -112,7 +123,7 @@ func (im *Image) l2(off uint64) ([]uint64, error) {
 		return t, nil
 	}
 	b := make([]byte, im.clusterSize())
-	if _, err := im.f.ReadAt(b, int64(off)); err != nil {
+	if err := readFull(im.f, b, off); err != nil {
 		return nil, fmt.Errorf("reading a qcow2 L2 table at %d: %w", off, err)
 	}
 	t := make([]uint64, im.l2Entries())

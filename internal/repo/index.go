@@ -55,6 +55,21 @@ func (r *Repo) index(vd *vmDir) (*vmIndex, error) {
 	}
 	if ix.journal != nil && ix.journal.Phase == phaseSwitching {
 		r.resolveSwitching(ix)
+		if err := ix.journalSafe(); err != nil {
+			// Not what a prune writes: ignored, and never carried out.
+			ix.jerr, ix.journal = &JournalError{ix.path(journalName), err}, nil
+			for k := range ix.byID {
+				delete(ix.byID, k)
+			}
+			clear(ix.bad)
+			for _, id := range ix.ids {
+				if m, err := r.readManifest(ix.path(id + ".json")); err == nil {
+					ix.byID[id] = m
+				} else if !errors.Is(err, fs.ErrNotExist) {
+					ix.bad[id] = err
+				}
+			}
+		}
 	}
 	for _, id := range ix.ids {
 		if m := ix.byID[id]; m != nil && !ix.dropping(id) {
@@ -159,4 +174,39 @@ func (r *Repo) resolveSwitching(ix *vmIndex) {
 		}
 		ix.byID[id] = &composed
 	}
+}
+
+// journalSafe checks a journal past its point of no return against the
+// directory: it keeps at least one backup, and no backup it keeps needs
+// one it removes, but through a disk whose standalone image is about to
+// replace its chain (a .merging file and the new manifest are there).
+func (ix *vmIndex) journalSafe() error {
+	j := ix.journal
+	kept := 0
+	for _, id := range ix.ids {
+		if !slices.Contains(j.Drop, id) {
+			kept++
+		}
+	}
+	if kept == 0 {
+		return errors.New("it removes every backup of the VM, which a prune never does")
+	}
+	for _, mg := range j.Merges {
+		if !ix.has(mg.Backup+".json") {
+			return fmt.Errorf("it rewrites backup %s, which has no manifest", mg.Backup)
+		}
+	}
+	for _, id := range ix.ids {
+		m := ix.byID[id]
+		if m == nil || slices.Contains(j.Drop, id) || !slices.Contains(j.Drop, m.Parent) {
+			continue
+		}
+		for _, d := range m.Disks {
+			pending := ix.has(mergingName(d.Image)) && ix.has(id+newSuffix) && slices.Contains(j.Merges, journalMerge{id, d.Key})
+			if d.Backing != "" && !pending {
+				return fmt.Errorf("it removes backup %s, which backup %s (disk %d) needs", m.Parent, id, d.Key)
+			}
+		}
+	}
+	return nil
 }

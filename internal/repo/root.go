@@ -335,6 +335,10 @@ func readOnly(err error) bool {
 // openLock opens the lock file rel; nil (no error) for a shared lock
 // that cannot exist on a read-only repository.
 func (c *confinedFS) openLock(p, rel string, exclusive bool) (*os.File, error) {
+	notRegular := fmt.Errorf("lock file %s is not a regular file (a symbolic link?): a repository's lock files always are; remove it", p)
+	if fi, err := c.root.Lstat(rel); err == nil && !fi.Mode().IsRegular() {
+		return nil, notRegular
+	}
 	f, err := c.root.OpenFile(rel, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil && readOnly(err) {
 		if exclusive {
@@ -357,7 +361,7 @@ func (c *confinedFS) openLock(p, rel string, exclusive bool) (*os.File, error) {
 		}
 	}
 	f.Close()
-	return nil, fmt.Errorf("lock file %s is not a regular file (a symbolic link?): a repository's lock files always are; remove it", p)
+	return nil, notRegular
 }
 
 func (c *confinedFS) TryLock(p string, exclusive bool) (Lock, bool, error) {
