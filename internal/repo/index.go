@@ -192,7 +192,7 @@ func (ix *vmIndex) journalSafe() error {
 		return errors.New("it removes every backup of the VM, which a prune never does")
 	}
 	for _, mg := range j.Merges {
-		if !ix.has(mg.Backup+".json") {
+		if !ix.has(mg.Backup + ".json") {
 			return fmt.Errorf("it rewrites backup %s, which has no manifest", mg.Backup)
 		}
 	}
