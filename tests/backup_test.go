@@ -509,3 +509,56 @@ func nonRepo(t *testing.T) string {
 	os.WriteFile(filepath.Join(d, "precious.txt"), []byte("not a repository"), 0o600)
 	return d
 }
+
+// TestBackupDamagedBase: when the previous image of a disk is damaged or
+// missing, the next backup of that disk is full, saying why, the other
+// disk stays incremental, the damaged point stays as it was (verify
+// reports it), and the new point restores exactly.
+func TestBackupDamagedBase(t *testing.T) {
+	b := startBackupLab(t, []lab.VMSpec{{Name: "app", PowerOn: true, CBT: true, Disks: []lab.DiskSpec{
+		{Capacity: 16 * mib, Data: 4 * mib, Seed: 31}, {Capacity: 8 * mib, Data: mib, Seed: 32}}}})
+	r1 := b.backup("app")
+	img := filepath.Join(b.repo, "app", r1.BackupID+"-disk2000.qcow2")
+	f, err := os.OpenFile(img, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteAt([]byte("XX"), 0) // the qcow2 magic
+	f.Close()
+	b.write("app", 2000, 0, 64*kib, 1)
+	b.write("app", 2001, 0, 64*kib, 2)
+	r2 := b.backup("app")
+	for _, d := range r2.Disks {
+		switch {
+		case d.Key == 2000 && (d.Level != "full" || !strings.Contains(d.Reason, "cannot be the base of an incremental") || !strings.Contains(d.Reason, "qcow2 header")):
+			t.Errorf("disk 2000 after its base was damaged: %s (%s)", d.Level, d.Reason)
+		case d.Key == 2001 && d.Level != "incremental":
+			t.Errorf("disk 2001: %s (%s)", d.Level, d.Reason)
+		}
+	}
+	out, _, code := b.run(nil, "verify", "app")
+	if code != 3 || !strings.Contains(out, img) {
+		t.Fatalf("verify: exit %d\n%s", code, out)
+	}
+	to := filepath.Join(b.dir, "restore-damaged-base")
+	b.mustRun("restore", "app", "--backup", r2.BackupID, "--to", to)
+	for key, exp := range b.expected["app"][r2.BackupID] {
+		run(t, "cmp", exp, filepath.Join(to, fmt.Sprintf("app-disk%d.raw", key)))
+	}
+	if _, errOut, code := b.run(nil, "restore", "app", "--backup", r1.BackupID, "--to", to+"-1"); code != 1 || !strings.Contains(errOut, img) {
+		t.Fatalf("restore of the damaged point: exit %d: %s", code, errOut)
+	}
+	// A missing image: the same.
+	os.Remove(filepath.Join(b.repo, "app", r2.BackupID+"-disk2001.qcow2"))
+	b.write("app", 2001, 64*kib, 64*kib, 3)
+	r3 := b.backup("app")
+	for _, d := range r3.Disks {
+		if want := d.Key == 2001; (d.Level == "full") != want {
+			t.Errorf("after a missing image, disk %d: %s (%s)", d.Key, d.Level, d.Reason)
+		}
+	}
+	b.mustRun("restore", "app", "--backup", r3.BackupID, "--to", to+"-3")
+	for key, exp := range b.expected["app"][r3.BackupID] {
+		run(t, "cmp", exp, filepath.Join(to+"-3", fmt.Sprintf("app-disk%d.raw", key)))
+	}
+}

@@ -328,3 +328,87 @@ func TestPruneToolFailure(t *testing.T) {
 		})
 	}
 }
+
+// TestPruneSelect: a retention policy (PruneOptions.Select) keeps the
+// oldest and the newest backups; the newest, whose chain runs through the
+// removed ones down to the kept oldest, is made standalone; the reasons
+// are reported; a policy keeping nothing keeps the newest.
+func TestPruneSelect(t *testing.T) {
+	r, b := chain(t)
+	ctx := context.Background()
+	all := ids(b)
+	var seen []repo.PrunePoint
+	sel := func(points []repo.PrunePoint) map[string][]string {
+		seen = points
+		return map[string][]string{points[0].ID: {"newest"}, points[len(points)-1].ID: {"monthly"}}
+	}
+	reps, err := r.Prune(ctx, repo.PruneOptions{Select: sel, DryRun: true})
+	if err != nil || len(seen) != 4 || seen[0].ID != all[3] || seen[0].Time.IsZero() || !seen[0].Time.After(seen[3].Time) {
+		t.Fatalf("dry run: %+v %v; the policy saw %+v", reps, err, seen)
+	}
+	if rep := reps[0]; !slices.Equal(rep.Kept, []string{all[0], all[3]}) || rep.Reasons[all[0]][0] != "monthly" || len(rep.Merged) != 1 {
+		t.Fatalf("dry run: %+v", rep)
+	}
+	if _, err := r.Prune(ctx, repo.PruneOptions{Select: sel}); err != nil {
+		t.Fatal(err)
+	}
+	if got := listIDs(t, r); !slices.Equal(got, []string{all[0], all[3]}) {
+		t.Fatalf("after: %v", got)
+	}
+	b.CheckRestore(all[0])
+	b.CheckRestore(all[3])
+	verifyOK(t, r, "", "")
+	reps, err = r.Prune(ctx, repo.PruneOptions{Select: func([]repo.PrunePoint) map[string][]string { return nil }})
+	if err != nil || !slices.Equal(reps[0].Kept, []string{all[3]}) || !strings.Contains(reps[0].Reasons[all[3]][0], "never removes the last") {
+		t.Fatalf("a policy keeping nothing: %+v %v", reps, err)
+	}
+	b.CheckRestore(all[3])
+}
+
+// TestReadOnlyPendingPrune: a prune stopped after its point of no return
+// on a repository then mounted read-only (an immutable copy): nothing can
+// finish it, and the backups it keeps are listed and restore exactly.
+func TestReadOnlyPendingPrune(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for a read-only bind mount")
+	}
+	r, b := chain(t)
+	all := ids(b)
+	repo.SetHook(r, func(step string) error {
+		if step == "rename" {
+			return errors.New("crash")
+		}
+		return nil
+	})
+	if _, err := r.Prune(context.Background(), repo.PruneOptions{Keep: 2}); err == nil {
+		t.Fatal("prune did not stop")
+	}
+	ro := filepath.Join(t.TempDir(), "ro")
+	os.Mkdir(ro, 0o700)
+	if out, err := exec.Command("mount", "--bind", r.Dir, ro).CombinedOutput(); err != nil {
+		t.Skipf("bind mount: %v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", "-l", ro).Run() })
+	if out, err := exec.Command("mount", "-o", "remount,bind,ro", ro).CombinedOutput(); err != nil {
+		t.Skipf("read-only remount: %v %s", err, out)
+	}
+	r2, err := repo.Open(ro)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r2.Close()
+	if !exists(filepath.Join(ro, "web_01", "prune-journal.json")) {
+		t.Fatal("the journal is gone")
+	}
+	if got := listIDs(t, r2); !slices.Equal(got, all[2:]) {
+		t.Fatalf("listed: %v", got)
+	}
+	b2 := b.Clone(t, r2)
+	for _, id := range all[2:] {
+		b2.CheckRestore(id)
+	}
+	verifyOK(t, r2, "vm-42", all[2])
+	if _, err := r2.Prune(context.Background(), repo.PruneOptions{Keep: 2}); !errors.Is(err, repo.ErrReadOnly) {
+		t.Fatalf("prune of a read-only repository: %v", err)
+	}
+}
