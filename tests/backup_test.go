@@ -400,19 +400,8 @@ func TestBackupFaults(t *testing.T) {
 			waitForCopy(t, b, "app", cmd)
 			exec.Command("pkill", "-KILL", "-P", fmt.Sprint(cmd.Process.Pid), "nbdkit").Run()
 		}, want: "nbdkit"},
-		{name: "corrupt manifest", setup: func() func() {
-			ids := b.backupIDs("app")
-			m := filepath.Join(b.repo, "app", ids[len(ids)-1]+".json")
-			good, _ := os.ReadFile(m)
-			os.WriteFile(m, good[:len(good)/2], 0o600)
-			return func() { os.WriteFile(m, good, 0o600) }
-		}, want: ".json"},
-		{name: "missing backing image", setup: func() func() {
-			imgs, _ := filepath.Glob(filepath.Join(b.repo, "app", "*-disk2000.qcow2"))
-			last := imgs[len(imgs)-1]
-			os.Rename(last, last+".away")
-			return func() { os.Rename(last+".away", last) }
-		}, want: "disk2000.qcow2"},
+		// A corrupt manifest or a damaged previous image do not stop the
+		// backup: TestBackupDamagedBase.
 	}
 	for _, f := range faults {
 		t.Run(strings.ReplaceAll(f.name, " ", "_"), func(t *testing.T) {
@@ -560,5 +549,26 @@ func TestBackupDamagedBase(t *testing.T) {
 	b.mustRun("restore", "app", "--backup", r3.BackupID, "--to", to+"-3")
 	for key, exp := range b.expected["app"][r3.BackupID] {
 		run(t, "cmp", exp, filepath.Join(to+"-3", fmt.Sprintf("app-disk%d.raw", key)))
+	}
+	// A corrupt newest manifest: the next backup goes on from the newest
+	// valid one (incremental from its changeIds), under a later id, and
+	// the corrupt file stays.
+	m3 := filepath.Join(b.repo, "app", r3.BackupID+".json")
+	good, _ := os.ReadFile(m3)
+	os.WriteFile(m3, good[:len(good)/2], 0o600)
+	b.write("app", 2000, 2*mib, 64*kib, 4)
+	r4 := b.backup("app")
+	for _, d := range r4.Disks {
+		// (backup 2's image of disk 2001 is still missing)
+		if want := d.Key == 2001; (d.Level == "full") != want {
+			t.Errorf("after a corrupt manifest, disk %d: %s (%s)", d.Key, d.Level, d.Reason)
+		}
+	}
+	if got, _ := os.ReadFile(m3); !bytes.Equal(got, good[:len(good)/2]) {
+		t.Error("the corrupt manifest was changed")
+	}
+	b.mustRun("restore", "app", "--backup", r4.BackupID, "--to", to+"-4")
+	for key, exp := range b.expected["app"][r4.BackupID] {
+		run(t, "cmp", exp, filepath.Join(to+"-4", fmt.Sprintf("app-disk%d.raw", key)))
 	}
 }
