@@ -1,6 +1,7 @@
 package repo
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -77,6 +78,21 @@ func (r *Repo) index(vd *vmDir) (*vmIndex, error) {
 		}
 	}
 	return ix, nil
+}
+
+// readIndex takes vd's read lock (see readLock) and indexes it: what
+// list, verify and restore read a VM directory through. unlock releases
+// the lock.
+func (r *Repo) readIndex(ctx context.Context, vd *vmDir) (ix *vmIndex, unlock func(), err error) {
+	rl, err := r.readLock(ctx, vd)
+	if err != nil {
+		return nil, nil, err
+	}
+	if ix, err = r.index(vd); err != nil {
+		rl.Unlock()
+		return nil, nil, err
+	}
+	return ix, rl.Unlock, nil
 }
 
 // path is the full path of a file of the VM directory.

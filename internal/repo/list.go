@@ -52,15 +52,11 @@ func (r *Repo) List(ctx context.Context, vm string) (*ListResult, error) {
 }
 
 func (r *Repo) listVM(ctx context.Context, vd *vmDir, res *ListResult) error {
-	rl, err := r.readLock(ctx, vd)
+	ix, unlock, err := r.readIndex(ctx, vd)
 	if err != nil {
 		return err
 	}
-	defer rl.Unlock()
-	ix, err := r.index(vd)
-	if err != nil {
-		return err
-	}
+	defer unlock()
 	res.Errors = append(res.Errors, ix.manifestErrors()...)
 	if ix.jerr != nil {
 		res.Errors = append(res.Errors, ix.jerr)

@@ -81,15 +81,11 @@ func (r *Repo) Restore(ctx context.Context, opts RestoreOptions) ([]RestoredDisk
 	if err != nil {
 		return nil, err
 	}
-	rl, err := r.readLock(ctx, vd)
+	ix, unlock, err := r.readIndex(ctx, vd)
 	if err != nil {
 		return nil, err
 	}
-	defer rl.Unlock()
-	ix, err := r.index(vd)
-	if err != nil {
-		return nil, err
-	}
+	defer unlock()
 
 	var m *Manifest
 	if opts.Backup == "" {

@@ -200,15 +200,11 @@ func (r *Repo) Verify(ctx context.Context, opts VerifyOptions) (*VerifyResult, e
 }
 
 func (r *Repo) verifyVM(ctx context.Context, vd *vmDir, opts VerifyOptions, res *VerifyResult, problem func(Problem)) error {
-	rl, err := r.readLock(ctx, vd)
+	ix, unlock, err := r.readIndex(ctx, vd)
 	if err != nil {
 		return err
 	}
-	defer rl.Unlock()
-	ix, err := r.index(vd)
-	if err != nil {
-		return err
-	}
+	defer unlock()
 	if ix.jerr != nil {
 		problem(Problem{VM: vd.Name, File: ix.path(journalName), Kind: ProblemJournal, Message: ix.jerr.Error()})
 	}
@@ -217,7 +213,7 @@ func (r *Repo) verifyVM(ctx context.Context, vd *vmDir, opts VerifyOptions, res 
 	if opts.Backup == "" {
 		for _, id := range ix.ids {
 			if err := ix.bad[id]; err != nil {
-				problem(Problem{VM: vd.Name, Backup: id, File: manifestErrorFile(r, err, ix.path(id+".json")), Kind: ProblemManifest, Message: err.Error()})
+				problem(Problem{VM: vd.Name, Backup: id, File: manifestErrorFile(err, ix.path(id+".json")), Kind: ProblemManifest, Message: err.Error()})
 			}
 		}
 		for _, m := range ix.points {
@@ -230,7 +226,7 @@ func (r *Repo) verifyVM(ctx context.Context, vd *vmDir, opts VerifyOptions, res 
 		var me *ManifestError
 		switch {
 		case errors.As(err, &me) || (err != nil && ix.bad[opts.Backup] != nil):
-			problem(Problem{VM: vd.Name, Backup: opts.Backup, File: manifestErrorFile(r, err, ix.path(opts.Backup+".json")), Kind: ProblemManifest, Message: err.Error()})
+			problem(Problem{VM: vd.Name, Backup: opts.Backup, File: manifestErrorFile(err, ix.path(opts.Backup+".json")), Kind: ProblemManifest, Message: err.Error()})
 			return nil
 		case err != nil:
 			return err
@@ -281,7 +277,7 @@ func (r *Repo) verifyVM(ctx context.Context, vd *vmDir, opts VerifyOptions, res 
 }
 
 // manifestErrorFile is the file a manifest error names.
-func manifestErrorFile(r *Repo, err error, path string) string {
+func manifestErrorFile(err error, path string) string {
 	var me *ManifestError
 	if errors.As(err, &me) {
 		path = me.Path
@@ -298,7 +294,7 @@ func (r *Repo) chainNext(ix *vmIndex, m *Manifest, d *DiskImage, problem func(Pr
 	pm := ix.byID[id]
 	if pm == nil {
 		if err := ix.bad[id]; err != nil {
-			problem(Problem{VM: vd.Name, Backup: id, Disk: d.Key, File: manifestErrorFile(r, err, ix.path(id+".json")), Kind: ProblemManifest,
+			problem(Problem{VM: vd.Name, Backup: id, Disk: d.Key, File: manifestErrorFile(err, ix.path(id+".json")), Kind: ProblemManifest,
 				Message: fmt.Sprintf("the manifest of backup %s, which holds %s (the backing file of %s), cannot be used: %v", id, d.Backing, d.Image, err)})
 		}
 		return nil, nil // verifyImage reports a missing manifest of d's backing file
