@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"github.com/sendense/capture/internal/qcow2"
 	"hash"
 	"log/slog"
 	"os"
@@ -16,6 +15,7 @@ import (
 
 	"github.com/sendense/capture/internal/extent"
 	"github.com/sendense/capture/internal/nbd"
+	"github.com/sendense/capture/internal/qcow2"
 	"github.com/sendense/capture/internal/qemu"
 )
 
@@ -91,7 +91,7 @@ func (s segment) end() uint64 { return s.off + s.n }
 // maxRead bytes per request. The SHA-256 of a segment that is a whole
 // data chunk is computed by the reading goroutine and passed as sum.
 // write, when set, is called by the reading goroutine (worker i of
-// len(ir.hs)) with each range read, before fn sees its segments.
+// rd.workers()) with each range read, before fn sees its segments.
 func stream(ctx context.Context, rd reader, segs []segment, write func(worker int, off uint64, data []byte) error,
 	fn func(s segment, data []byte, sum string) error) error {
 	ctx, cancel := context.WithCancel(ctx)

@@ -56,10 +56,11 @@ const partialInfix = ".partial-"
 //
 // Before writing anything it checks every disk's chain (check.go) and
 // refuses a damaged one, naming the file; an existing output is refused
-// unless Force. It then reads each chain through qemu-nbd with every
-// file's name and format pinned (qemu.Pinned), writes it under a
-// temporary name locked while written, and checks every byte against the
-// manifests (expect.go) as it goes: a mismatch is an error naming the
+// unless Force. It then reads each chain through the manifests' names
+// only (openChain: a local one directly, a remote one through qemu-nbd
+// with every file pinned), writes it under a temporary name locked while
+// written, and checks every byte against the manifests (expect.go) as it
+// goes: a mismatch is an error naming the
 // backup, the disk and the offset, and the output is removed. A complete
 // output is fsynced and renamed into place. Temporary outputs of an
 // earlier restore that died are removed.
