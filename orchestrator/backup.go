@@ -190,9 +190,13 @@ func (j *backupJob) plan(ctx context.Context, pending *repo.Pending, prev *repo.
 			p.full, p.reason = true, state.ForceFull[d.Key]
 		}
 		if !p.full {
-			if err := j.repo.CheckImage(j.vm.Moref, prevImg); err != nil {
-				return nil, fmt.Errorf("disk %d (%s): the previous backup's image cannot be the base of an incremental: %w; run 'sendense verify %s', or start a new chain with --full", d.Key, d.Label, err, j.vm.Name)
+			// A missing or damaged base makes this disk full (the damaged
+			// point stays; verify reports it).
+			if err := pending.CheckBase(ctx, d.Key); err != nil {
+				p.full, p.reason = true, fmt.Sprintf("the previous backup's image cannot be the base of an incremental (%v); run 'sendense verify %s'", err, j.vm.Name)
 			}
+		}
+		if !p.full {
 			if err := j.queryChanges(ctx, snap, p); err != nil {
 				if !j.cbtFault(ctx, err) {
 					return nil, fmt.Errorf("disk %d (%s): querying changed blocks since %s: %w", d.Key, d.Label, p.base, err)
@@ -234,7 +238,7 @@ func (j *backupJob) backupDisk(ctx context.Context, pending *repo.Pending, prev 
 	if err := tools.CreateImage(ctx, image, d.Capacity, backing); err != nil {
 		return nil, DiskReport{}, err
 	}
-	sopts := qemu.ServeOptions{Format: "qcow2"}
+	sopts := qemu.ServeOptions{Backing: pending.Backing(d.Key)} // the checked chain, not the header's names
 	if j.repo.Local() {
 		sopts.SocketDir = j.tmp
 	}

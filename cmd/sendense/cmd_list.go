@@ -102,7 +102,11 @@ oldest first.
 
 Columns: VM directory, backup id, level (full, incremental, or mixed when
 its disks differ), start time (UTC), number of disks, their total size,
-the bytes copied by that backup and the space its images take.
+the bytes copied by that backup, the space its images take, and whether
+it can be restored: every image of its chains is there and its qcow2
+header says what the manifests say (the data itself is checked by
+verify and restore). Why a backup cannot be restored is printed on
+standard error.
 
 With --json each backup is one "backup" object per line (the manifest's
 fields, without chunk lists), then a "summary". The format is in
@@ -121,8 +125,9 @@ EXAMPLES
 
 EXIT STATUS
   0    the backups were listed
-  1    the repository cannot be opened, or a manifest is corrupt (the
-       others are listed; the error names the file)
+  1    the repository cannot be opened, a manifest is corrupt (the
+       others are listed; the error names the file), or a backup cannot
+       be restored
   2    bad flags or arguments`
 
 func newListCommand() *cobra.Command {
@@ -159,6 +164,8 @@ type listedBackup struct {
 	StoredBytes int64            `json:"stored_bytes"`
 	Manifest    string           `json:"manifest"`
 	Merged      []string         `json:"merged,omitempty"`
+	Restorable  bool             `json:"restorable"`
+	Damage      string           `json:"damage,omitempty"`
 }
 
 type listedDisk struct {
@@ -195,7 +202,7 @@ func runList(ctx context.Context, opts listOptions, gopts globalOptions, stdout,
 			vms[p.VMDir] = true
 			lb := listedBackup{VMDir: p.VMDir, VM: p.VM, ID: p.ID, Parent: p.Parent, Level: p.Level(), Started: p.Started,
 				Finished: p.Finished, Snapshot: p.Snapshot, Capacity: p.Capacity(), BytesCopied: p.BytesCopied(),
-				StoredBytes: p.StoredBytes, Manifest: p.Path, Merged: p.Merged}
+				StoredBytes: p.StoredBytes, Manifest: p.Path, Merged: p.Merged, Restorable: p.Restorable, Damage: p.Damage}
 			for _, d := range p.Disks {
 				lb.Disks = append(lb.Disks, listedDisk{Key: d.Key, Label: d.Label, Capacity: d.Capacity, Level: d.Level, Reason: d.Reason,
 					Image: d.Image, Backing: d.Backing, ChangeID: d.ChangeID, BytesCopied: d.BytesCopied, Chunks: len(d.Chunks)})
@@ -222,18 +229,36 @@ func runList(ctx context.Context, opts listOptions, gopts globalOptions, stdout,
 			return nil
 		}
 		tw := newTable(stdout)
-		fmt.Fprintln(tw, "VM\tBACKUP\tLEVEL\tSTARTED (UTC)\tDISKS\tSIZE\tCOPIED\tSTORED")
+		fmt.Fprintln(tw, "VM\tBACKUP\tLEVEL\tSTARTED (UTC)\tDISKS\tSIZE\tCOPIED\tSTORED\tRESTORABLE")
 		for _, p := range res.Points {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", p.VMDir, p.ID, p.Level(), p.Started.UTC().Format("2006-01-02 15:04:05"),
-				len(p.Disks), units.FormatSize(p.Capacity()), units.FormatSize(p.BytesCopied()), units.FormatSize(uint64(p.StoredBytes)))
+			ok := "yes"
+			if !p.Restorable {
+				ok = "NO"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", p.VMDir, p.ID, p.Level(), p.Started.UTC().Format("2006-01-02 15:04:05"),
+				len(p.Disks), units.FormatSize(p.Capacity()), units.FormatSize(p.BytesCopied()), units.FormatSize(uint64(p.StoredBytes)), ok)
 		}
 		tw.Flush()
 		for _, e := range res.Errors {
 			fmt.Fprintf(stderr, "sendense: %v\n", e)
 		}
+		for _, p := range res.Points {
+			if !p.Restorable {
+				fmt.Fprintf(stderr, "sendense: %s %s cannot be restored: %s\n", p.VMDir, p.ID, p.Damage)
+			}
+		}
 	}
-	if n := len(res.Errors); n > 0 {
+	damaged := 0
+	for _, p := range res.Points {
+		if !p.Restorable {
+			damaged++
+		}
+	}
+	switch n := len(res.Errors); {
+	case n > 0:
 		return fmt.Errorf("%d manifest(s) could not be read (see above); the other backups are listed", n)
+	case damaged > 0:
+		return fmt.Errorf("%d backup(s) cannot be restored (see above; 'sendense verify' tells every problem)", damaged)
 	}
 	return nil
 }

@@ -42,19 +42,27 @@ const pruneLong = `Remove old backups: keep the newest N backups (restore points
 or of VM (name, moref, instance UUID or directory), and remove the older
 ones.
 
-When a kept incremental backs onto a removed backup, its chain is merged
-into it (qemu-img commit into the chain's full, renamed onto the kept
-image's name), and its manifest is rewritten as a full: chunk list and
-SHA-256s of what the merge changed recomputed, and the whole-disk SHA-256.
-Every kept backup restores exactly, and verifies, afterwards.
+Before it changes anything, prune checks every backup of the VM (each
+image of each chain, through the manifests): a VM with a corrupt manifest,
+a missing or damaged image or a broken chain is left as it is, with an
+error naming the backup and the file. It never removes the last backup of
+a VM.
 
-A prune is safe against crashes and signals: it keeps a journal in the VM's
-directory, every kept backup restores exactly at every moment, and the next
-prune or backup (or any command opening the repository) finishes an
-interrupted one. It refuses to run while a backup of the same VM runs, and
-waits for restores and verifies of that VM. A VM whose manifests cannot all
-be read, or whose chains are broken, is left as it is. See
-docs/restore-verify-prune.md.
+When a kept incremental backs onto a removed backup, its chain is written
+anew as one standalone image (qemu-img convert where the repository is,
+every file pinned), checked byte for byte against the manifests, and its
+manifest rewritten as a full; only then are the files switched and the
+removed backups deleted. Images are never changed in place.
+
+A prune is safe against crashes, signals and failures: it keeps a journal
+in the VM's directory; before its point of no return an interruption or a
+failure rolls back (every backup restores as before), after it the prune
+is finished by the next prune or backup (or any command opening the
+repository). Every backup that must be restorable is, at every moment. It
+refuses to run while a backup of the same VM runs, and waits for restores
+and verifies of that VM. Leftovers (images of backups that never finished,
+temporary files) are removed from every VM directory, retired VMs'
+included. See docs/restore-verify-prune.md.
 
 EXAMPLES
   Keep the last 7 backups of every VM:
@@ -69,7 +77,8 @@ EXAMPLES
 EXIT STATUS
   0    done (or nothing to do)
   1    a VM could not be pruned (locked by a backup, a corrupt manifest, a
-       broken chain, qemu-img failed); the others were pruned
+       damaged image, a broken chain, qemu-img failed, no space left, a
+       read-only repository); the others were pruned
   2    bad flags or arguments
   130  interrupted by SIGINT or SIGTERM (the next prune finishes the work)`
 
@@ -138,6 +147,15 @@ func runPrune(ctx context.Context, opts pruneOptions, gopts globalOptions, stdou
 
 // writePruneReport is the text form of one VM's prune.
 func writePruneReport(w io.Writer, rep repo.PruneReport) {
+	left := "removed"
+	if rep.DryRun {
+		left = "would remove"
+	}
+	defer func() {
+		if n := len(rep.Leftovers); n > 0 {
+			fmt.Fprintf(w, "  %s %d leftover(s): %s\n", left, n, strings.Join(rep.Leftovers, ", "))
+		}
+	}()
 	if len(rep.Dropped) == 0 {
 		fmt.Fprintf(w, "%s: %d backups, nothing to remove\n", rep.VM, len(rep.Kept))
 		return
@@ -148,6 +166,11 @@ func writePruneReport(w io.Writer, rep repo.PruneReport) {
 	}
 	fmt.Fprintf(w, "%s: %s %d backups (%s), kept %d (%s)\n", rep.VM, verb, len(rep.Dropped), strings.Join(rep.Dropped, ", "),
 		len(rep.Kept), strings.Join(rep.Kept, ", "))
+	if rep.DryRun {
+		for _, id := range rep.Kept {
+			fmt.Fprintf(w, "  keep %s: %s\n", id, strings.Join(rep.Reasons[id], "; "))
+		}
+	}
 	for _, m := range rep.Merged {
 		what := "merged"
 		if rep.DryRun {

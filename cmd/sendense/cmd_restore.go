@@ -52,18 +52,26 @@ through its backing chain, becomes one standalone image in DIR,
   DIR/<vm-dir>-disk<key>.raw     (--format raw, the default: sparse)
   DIR/<vm-dir>-disk<key>.qcow2   (--format qcow2: no backing file)
 
-written under a temporary name and renamed once complete. VM is the VM's
-name, moref, instance UUID or directory in the repository. Without
---backup the latest backup is restored.
+written under a temporary name and renamed once complete and fsynced.
+VM is the VM's name, moref, instance UUID or directory in the repository
+(a name several VMs match is an error listing them). Without --backup the
+latest backup is restored.
 
-Nothing is written when an output file exists (unless --force), when an
-image or a backing file of the chain is missing, or when a manifest is
-missing or corrupt: the error names the file. See
-docs/restore-verify-prune.md.
+Nothing is written when an output file exists (unless --force), or when
+an image of the chain is missing, damaged, or says another thing than its
+manifest (size, backing file, an external data file), or a manifest is
+missing or corrupt: the error names the backup and the file. The chain
+is read only through the manifests' names, each file pinned as qcow2.
+Every byte written is checked against the SHA-256s the manifests
+recorded (each chunk, and a full's whole disk): a mismatch stops the
+restore with an error naming the backup, the disk and the offset, and the
+output is removed. The temporary output of a restore that died is removed
+by the next restore to the same place. Restore works on a read-only
+repository. See docs/restore-verify-prune.md.
 
-With --repo ssh://… the repository is on the control plane: each image is
-served there by qemu-nbd and read through the SSH tunnel by qemu-img here,
-so DIR is always on this machine and holes are not sent.
+With --repo ssh://… the repository is on the control plane: each chain is
+served there by qemu-nbd and read through the SSH tunnel, so DIR is always
+on this machine and holes are not sent.
 
 EXAMPLES
   Restore the latest backup of web01 as raw disks:
@@ -79,8 +87,9 @@ EXAMPLES
 
 EXIT STATUS
   0    every disk was restored
-  1    the restore failed (missing image, backing file or manifest, an
-       output file exists, qemu-img failed)
+  1    the restore failed (a missing or damaged image, backing file or
+       manifest, data that does not match its SHA-256, an output file
+       exists, qemu-img or qemu-nbd failed)
   2    bad flags or arguments
   130  interrupted by SIGINT or SIGTERM (no partial output is left)`
 

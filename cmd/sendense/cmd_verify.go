@@ -41,9 +41,17 @@ and the chain of images it needs. For every image:
     chunks: an incremental is never read in full);
   - for a full, the SHA-256 of the whole disk.
 
+Images are opened with their format and backing file pinned: an image
+whose header names another backing file than its manifest, or an
+external data file, is reported and never opened through its header.
+
 Each problem is reported with the file, the offset and the expected and
-actual values. With --json: an "image" line per image, a "problem" line per
-problem, then a "summary". See docs/restore-verify-prune.md.
+actual values. Verifying every backup of a VM also lists its leftovers:
+images of backups that never finished and temporary files, which no
+restore point needs and prune removes (not problems). With --json: an
+"image" line per image, a "problem" line per problem, a "leftover" line
+per leftover, then a "summary". Verify changes nothing, and works on a
+read-only repository. See docs/restore-verify-prune.md.
 
 EXAMPLES
   Verify everything:
@@ -153,6 +161,14 @@ func runVerify(ctx context.Context, opts verifyOptions, gopts globalOptions, std
 			}
 			problem(p)
 		},
+		OnLeftover: func(l repo.Leftover) {
+			switch {
+			case gopts.JSON:
+				printJSON(stdout, "leftover", l)
+			case !gopts.Quiet:
+				fmt.Fprintf(stdout, "left  %s %s (%s): %s\n", l.VM, l.File, units.FormatSize(uint64(l.Bytes)), l.Message)
+			}
+		},
 	})
 	if err != nil {
 		return err
@@ -160,12 +176,17 @@ func runVerify(ctx context.Context, opts verifyOptions, gopts globalOptions, std
 	n := res.ProblemCount()
 	if gopts.JSON {
 		printJSON(stdout, "summary", struct {
-			Images   int  `json:"images"`
-			Problems int  `json:"problems"`
-			OK       bool `json:"ok"`
-		}{len(res.Images), n, res.OK()})
+			Images    int  `json:"images"`
+			Problems  int  `json:"problems"`
+			Leftovers int  `json:"leftovers"`
+			OK        bool `json:"ok"`
+		}{len(res.Images), n, len(res.Leftovers), res.OK()})
 	} else if !gopts.Quiet || n > 0 {
-		fmt.Fprintf(stdout, "verified %d images: %s\n", len(res.Images), verifyPlural(n, "problem"))
+		left := ""
+		if k := len(res.Leftovers); k > 0 {
+			left = fmt.Sprintf("; %s (prune removes them)", verifyPlural(k, "leftover"))
+		}
+		fmt.Fprintf(stdout, "verified %d images: %s%s\n", len(res.Images), verifyPlural(n, "problem"), left)
 	}
 	if !res.OK() {
 		return &codedError{exitVerify, fmt.Errorf("verify found %s in repository %s", verifyPlural(n, "problem"), r.Location())}

@@ -19,6 +19,7 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 )
 
 // Tools runs qemu-img and qemu-nbd through a Runner.
@@ -61,6 +62,28 @@ func (t *Tools) runImg(ctx context.Context, args ...string) ([]byte, error) {
 	return out, t.toolError(t.img(), err)
 }
 
+// runImgPrivate runs qemu-img with args under umask 077 (see
+// privateUmask): the files it creates are 0600.
+func (t *Tools) runImgPrivate(ctx context.Context, args ...string) ([]byte, error) {
+	out, err := t.runner().Run(ctx, "sh", append([]string{"-c", privateUmask, t.img()}, args...)...)
+	var ee *ExitError
+	if errors.As(err, &ee) {
+		// Name qemu-img, not the shell; 127 is the shell's "not found".
+		if ee.Code == 127 && strings.Contains(ee.Stderr, "not found") {
+			return out, t.toolError(t.img(), &notFound{t.img()})
+		}
+		ee.Tool, ee.Args = t.img(), args
+	}
+	return out, t.toolError(t.img(), err)
+}
+
+// notFound is a program the shell did not find; it matches
+// exec.ErrNotFound.
+type notFound struct{ tool string }
+
+func (e *notFound) Error() string { return e.tool + ": not found" }
+func (e *notFound) Unwrap() error { return exec.ErrNotFound }
+
 // toolError turns "program not found" into a *ToolMissingError naming
 // the machine when the runner runs the tools elsewhere.
 func (t *Tools) toolError(tool string, err error) error {
@@ -74,22 +97,39 @@ func (t *Tools) toolError(tool string, err error) error {
 	return err
 }
 
-// NoBacking returns a filename that makes qemu-img and qemu-nbd open the
-// qcow2 image at path alone, as if it had no backing file: only its own
-// clusters are visible (depth 0) and everything else reads as zeroes.
-// Use it with Format "" (the driver is part of the name).
-func NoBacking(path string) string {
-	b, _ := json.Marshal(map[string]any{
-		"driver":  "qcow2",
-		"file":    map[string]string{"driver": "file", "filename": path},
-		"backing": nil,
-	})
+// Pinned returns a filename that makes qemu-img and qemu-nbd open the
+// qcow2 image at chain[0] with exactly the backing chain chain[1:], each
+// opened as qcow2 from that path, the last one without a backing file:
+// the names and formats stored in the images' headers are not used, so a
+// header cannot make QEMU open another file as a backing file. (An
+// external data file is named by the header too: check it with
+// ReadHeader first.) Pinned(path) opens the image alone: only its own
+// clusters are visible (depth 0), everything else reads as zeroes. Use it
+// with Format "" (the driver is part of the name).
+func Pinned(chain ...string) string {
+	var node any // nil: no backing file
+	for i := len(chain) - 1; i >= 0; i-- {
+		node = map[string]any{
+			"driver":  "qcow2",
+			"file":    map[string]string{"driver": "file", "filename": chain[i]},
+			"backing": node,
+		}
+	}
+	b, _ := json.Marshal(node)
 	return "json:" + string(b)
 }
 
-// CreateImage creates the qcow2 image path of size bytes. With backing
-// (relative to path's directory, or absolute) the image is an overlay of
-// that qcow2 image. It refuses to replace an existing file.
+// NoBacking is Pinned(path): the image alone.
+func NoBacking(path string) string { return Pinned(path) }
+
+// privateUmask runs a qemu-img command that creates a file with umask 077,
+// so that the file is created 0600 (images hold the VMs' data), on the
+// machine the runner runs on.
+const privateUmask = `umask 077 && exec "$0" "$@"`
+
+// CreateImage creates the qcow2 image path of size bytes, mode 0600. With
+// backing (relative to path's directory, or absolute) the image is an
+// overlay of that qcow2 image. It refuses to replace an existing file.
 func (t *Tools) CreateImage(ctx context.Context, path string, size uint64, backing string) error {
 	switch r := t.runner().(type) {
 	case LocalRunner:
@@ -108,7 +148,17 @@ func (t *Tools) CreateImage(ctx context.Context, path string, size uint64, backi
 		args = append(args, "-b", backing, "-F", "qcow2")
 	}
 	args = append(args, path, strconv.FormatUint(size, 10))
-	if _, err := t.runImg(ctx, args...); err != nil {
+	if _, err := t.runImgPrivate(ctx, args...); err != nil {
+		return fmt.Errorf("create image %s: %w", path, err)
+	}
+	return nil
+}
+
+// FormatImage makes the existing file path a new, empty qcow2 image of
+// size bytes: the file keeps its inode (and so the locks held on it) and
+// its mode.
+func (t *Tools) FormatImage(ctx context.Context, path string, size uint64) error {
+	if _, err := t.runImgPrivate(ctx, "create", "-q", "-f", "qcow2", path, strconv.FormatUint(size, 10)); err != nil {
 		return fmt.Errorf("create image %s: %w", path, err)
 	}
 	return nil
@@ -128,8 +178,9 @@ type ImageInfo struct {
 	FormatSpecific      struct {
 		Type string `json:"type"`
 		Data struct {
-			Compat  string `json:"compat"`
-			Corrupt bool   `json:"corrupt"`
+			Compat   string `json:"compat"`
+			Corrupt  bool   `json:"corrupt"`
+			DataFile string `json:"data-file"`
 		} `json:"data"`
 	} `json:"format-specific"`
 }
@@ -137,10 +188,14 @@ type ImageInfo struct {
 // Corrupt says whether qcow2 marked the image corrupt.
 func (i *ImageInfo) Corrupt() bool { return i.FormatSpecific.Data.Corrupt }
 
-// Info describes the image at path without opening its backing file (so
-// it works when that one is missing).
+// DataFile is the external data file QEMU reports ("" for none).
+func (i *ImageInfo) DataFile() string { return i.FormatSpecific.Data.DataFile }
+
+// Info describes the qcow2 image at path, opened alone (Pinned): its
+// backing file is neither probed nor opened, so it works when that one is
+// missing, and BackingFilename is what the header stores.
 func (t *Tools) Info(ctx context.Context, path string) (*ImageInfo, error) {
-	out, err := t.runImg(ctx, "info", "--output=json", path)
+	out, err := t.runImg(ctx, "info", "--output=json", Pinned(path))
 	if err != nil {
 		return nil, fmt.Errorf("image %s: %w", path, err)
 	}
@@ -149,21 +204,6 @@ func (t *Tools) Info(ctx context.Context, path string) (*ImageInfo, error) {
 		return nil, fmt.Errorf("image %s: cannot parse qemu-img info: %w", path, err)
 	}
 	return &info, nil
-}
-
-// InfoChain describes the image at path and each image of its backing
-// chain, top first. It fails, naming the file, when a backing file is
-// missing.
-func (t *Tools) InfoChain(ctx context.Context, path string) ([]ImageInfo, error) {
-	out, err := t.runImg(ctx, "info", "--output=json", "--backing-chain", path)
-	if err != nil {
-		return nil, fmt.Errorf("image %s: %w", path, err)
-	}
-	var infos []ImageInfo
-	if err := json.Unmarshal(out, &infos); err != nil {
-		return nil, fmt.Errorf("image %s: cannot parse qemu-img info: %w", path, err)
-	}
-	return infos, nil
 }
 
 // MapEntry is one extent of "qemu-img map --output=json".
@@ -182,11 +222,14 @@ func (e MapEntry) End() uint64 { return e.Start + e.Length }
 
 // MapOptions select what Map opens.
 type MapOptions struct {
-	// Format of the image: "" probes (needed for NoBacking names).
+	// Format of the image: "" probes (needed for Pinned names).
 	Format string
-	// NoBacking maps the image's own allocation only (see NoBacking):
-	// every entry has depth 0, and Present means allocated in the image.
+	// NoBacking maps the image's own allocation only (see Pinned): every
+	// entry has depth 0, and Present means allocated in the image.
 	NoBacking bool
+	// Backing pins the image's backing chain (see Pinned): the image is
+	// mapped through exactly these files, top first.
+	Backing []string
 }
 
 // Map returns the allocation map of the image at path, in order, covering
@@ -194,9 +237,10 @@ type MapOptions struct {
 func (t *Tools) Map(ctx context.Context, path string, opts MapOptions) ([]MapEntry, error) {
 	args := []string{"map", "--output=json"}
 	name := path
-	if opts.NoBacking {
-		name = NoBacking(path)
-	} else if opts.Format != "" {
+	switch {
+	case opts.NoBacking || opts.Backing != nil:
+		name = Pinned(append([]string{path}, opts.Backing...)...)
+	case opts.Format != "":
 		args = append(args, "-f", opts.Format)
 	}
 	out, err := t.runImg(ctx, append(args, name)...)
@@ -218,17 +262,24 @@ type ConvertOptions struct {
 	Coroutines int
 	// OutOfOrder allows out-of-order writes (-W), faster for raw outputs.
 	OutOfOrder bool
+	// Backing pins src's backing chain (see Pinned); SrcFormat is then
+	// ignored.
+	Backing []string
 }
 
-// Convert writes the content of src (following its backing chain) to the
-// new standalone image dst. Zeroes are not written: raw outputs are sparse.
+// Convert writes the content of src (following its backing chain, or
+// opts.Backing) to the new standalone image dst, created 0600. Zeroes are
+// not written: raw outputs are sparse.
 func (t *Tools) Convert(ctx context.Context, src, dst string, opts ConvertOptions) error {
 	out := opts.OutFormat
 	if out == "" {
 		out = "raw"
 	}
 	args := []string{"convert", "-q"}
-	if opts.SrcFormat != "" {
+	name := src
+	if opts.Backing != nil {
+		src = Pinned(append([]string{src}, opts.Backing...)...)
+	} else if opts.SrcFormat != "" {
 		args = append(args, "-f", opts.SrcFormat)
 	}
 	args = append(args, "-O", out)
@@ -239,8 +290,8 @@ func (t *Tools) Convert(ctx context.Context, src, dst string, opts ConvertOption
 		args = append(args, "-W")
 	}
 	args = append(args, src, dst)
-	if _, err := t.runImg(ctx, args...); err != nil {
-		return fmt.Errorf("convert %s to %s: %w", src, dst, err)
+	if _, err := t.runImgPrivate(ctx, args...); err != nil {
+		return fmt.Errorf("convert %s to %s: %w", name, dst, err)
 	}
 	return nil
 }

@@ -20,14 +20,18 @@ import (
 // ServeOptions control ServeNBD.
 type ServeOptions struct {
 	// Format of the image: "qcow2" (default) or "raw". Ignored with
-	// NoBacking.
+	// NoBacking and Backing.
 	Format string
 	// ReadOnly exports the image read-only (--read-only).
 	ReadOnly bool
 	// NoBacking serves the qcow2 image alone, as if it had no backing
-	// file (see NoBacking): what verify reads to check an image's own
+	// file (see Pinned): what verify reads to check an image's own
 	// clusters. Use it read-only.
 	NoBacking bool
+	// Backing pins the image's backing chain (see Pinned): the image is
+	// served through exactly these qcow2 files, top first, whatever its
+	// header names.
+	Backing []string
 	// SocketDir is where the private (0700) directory holding the socket
 	// is created; "" is the default temporary directory.
 	SocketDir string
@@ -164,8 +168,8 @@ func (t *Tools) serve(ctx context.Context, image string, opts ServeOptions, cach
 		args = append(args, "--discard=unmap")
 	}
 	name := image
-	if opts.NoBacking {
-		name = NoBacking(image)
+	if opts.NoBacking || opts.Backing != nil {
+		name = Pinned(append([]string{image}, opts.Backing...)...)
 	} else {
 		f := opts.Format
 		if f == "" {

@@ -194,31 +194,51 @@ func TestChain(t *testing.T) {
 	}
 }
 
-func TestInfoChainMissingBacking(t *testing.T) {
+// TestPinned: images are created 0600; Info and a pinned map open an image
+// alone (its backing file may be missing); a pinned chain reads through
+// the files named, not through the header's backing file.
+func TestPinned(t *testing.T) {
 	requireQemu(t)
 	ctx := context.Background()
 	dir := t.TempDir()
 	base := filepath.Join(dir, "a.qcow2")
+	other := filepath.Join(dir, "other.qcow2")
 	top := filepath.Join(dir, "b.qcow2")
-	if err := CreateImage(ctx, base, mib, ""); err != nil {
-		t.Fatal(err)
+	for _, p := range []string{base, other} {
+		if err := CreateImage(ctx, p, mib, ""); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if err := CreateImage(ctx, top, mib, "a.qcow2"); err != nil {
 		t.Fatal(err)
 	}
-	chain, err := Default.InfoChain(ctx, top)
-	if err != nil || len(chain) != 2 {
-		t.Fatalf("chain %+v %v", chain, err)
+	if fi, err := os.Stat(top); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("created image mode: %v %v", fi.Mode(), err)
+	}
+	qio := func(img, cmd string) {
+		if out, err := exec.Command("qemu-io", "-f", "qcow2", "-c", cmd, img).CombinedOutput(); err != nil {
+			t.Fatalf("qemu-io %s: %v %s", cmd, err, out)
+		}
+	}
+	qio(base, "write -P 0x11 0 64k")
+	qio(other, "write -P 0x22 0 64k")
+	// Through the header: base's data; pinned to other: other's data.
+	raw := filepath.Join(dir, "out.raw")
+	if err := Convert(ctx, top, raw, ConvertOptions{Backing: []string{other}}); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(raw); len(b) != mib || b[0] != 0x22 {
+		t.Fatalf("pinned convert read %x, want other's 0x22", b[:1])
+	}
+	m, err := Map(ctx, top, MapOptions{Backing: []string{base}})
+	if err != nil || len(m) == 0 || m[0].Depth != 1 || !m[0].Data {
+		t.Fatalf("pinned map: %+v %v", m, err)
 	}
 	os.Remove(base)
-	if _, err := Default.InfoChain(ctx, top); err == nil || !strings.Contains(err.Error(), "a.qcow2") {
-		t.Fatalf("missing backing: got %v, want an error naming a.qcow2", err)
-	}
-	// Info alone does not need the backing file.
-	if info, err := Info(ctx, top); err != nil || info.BackingFilename != "a.qcow2" {
+	// Info alone does not need the backing file, and reports the header's.
+	if info, err := Info(ctx, top); err != nil || info.BackingFilename != "a.qcow2" || info.Format != "qcow2" {
 		t.Fatalf("info: %+v %v", info, err)
 	}
-	// Neither does a NoBacking map.
 	if _, err := Map(ctx, top, MapOptions{NoBacking: true}); err != nil {
 		t.Fatal(err)
 	}
@@ -349,11 +369,12 @@ func TestRunnerArgs(t *testing.T) {
 	tools.Commit(ctx, "/r/top.qcow2", "/r/base.qcow2")
 	tools.Rebase(ctx, "/r/top.qcow2", "", true)
 	tools.Convert(ctx, "/r/top.qcow2", "/out/x.raw", ConvertOptions{SrcFormat: "qcow2"})
+	umask := []string{"sh", "-c", privateUmask} // files created 0600
 	want := [][]string{
-		{"qemu-img", "create", "-q", "-f", "qcow2", "-b", "a-disk1.qcow2", "-F", "qcow2", "/r/vm/b-disk1.qcow2", "1073741824"},
+		append(umask, "qemu-img", "create", "-q", "-f", "qcow2", "-b", "a-disk1.qcow2", "-F", "qcow2", "/r/vm/b-disk1.qcow2", "1073741824"),
 		{"qemu-img", "commit", "-q", "-f", "qcow2", "-d", "-b", "/r/base.qcow2", "/r/top.qcow2"},
 		{"qemu-img", "rebase", "-q", "-f", "qcow2", "-u", "-b", "", "/r/top.qcow2"},
-		{"qemu-img", "convert", "-q", "-f", "qcow2", "-O", "raw", "/r/top.qcow2", "/out/x.raw"},
+		append(umask, "qemu-img", "convert", "-q", "-f", "qcow2", "-O", "raw", "/r/top.qcow2", "/out/x.raw"),
 	}
 	if !reflect.DeepEqual(r.calls, want) {
 		t.Fatalf("calls:\n got %q\nwant %q", r.calls, want)

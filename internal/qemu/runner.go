@@ -142,7 +142,9 @@ func (r LocalRunner) Run(ctx context.Context, name string, args ...string) ([]by
 	stderr := tailbuf.New(stderrLimit)
 	cmd.Stdout = &stdout
 	cmd.Stderr = stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Its own process group (a terminal's ^C reaches sendense only), and
+	// killed when sendense dies: a tool never outlives its caller.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 	cmd.WaitDelay = r.killDelay()
 	err := cmd.Run()

@@ -59,6 +59,31 @@ func (h *Host) Abs(dir string) (string, error) {
 	return path.Join(home, strings.TrimPrefix(dir, "/")), nil
 }
 
+// noLock is the shared lock of a file system nothing can write to.
+type noLock struct{}
+
+func (noLock) Unlock() {}
+
+// ReadAt reads at most n bytes of a remote file at off.
+func (h *Host) ReadAt(p string, off int64, n int) ([]byte, error) {
+	var b []byte
+	err := h.sftpOp(func(sc *sftp.Client) error {
+		f, err := sc.Open(p)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		b = make([]byte, n)
+		k, err := f.ReadAt(b, off)
+		if errors.Is(err, io.EOF) {
+			err = nil
+		}
+		b = b[:k]
+		return err
+	})
+	return b, h.pathErr("read", p, err)
+}
+
 // ReadFile reads a remote file.
 func (h *Host) ReadFile(p string) ([]byte, error) {
 	var b []byte
@@ -292,8 +317,13 @@ func (h *Host) TryLock(p string, exclusive bool) (repo.Lock, bool, error) {
 	ctx, cancel := context.WithTimeout(h.ctx, h.opts.DialTimeout+30*time.Second)
 	defer cancel()
 	o, status, err := h.launch(ctx, lockScript, "sleep", nil, p, mode)
-	if status == 75 {
+	switch status {
+	case 75:
 		return nil, false, nil
+	case 74:
+		return noLock{}, true, nil
+	case 73:
+		return nil, false, fmt.Errorf("lock file %s on %s: %w", p, h.where, repo.ErrReadOnly)
 	}
 	if err != nil {
 		return nil, false, fmt.Errorf("lock file %s on %s: %w", p, h.where, err)

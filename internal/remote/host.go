@@ -22,8 +22,6 @@ package remote
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -282,7 +280,7 @@ func (h *Host) ensureLeases(ctx context.Context) (string, error) {
 	if h.leaseDir != "" {
 		return h.leaseDir, nil
 	}
-	dir, err := mkdirTemp(sc, h.tmpDir, "sendense-lease-")
+	dir, err := mkdirTemp(ctx, t, h.tmpDir, "sendense-lease-")
 	if err != nil {
 		return "", fmt.Errorf("lease directory on %s: %w", h.where, err)
 	}
@@ -537,27 +535,24 @@ func (w *lineWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// mkdirTemp makes a new directory, mode 0700, named pattern plus a random
-// suffix under dir.
-func mkdirTemp(sc *sftp.Client, dir, pattern string) (string, error) {
-	for range 100 {
-		var b [6]byte
-		rand.Read(b[:])
-		p := path.Join(dir, pattern+hex.EncodeToString(b[:]))
-		err := sc.Mkdir(p)
-		if err == nil {
-			if err := sc.Chmod(p, 0o700); err != nil {
-				sc.RemoveDirectory(p)
-				return "", &os.PathError{Op: "chmod", Path: p, Err: err}
-			}
-			return p, nil
-		}
-		if _, serr := sc.Lstat(p); serr == nil {
-			continue // taken
-		}
-		return "", &os.PathError{Op: "mkdir", Path: p, Err: err}
+// mktempScript makes a new directory, mode 0700 from the start (mktemp
+// -d), named PATTERN plus random characters under DIR, and prints it.
+//
+//	$1 = DIR, $2 = PATTERN
+const mktempScript = `umask 077 && exec mktemp -d "$1/$2XXXXXXXXXX"`
+
+// mkdirTemp makes a new directory, mode 0700 in one step, named pattern
+// plus a random suffix under dir, with a command on t.
+func mkdirTemp(ctx context.Context, t *tunnel.Tunnel, dir, pattern string) (string, error) {
+	out, _, err := t.Run(ctx, script(mktempScript, "sendense-mktemp", dir, pattern), nil)
+	if err != nil {
+		return "", fmt.Errorf("mktemp -d in %s: %w", dir, err)
 	}
-	return "", fmt.Errorf("mkdir in %s: no free name", dir)
+	p := strings.TrimSpace(string(out))
+	if !path.IsAbs(p) || path.Dir(p) != path.Clean(dir) {
+		return "", fmt.Errorf("mktemp -d in %s: unexpected answer %q", dir, out)
+	}
+	return p, nil
 }
 
 // removeAll removes p and everything under it; entries that disappear

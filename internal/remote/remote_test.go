@@ -3,6 +3,7 @@ package remote
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"io/fs"
 	"log/slog"
@@ -410,5 +411,42 @@ func TestRemoteRepository(t *testing.T) {
 	b.CheckRestore(b.Points[2].ID)
 	if v, err := r.Verify(ctx, repo.VerifyOptions{}); err != nil || !v.OK() || len(v.Images) != 1 {
 		t.Fatalf("verify after prune: %+v %v", v, err)
+	}
+
+	// Images are created 0600 over SSH too; temporary directories are
+	// 0700 from the start (mktemp -d).
+	img := filepath.Join(dir, "web", repo.ImageName(b.Points[2].ID, 2000))
+	if fi, err := os.Stat(img); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("image mode: %v %v", fi, err)
+	}
+	tmp, err := h.MkdirTemp("", "sendense-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(tmp); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Fatalf("temporary directory mode: %v %v", fi, err)
+	}
+	h.RemoveAll(tmp)
+
+	// A flipped byte in the (merged) full: restore through SSH refuses,
+	// naming the offset, and leaves no output.
+	out, err := exec.Command("qemu-img", "map", "--output=json", "-f", "qcow2", img).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m []struct{ Offset *int64 }
+	json.Unmarshal(out, &m)
+	f, err := os.OpenFile(img, os.O_RDWR, 0)
+	if err != nil || len(m) == 0 || m[0].Offset == nil {
+		t.Fatalf("%v %+v", err, m)
+	}
+	f.WriteAt([]byte{0x5a, 0xa5}, *m[0].Offset+100)
+	f.Close()
+	to := t.TempDir()
+	if _, err := r.Restore(ctx, repo.RestoreOptions{VM: "web", To: to}); err == nil || !strings.Contains(err.Error(), "does not match") || !strings.Contains(err.Error(), "offset 0") {
+		t.Fatalf("restore of a damaged image over SSH: %v", err)
+	}
+	if entries, _ := os.ReadDir(to); len(entries) != 0 {
+		t.Fatalf("the failed restore left %v", entries)
 	}
 }

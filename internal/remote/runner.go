@@ -73,18 +73,19 @@ func (h *Host) Start(name string, args ...string) (qemu.Process, error) {
 	return o, nil
 }
 
-// MkdirTemp creates a new 0700 directory there (under the remote
-// temporary directory when dir is "").
+// MkdirTemp creates a new directory there, 0700 from the start (under
+// the remote temporary directory when dir is "").
 func (h *Host) MkdirTemp(dir, pattern string) (string, error) {
 	if dir == "" {
 		dir = h.tmpDir
 	}
-	var p string
-	err := h.sftpOp(func(sc *sftp.Client) error {
-		var err error
-		p, err = mkdirTemp(sc, dir, pattern)
-		return err
-	})
+	ctx, cancel := context.WithTimeout(h.ctx, h.opts.DialTimeout+30*time.Second)
+	defer cancel()
+	t, _, err := h.conn(ctx)
+	if err != nil {
+		return "", err
+	}
+	p, err := mkdirTemp(ctx, t, dir, pattern)
 	if err != nil {
 		return "", fmt.Errorf("on %s: %w", h.where, err)
 	}

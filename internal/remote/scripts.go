@@ -103,14 +103,23 @@ setsid sh -c "$S" sendense-supervise "$R" "$D" "$G" "$@" </dev/null >/dev/null 2
 // lockScript takes a flock on a file and hands it to a leased
 // "sleep": the lock lives as long as that process, which is killed by
 // Unlock or when the lease expires. It exits with 75 when someone else
-// holds the lock, else prints "DIR PID".
+// holds the lock, else prints "DIR PID". A link is refused (exit 2). On a
+// read-only file system (or without write permission) an exclusive lock
+// exits 73; a shared one takes the file opened read-only, or exits 74
+// when it does not exist: nothing can change the files there, no lock
+// is needed.
 //
 //	$1 = superviseScript, $2 = the lease directory, $3 = GRACE,
 //	$4 = the lock file, $5 = -s (shared) or -x (exclusive)
 const lockScript = `S=$1 R=$2 G=$3 F=$4 M=$5
 if ! command -v flock >/dev/null 2>&1; then echo "flock: not found" >&2; exit 127; fi
 umask 077
-exec 9>>"$F" || exit 2
+if [ -L "$F" ]; then echo "lock file $F is a symbolic link: a repository's lock files never are; remove it" >&2; exit 2; fi
+if { command exec 9>>"$F"; } 2>/dev/null; then :
+elif [ "$M" = -x ]; then echo "cannot write the lock file $F" >&2; exit 73
+elif { command exec 9<"$F"; } 2>/dev/null; then :
+else exit 74
+fi
 flock -n "$M" 9 || exit 75
 D=$(mktemp -d "$R/l.XXXXXXXX") || exit 1
 setsid sh -c "$S" sendense-supervise "$R" "$D" "$G" sleep 2147483647 </dev/null >/dev/null 2>&1 &

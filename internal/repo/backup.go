@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"path/filepath"
 	"slices"
@@ -20,7 +21,9 @@ type Pending struct {
 	vd     *vmDir
 	vm     VMRef
 	parent *Manifest
+	ix     *vmIndex
 	lock   Lock
+	bases  map[int32][]string // disk key → the checked chain of the parent's image (CheckBase)
 
 	mu   sync.Mutex
 	done bool
@@ -28,12 +31,15 @@ type Pending struct {
 
 // Begin starts a backup of vm: it finds or creates the VM's directory,
 // takes its lock (failing at once when another backup or a prune of this
-// VM runs), finishes an interrupted prune, removes the images an earlier
-// crashed backup left behind, and picks the new backup's id.
+// VM runs), finishes an interrupted prune, removes leftovers (the images
+// an earlier crashed backup left behind, temporary files) and picks the
+// new backup's id.
 //
-// Parent is the latest complete backup at that moment (nil for none): use
-// its disks' change_id and image (as backing) for incrementals, not what
-// Latest said before Begin.
+// Parent is the newest restore point whose manifest is valid at that
+// moment (nil for none): use its disks' change_id and image (as backing)
+// for incrementals, once CheckBase says that image can be a base. A
+// corrupt newer manifest does not stop the backup; the new id is later
+// than every manifest's.
 func (r *Repo) Begin(vm VMRef) (*Pending, error) {
 	ctx := context.Background()
 	vd, err := r.dirFor(vm)
@@ -51,69 +57,84 @@ func (r *Repo) Begin(vm VMRef) (*Pending, error) {
 		}
 	}()
 	if r.exists(filepath.Join(vd.Path, journalName)) {
-		if err := r.recoverLocked(ctx, vd); err != nil {
-			// The points stay restorable and the backup only adds files.
+		if err := r.recoverLocked(ctx, vd, false); err != nil {
+			// Every point restores and the backup only adds files.
 			slog.Warn("could not finish an interrupted prune; continuing with the backup", "vm", vd.Name, "error", err)
 		}
 	}
-	ms, errs := r.loadManifests(vd)
-	if len(errs) > 0 {
-		return nil, fmt.Errorf("cannot start a backup of VM %s: %w", vm, errors.Join(errs...))
-	}
-	var parent *Manifest
-	latest := ""
-	if len(ms) > 0 {
-		parent = ms[len(ms)-1]
-		latest = parent.ID
-	}
-	if err := r.removeOrphans(vd, latest); err != nil {
+	ix, err := r.index(vd)
+	if err != nil {
 		return nil, err
 	}
+	for _, e := range ix.manifestErrors() {
+		slog.Warn("a manifest of the VM cannot be read; its backup is not used as a base", "vm", vd.Name, "error", e)
+	}
+	var parent *Manifest
+	if len(ix.points) > 0 {
+		parent = ix.points[len(ix.points)-1]
+	}
+	latest := ""
+	if len(ix.ids) > 0 {
+		latest = ix.ids[len(ix.ids)-1]
+	}
+	for _, l := range r.leftovers(ix) {
+		slog.Info("removing a leftover", "file", l.File, "kind", l.Kind)
+		if err := r.fs.Remove(l.path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("removing %s (%s): %w", l.File, l.Message, err)
+		}
+	}
 	// state.json records who the directory belongs to (kept current when
-	// the VM is renamed, so that its new name finds it).
+	// the VM is renamed, so that its new name finds it, and the old one
+	// too).
 	if st, err := r.readState(vd.Path); err != nil {
 		return nil, err
 	} else if st == nil || st.VM != vm {
 		if st == nil {
 			st = &State{}
 		}
+		if old := st.VM.Name; old != "" && old != vm.Name && !slices.Contains(st.EarlierNames, old) {
+			st.EarlierNames = append(st.EarlierNames, old)
+		}
 		if err := r.writeState(vd, vm, st); err != nil {
-			return nil, err
+			return nil, r.asReadOnly(err)
 		}
 	}
 	id := nextID(r.now(), latest, func(id string) bool {
-		if r.exists(filepath.Join(vd.Path, id+".json")) {
-			return true
-		}
-		return len(r.glob(vd.Path, id+"-disk", ".qcow2")) > 0
+		return ix.has(id+".json") || len(r.glob(vd.Path, id+"-disk", ".qcow2")) > 0
 	})
 	ok = true
-	return &Pending{ID: id, r: r, vd: vd, vm: vm, parent: parent, lock: lock}, nil
+	return &Pending{ID: id, r: r, vd: vd, vm: vm, parent: parent, ix: ix, lock: lock, bases: map[int32][]string{}}, nil
 }
 
-// removeOrphans removes images of backups newer than the latest manifest:
-// a backup that crashed before its manifest was written. (Older images
-// without a manifest are left alone: they may be backing files.)
-func (r *Repo) removeOrphans(vd *vmDir, latest string) error {
-	entries, err := r.fs.ReadDir(vd.Path)
+// CheckBase says whether the parent's image of disk key can be the
+// backing file of this backup's incremental: its whole chain passes the
+// repository's check (check.go). When it cannot, back that disk up in
+// full, with the error as the reason (the damaged point stays as it is,
+// and verify reports it).
+func (p *Pending) CheckBase(ctx context.Context, key int32) error {
+	if p.parent == nil || p.parent.Disk(key) == nil {
+		return errors.New("the previous backup has no image of this disk")
+	}
+	layers, err := p.r.chain(ctx, p.ix, p.parent, key, true)
 	if err != nil {
 		return err
 	}
-	for _, e := range entries {
-		id, _, ok := parseImageName(e.Name())
-		if !ok || (latest != "" && compareIDs(id, latest) <= 0) || r.exists(filepath.Join(vd.Path, id+".json")) {
-			continue
-		}
-		path := filepath.Join(vd.Path, e.Name())
-		slog.Info("removing the image of an unfinished backup", "file", location(r.fs, path))
-		if err := r.fs.Remove(path); err != nil {
-			return fmt.Errorf("removing %s, left by an unfinished backup: %w", path, err)
-		}
-	}
+	p.bases[key] = paths(layers)
 	return nil
 }
 
-// Parent is the latest complete backup when Begin ran, or nil.
+// Backing is the chain below the image of disk key — the parent's
+// checked chain for an incremental (CheckBase), none for a full — to open
+// the new image through (qemu.ServeOptions.Backing): never the files its
+// header names.
+func (p *Pending) Backing(key int32) []string {
+	if b := p.bases[key]; b != nil {
+		return b
+	}
+	return []string{}
+}
+
+// Parent is the newest valid restore point when Begin ran, or nil.
 func (p *Pending) Parent() *Manifest { return p.parent }
 
 // Dir is the VM directory.
@@ -185,14 +206,16 @@ func (p *Pending) validate(ctx context.Context, m *Manifest) error {
 	if (p.parent == nil && m.Parent != "") || (p.parent != nil && m.Parent != p.parent.ID) {
 		return fmt.Errorf("the manifest's parent %q is not the latest backup %q", m.Parent, parentID(p.parent))
 	}
+	for i := range m.Disks {
+		if d := &m.Disks[i]; d.Image != p.RelImage(d.Key) {
+			return fmt.Errorf("disk %d: image %q is not %q (use Pending.RelImage)", d.Key, d.Image, p.RelImage(d.Key))
+		}
+	}
 	if err := m.Validate(); err != nil {
 		return fmt.Errorf("invalid manifest: %w", err)
 	}
 	for i := range m.Disks {
 		d := &m.Disks[i]
-		if d.Image != p.RelImage(d.Key) {
-			return fmt.Errorf("disk %d: image %q is not %q (use Pending.RelImage)", d.Key, d.Image, p.RelImage(d.Key))
-		}
 		if d.Backing != "" {
 			pd := (*DiskImage)(nil)
 			if p.parent != nil {
@@ -202,20 +225,15 @@ func (p *Pending) validate(ctx context.Context, m *Manifest) error {
 				return fmt.Errorf("disk %d: backing %q is not the image of disk %d in the latest backup %s", d.Key, d.Backing, d.Key, parentID(p.parent))
 			}
 		}
-		// The whole chain must open (qemu-img names a missing file).
-		path := filepath.Join(p.vd.Path, d.Image)
-		chain, err := p.r.Tools.InfoChain(ctx, path)
-		if err != nil {
-			return fmt.Errorf("disk %d: %w", d.Key, err)
-		}
-		top := chain[0]
-		switch {
-		case top.Format != "qcow2":
-			return fmt.Errorf("disk %d: image %s is %s, not qcow2", d.Key, path, top.Format)
-		case top.VirtualSize != d.Capacity:
-			return fmt.Errorf("disk %d: image %s has %d bytes, the disk's capacity is %d", d.Key, path, top.VirtualSize, d.Capacity)
-		case top.BackingFilename != d.Backing:
-			return fmt.Errorf("disk %d: image %s has backing file %q, the manifest says %q", d.Key, path, top.BackingFilename, d.Backing)
+	}
+	// Every image, and the chain it needs, passes the repository's check.
+	ix := p.ix
+	ix.byID[m.ID] = m
+	defer delete(ix.byID, m.ID)
+	for _, key := range sortedKeys(m) {
+		delete(ix.images, m.Disk(key).Image) // written since Begin
+		if _, err := p.r.chain(ctx, ix, m, key, true); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -266,43 +284,4 @@ func sortedKeys(m *Manifest) []int32 {
 	}
 	slices.Sort(keys)
 	return keys
-}
-
-// CheckImage says whether d, a disk of vm's latest backup, can be the
-// backing file of the next incremental: its image and whole backing chain
-// exist and open, it is the qcow2 the manifest describes (size, backing
-// file) and qcow2 did not mark it corrupt. When it cannot, back that disk
-// up in full, with the error as the reason.
-func (r *Repo) CheckImage(vm string, d *DiskImage) error {
-	ctx := context.Background()
-	if d == nil {
-		return errors.New("no previous image")
-	}
-	vd, err := r.findVM(vm)
-	if err != nil {
-		return err
-	}
-	path := filepath.Join(vd.Path, d.Image)
-	if !r.exists(path) {
-		return fmt.Errorf("image %s is missing", path)
-	}
-	chain, err := r.Tools.InfoChain(ctx, path)
-	if err != nil {
-		return err
-	}
-	top := chain[0]
-	switch {
-	case top.Format != "qcow2":
-		return fmt.Errorf("image %s is %s, not qcow2", path, top.Format)
-	case top.VirtualSize != d.Capacity:
-		return fmt.Errorf("image %s has %d bytes, the manifest says %d", path, top.VirtualSize, d.Capacity)
-	case top.BackingFilename != d.Backing:
-		return fmt.Errorf("image %s has backing file %q, the manifest says %q", path, top.BackingFilename, d.Backing)
-	}
-	for _, c := range chain {
-		if c.Corrupt() {
-			return fmt.Errorf("qcow2 marked image %s corrupt", c.Filename)
-		}
-	}
-	return nil
 }

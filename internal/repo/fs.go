@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -26,6 +27,8 @@ type FS interface {
 	Abs(dir string) (string, error)
 
 	ReadFile(path string) ([]byte, error)
+	// ReadAt reads at most n bytes at off (fewer at the end of the file).
+	ReadAt(path string, off int64, n int) ([]byte, error)
 	// WriteFileAtomic replaces path with data so that a crash leaves the
 	// old or the new content: a temporary file in the same directory is
 	// written and fsynced, renamed over path, and the directory fsynced.
@@ -82,7 +85,15 @@ func (localFS) ReadFile(path string) ([]byte, error) { return os.ReadFile(path) 
 func (localFS) WriteFileAtomic(path string, data []byte, perm fs.FileMode) error {
 	return atomicfile.WriteFile(path, data, perm)
 }
-func (localFS) ReadDir(dir string) ([]fs.DirEntry, error)   { return os.ReadDir(dir) }
+func (localFS) ReadDir(dir string) ([]fs.DirEntry, error) { return os.ReadDir(dir) }
+func (localFS) ReadAt(path string, off int64, n int) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return readAt(f, off, n)
+}
 func (localFS) Stat(path string) (fs.FileInfo, error)       { return os.Stat(path) }
 func (localFS) Lstat(path string) (fs.FileInfo, error)      { return os.Lstat(path) }
 func (localFS) Remove(path string) error                    { return os.Remove(path) }
@@ -135,6 +146,16 @@ func (localFS) WaitLock(ctx context.Context, path string, exclusive bool, waitin
 		return nil, err
 	}
 	return l, err
+}
+
+// readAt reads at most n bytes of f at off.
+func readAt(f io.ReaderAt, off int64, n int) ([]byte, error) {
+	b := make([]byte, n)
+	k, err := f.ReadAt(b, off)
+	if errors.Is(err, io.EOF) {
+		err = nil
+	}
+	return b[:k], err
 }
 
 // exists says whether path exists (errors other than "not found" count as

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"time"
 
 	"github.com/sendense/capture/internal/lockfile"
 )
@@ -45,16 +46,34 @@ func (e *LockedError) Unwrap() error { return ErrLocked }
 // LockHolder is what the holder of a VM's lock writes into the lock file.
 type LockHolder = lockfile.Holder
 
-// lockWriter takes a VM directory's writer lock without waiting and
-// records the holder.
+// lockWriter takes a VM directory's writer lock and records the holder.
+// It does not wait for a backup or a prune, but tries a few times within
+// half a second: verify holds the lock shared for an instant to see
+// whether one runs (leftovers).
 func (r *Repo) lockWriter(vmDir, operation string) (Lock, error) {
 	path := filepath.Join(vmDir, lockName)
-	l, holder, err := r.fs.TryExclusive(path, operation)
-	if err != nil {
-		return nil, err
+	for try := 0; ; try++ {
+		l, holder, err := r.fs.TryExclusive(path, operation)
+		if err != nil {
+			return nil, r.asReadOnly(err)
+		}
+		if holder == nil {
+			return l, nil
+		}
+		if try == 4 {
+			return nil, &LockedError{VM: location(r.fs, vmDir), Holder: *holder, Path: path}
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
-	if holder != nil {
-		return nil, &LockedError{VM: location(r.fs, vmDir), Holder: *holder, Path: path}
+}
+
+// writerRunning says whether a backup or a prune of the VM may hold its
+// writer lock (false on a repository where nothing can write).
+func (r *Repo) writerRunning(vmDir string) bool {
+	l, ok, err := r.fs.TryLock(filepath.Join(vmDir, lockName), false)
+	if err != nil || !ok {
+		return true
 	}
-	return l, nil
+	l.Unlock()
+	return false
 }

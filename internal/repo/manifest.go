@@ -154,7 +154,8 @@ func ImageName(id string, key int32) string {
 	return fmt.Sprintf("%s-disk%d.qcow2", id, key)
 }
 
-// parseImageName splits "<id>-disk<key>.qcow2".
+// parseImageName splits "<id>-disk<key>.qcow2" (the image-name grammar:
+// a backup id, "-disk", the device key in canonical decimal, ".qcow2").
 func parseImageName(name string) (id string, key int32, ok bool) {
 	base, found := strings.CutSuffix(name, ".qcow2")
 	if !found {
@@ -164,8 +165,9 @@ func parseImageName(name string) (id string, key int32, ok bool) {
 	if i < 0 {
 		return "", 0, false
 	}
-	k, err := strconv.ParseInt(base[i+len("-disk"):], 10, 32)
-	if err != nil || !validID(base[:i]) {
+	ks := base[i+len("-disk"):]
+	k, err := strconv.ParseInt(ks, 10, 32)
+	if err != nil || strconv.FormatInt(k, 10) != ks || !validID(base[:i]) {
 		return "", 0, false
 	}
 	return base[:i], int32(k), true
@@ -198,12 +200,19 @@ func (m *Manifest) Validate() error {
 		return fmt.Errorf("id %q is not a backup id (YYYYMMDDTHHMMSSZ[-N])", m.ID)
 	case m.Parent != "" && !validID(m.Parent):
 		return fmt.Errorf("parent %q is not a backup id", m.Parent)
+	case m.Parent != "" && compareIDs(m.Parent, m.ID) >= 0:
+		return fmt.Errorf("parent %s is not older than the backup", m.Parent)
 	case m.VM.Moref == "" && m.VM.InstanceUUID == "":
 		return errors.New("vm: moref missing")
 	case m.Status != StatusComplete:
 		return fmt.Errorf("status is %q, not %q", m.Status, StatusComplete)
 	case len(m.Disks) == 0:
 		return errors.New("no disks")
+	}
+	for _, id := range m.Merged {
+		if !validID(id) {
+			return fmt.Errorf("merged %q is not a backup id", id)
+		}
 	}
 	seen := map[int32]bool{}
 	for i := range m.Disks {
@@ -214,6 +223,19 @@ func (m *Manifest) Validate() error {
 		seen[d.Key] = true
 		if err := d.validate(); err != nil {
 			return fmt.Errorf("disk %d: %w", d.Key, err)
+		}
+		// Names: the backup's own image, and the parent's image of the
+		// same disk as backing file — plain names in the VM directory.
+		if want := ImageName(m.ID, d.Key); d.Image != want {
+			return fmt.Errorf("disk %d: image %q is not this backup's image of the disk (%s)", d.Key, d.Image, want)
+		}
+		if d.Backing != "" {
+			if m.Parent == "" {
+				return fmt.Errorf("disk %d: an incremental image (backing %q) in a backup without parent", d.Key, d.Backing)
+			}
+			if want := ImageName(m.Parent, d.Key); d.Backing != want {
+				return fmt.Errorf("disk %d: backing %q is not the parent's image of the disk (%s)", d.Key, d.Backing, want)
+			}
 		}
 	}
 	return nil

@@ -2,7 +2,6 @@ package repo
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -10,102 +9,31 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
-	"github.com/sendense/capture/internal/extent"
+	"github.com/sendense/capture/internal/qcow2"
 	"github.com/sendense/capture/internal/qemu"
 )
 
-// Prune journal (REPO/<vm-dir>/prune-journal.json). A prune writes it
-// before changing anything and removes it when done; whoever finds it
-// (the next prune, backup or Open) finishes the prune, always forward:
-//
-//  1. the dropped backups' manifests are renamed to <id>.json.dropped (so
-//     they are no restore points any more, but their chunk lists stay
-//     readable);
-//  2. for each kept backup whose images back onto dropped ones (its
-//     "successor" role): every such image is committed (qemu-img commit
-//     -d -b BASE TOP) into the full at the bottom of its chain; the
-//     successor's new manifest, in which those disks are full, is written
-//     as <id>.json.new; each merged base is renamed onto the successor's
-//     image name; <id>.json.new is renamed to <id>.json;
-//  3. the dropped images and <id>.json.dropped files are removed, then the
-//     journal.
-//
-// Committing into the base never changes what the successor's image
-// reads (the clusters written into the base are those the layers above it
-// hold), and each rename is atomic, so every kept backup restores exactly
-// at every instant. Between a rename and the manifest switch the
-// successor's manifest still describes the old overlay: verify says so
-// (prune-pending) until the journal is finished.
-const (
-	journalName    = "prune-journal.json"
-	journalFormat  = "sendense-prune-journal"
-	journalVersion = 1
-	droppedSuffix  = ".json.dropped"
-	newSuffix      = ".json.new"
-	mergedChunkMax = 256 << 10 // chunks made from a merged image's map
-)
-
-type journal struct {
-	Format     string      `json:"format"`
-	Version    int         `json:"version"`
-	Keep       int         `json:"keep"`
-	Drop       []string    `json:"drop"`       // backups removed
-	Successors []successor `json:"successors"` // kept backups rewritten
-	Delete     []string    `json:"delete"`     // image files removed at the end
-}
-
-type successor struct {
-	Backup string  `json:"backup"`
-	Merges []merge `json:"merges,omitempty"`
-}
-
-type merge struct {
-	Disk  int32    `json:"disk"`
-	Top   string   `json:"top"`   // the successor's image
-	Base  string   `json:"base"`  // the full the chain starts from: merged into, then renamed to Top
-	Chain []string `json:"chain"` // Top, the dropped images between, Base
-}
-
-// pendingFor says whether backup id is being changed by the journal.
-func (j *journal) pendingFor(id string) bool {
-	if slices.Contains(j.Drop, id) {
-		return true
-	}
-	for _, s := range j.Successors {
-		if s.Backup == id {
-			return true
-		}
-	}
-	return false
-}
-
-// readJournal reads dir's prune journal; none is (nil, nil).
-func (r *Repo) readJournal(dir string) (*journal, error) {
-	path := filepath.Join(dir, journalName)
-	b, err := r.fs.ReadFile(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	var j journal
-	if err := json.Unmarshal(b, &j); err != nil || j.Format != journalFormat {
-		return nil, fmt.Errorf("prune journal %s is corrupt (%v): an interrupted prune cannot be finished; see docs/restore-verify-prune.md", path, err)
-	}
-	if j.Version > journalVersion {
-		return nil, fmt.Errorf("prune journal %s has version %d, newer than this sendense understands: upgrade sendense", path, j.Version)
-	}
-	return &j, nil
+// PrunePoint is one restore point of a VM as a retention policy sees it.
+type PrunePoint struct {
+	ID   string
+	Time time.Time // the backup's start (the manifest's "started", else the id's time)
 }
 
 // PruneOptions control Prune.
 type PruneOptions struct {
 	// VM selects one VM (name, moref, instance UUID or directory); "" all.
 	VM string
-	// Keep is how many of the newest backups of each VM to keep (≥ 1).
+	// Keep is how many of the newest backups of each VM to keep (≥ 1)
+	// when Select is nil.
 	Keep int
+	// Select, when set, decides which points of a VM to keep: given the
+	// VM's restorable points, newest first, it returns the kept ids, each
+	// with the reasons it is kept (printed with --dry-run). Select == nil
+	// means Keep N (keep the N newest). Whatever it returns, prune never
+	// removes the last restorable point (the newest is then kept).
+	Select func(points []PrunePoint) map[string][]string
 	// DryRun reports what would be done and changes nothing.
 	DryRun bool
 	// OnVM, if set, is called after each VM.
@@ -114,31 +42,47 @@ type PruneOptions struct {
 
 // PruneReport is what Prune did (or would do) to one VM.
 type PruneReport struct {
-	VM         string        `json:"vm"` // VM directory
-	Kept       []string      `json:"kept"`
-	Dropped    []string      `json:"dropped"`
-	Merged     []MergeReport `json:"merged,omitempty"`
-	FreedBytes int64         `json:"freed_bytes"` // estimate with DryRun
-	DryRun     bool          `json:"dry_run"`
+	VM      string   `json:"vm"` // VM directory
+	Kept    []string `json:"kept"`
+	Dropped []string `json:"dropped"`
+	// Reasons are why each kept backup is kept.
+	Reasons map[string][]string `json:"reasons,omitempty"`
+	Merged  []MergeReport       `json:"merged,omitempty"`
+	// Leftovers are the files no restore point needs that were (or would
+	// be) removed: images of backups that never finished, temporary files
+	// of interrupted writes.
+	Leftovers  []string `json:"leftovers,omitempty"`
+	FreedBytes int64    `json:"freed_bytes"` // estimate with DryRun
+	DryRun     bool     `json:"dry_run"`
 }
 
-// MergeReport is one image chain merged into a kept backup.
+// MergeReport is one kept backup's disk made standalone.
 type MergeReport struct {
 	Backup string   `json:"backup"` // the kept backup, now full for Disk
 	Disk   int32    `json:"disk"`
-	Images []string `json:"images"` // merged, newest first
+	Images []string `json:"images"` // the chain merged, newest first
 }
 
-// Prune keeps the newest opts.Keep backups of each VM and removes the
-// older ones. When a kept incremental backs onto a removed backup, the
-// chain is merged into it (it becomes a full) so that every kept backup
-// restores exactly, and verifies, afterwards. A VM whose manifests cannot
-// all be read, or whose chains are broken, is left alone (an error). It is
-// safe against crashes (see the journal above) and refuses to run while a
-// backup of the same VM runs.
+// Prune keeps, of each VM, the backups opts selects and removes the
+// others. A kept incremental whose backing file belongs to a removed
+// backup becomes a full: its chain is written anew as one standalone
+// image, checked against the manifests, and switched to (journal.go).
+//
+// Before writing anything it checks every restore point of the VM
+// (check.go): a VM with a corrupt manifest, a damaged image or a broken
+// chain is left unchanged, with an error naming the file and the backup,
+// so that a prune never reduces the set of restorable points beyond what
+// the policy asks, and never removes the last restorable one. Leftovers
+// (images of backups that never finished, temporary files) are removed
+// from every VM directory, retired VMs' too, under the VM's lock.
 func (r *Repo) Prune(ctx context.Context, opts PruneOptions) ([]PruneReport, error) {
-	if opts.Keep < 1 {
+	if opts.Select == nil && opts.Keep < 1 {
 		return nil, fmt.Errorf("--keep must be at least 1, not %d", opts.Keep)
+	}
+	if !opts.DryRun {
+		if err := r.Writable(); err != nil {
+			return nil, err
+		}
 	}
 	vds, err := r.selectVMs(opts.VM)
 	if err != nil {
@@ -163,78 +107,547 @@ func (r *Repo) Prune(ctx context.Context, opts PruneOptions) ([]PruneReport, err
 	return reports, errors.Join(errs...)
 }
 
+// stepError is a test hook's injected crash: nothing is cleaned up.
+type stepError struct{ err error }
+
+func (e *stepError) Error() string { return e.err.Error() }
+func (e *stepError) Unwrap() error { return e.err }
+
+func (r *Repo) step(name string) error {
+	if r.hook != nil {
+		if err := r.hook(name); err != nil {
+			return &stepError{err}
+		}
+	}
+	return nil
+}
+
 func (r *Repo) pruneVM(ctx context.Context, vd *vmDir, opts PruneOptions) (*PruneReport, error) {
 	wl, err := r.lockWriter(vd.Path, "prune")
 	if err != nil {
 		return nil, err
 	}
 	defer wl.Unlock()
-	rl, err := r.fs.WaitLock(ctx, filepath.Join(vd.Path, readLockName), !opts.DryRun, "waiting for a restore or verify of VM "+vd.Name+" to finish")
-	if err != nil {
-		return nil, err
-	}
-	defer rl.Unlock()
-
-	if j, err := r.readJournal(vd.Path); err != nil {
-		return nil, err
-	} else if j != nil {
+	if r.exists(filepath.Join(vd.Path, journalName)) {
 		if opts.DryRun {
-			return nil, fmt.Errorf("an interrupted prune is pending (%s): run prune without --dry-run to finish it", filepath.Join(vd.Path, journalName))
+			return nil, fmt.Errorf("an interrupted prune is pending (%s): run prune without --dry-run to finish it", location(r.fs, filepath.Join(vd.Path, journalName)))
 		}
-		slog.Info("finishing an interrupted prune", "vm", vd.Name)
-		if err := r.finishPrune(ctx, vd, j); err != nil {
+		if err := r.recoverLocked(ctx, vd, true); err != nil {
 			return nil, fmt.Errorf("finishing the interrupted prune: %w", err)
 		}
 	}
-
-	ms, errs := r.loadManifests(vd)
-	if len(errs) > 0 {
-		return nil, fmt.Errorf("nothing was changed: %w", errors.Join(errs...))
+	rl, err := r.fs.WaitLock(ctx, filepath.Join(vd.Path, readLockName), false, "waiting for a restore or verify of VM "+vd.Name+" to finish")
+	if err != nil {
+		return nil, err
 	}
+	defer func() { rl.Unlock() }()
+
+	ix, err := r.index(vd)
+	if err != nil {
+		return nil, err
+	}
+	if ix.jerr != nil {
+		return nil, fmt.Errorf("nothing was changed: %w", ix.jerr)
+	}
+	if errs := ix.manifestErrors(); len(errs) > 0 {
+		return nil, fmt.Errorf("nothing was changed: prune removes nothing from a VM whose manifests cannot all be read: %w", errors.Join(errs...))
+	}
+	// Check every restore point before anything is decided.
+	var damaged []error
+	for _, m := range ix.points {
+		if err := r.checkPoint(ctx, ix, m, true); err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			damaged = append(damaged, err)
+		}
+	}
+	if len(damaged) > 0 {
+		return nil, fmt.Errorf("nothing was changed: prune removes nothing from a VM with a damaged backup (run 'sendense verify %s'; restore the file from a copy, or move the damaged backup's manifest away): %w",
+			vd.Name, errors.Join(damaged...))
+	}
+
 	rep := &PruneReport{VM: vd.Name, DryRun: opts.DryRun, Kept: []string{}, Dropped: []string{}}
-	j, err := r.planPrune(vd, ms, opts.Keep)
+	keep := r.selectKept(ix.points, opts)
+	rep.Reasons = keep
+	for _, m := range ix.points {
+		if _, ok := keep[m.ID]; ok {
+			rep.Kept = append(rep.Kept, m.ID)
+		} else {
+			rep.Dropped = append(rep.Dropped, m.ID)
+		}
+	}
+	j, chains, err := r.planPrune(ctx, ix, keep)
 	if err != nil {
 		return nil, fmt.Errorf("nothing was changed: %w", err)
 	}
-	for _, m := range ms {
-		if j != nil && slices.Contains(j.Drop, m.ID) {
-			rep.Dropped = append(rep.Dropped, m.ID)
-		} else {
-			rep.Kept = append(rep.Kept, m.ID)
+	for _, mg := range j.Merges {
+		var images []string
+		for _, l := range chains[mg] {
+			images = append(images, l.d.Image)
 		}
+		rep.Merged = append(rep.Merged, MergeReport{Backup: mg.Backup, Disk: mg.Disk, Images: images})
 	}
-	if j == nil {
-		return rep, nil
-	}
-	for _, s := range j.Successors {
-		for _, mg := range s.Merges {
-			rep.Merged = append(rep.Merged, MergeReport{Backup: s.Backup, Disk: mg.Disk, Images: mg.Chain})
-		}
+	left := r.leftovers(ix)
+	for _, l := range left {
+		rep.Leftovers = append(rep.Leftovers, l.File)
 	}
 	if opts.DryRun {
-		var files []string
-		for _, f := range j.Delete {
-			files = append(files, filepath.Join(vd.Path, f))
-		}
-		for _, n := range r.fs.Usage(files...) {
-			rep.FreedBytes += n
-		}
+		rep.FreedBytes = r.estimateFreed(ix, j, chains, left)
 		return rep, nil
 	}
 	before := r.dirUsage(vd.Path)
-	b, _ := json.MarshalIndent(j, "", "  ")
-	if err := r.fs.WriteFileAtomic(filepath.Join(vd.Path, journalName), append(b, '\n'), 0o600); err != nil {
-		return nil, fmt.Errorf("writing the prune journal: %w", err)
+	if len(j.Drop) > 0 {
+		if err := r.runPrune(ctx, ix, j, chains, &rl); err != nil {
+			return nil, err
+		}
 	}
-	if err := r.step("journal"); err != nil {
-		return nil, err
-	}
-	if err := r.finishPrune(ctx, vd, j); err != nil {
-		return nil, err
+	if errs := r.removeLeftovers(left); len(errs) > 0 {
+		return nil, fmt.Errorf("removing leftovers: %w", errors.Join(errs...))
 	}
 	// Allocation is approximate (file systems preallocate): never negative.
 	rep.FreedBytes = max(0, before-r.dirUsage(vd.Path))
 	return rep, nil
+}
+
+// selectKept decides which points (oldest first) to keep, with reasons.
+func (r *Repo) selectKept(points []*Manifest, opts PruneOptions) map[string][]string {
+	newestFirst := make([]PrunePoint, 0, len(points))
+	for i := len(points) - 1; i >= 0; i-- {
+		m := points[i]
+		t := m.Started
+		if t.IsZero() {
+			t, _ = IDTime(m.ID)
+		}
+		newestFirst = append(newestFirst, PrunePoint{ID: m.ID, Time: t})
+	}
+	var sel map[string][]string
+	if opts.Select != nil {
+		sel = opts.Select(slices.Clone(newestFirst))
+	} else {
+		sel = map[string][]string{}
+		for i, p := range newestFirst {
+			if i < opts.Keep {
+				sel[p.ID] = []string{fmt.Sprintf("one of the %d newest (--keep %d)", opts.Keep, opts.Keep)}
+			}
+		}
+	}
+	keep := map[string][]string{}
+	for _, p := range newestFirst {
+		if reasons, ok := sel[p.ID]; ok {
+			keep[p.ID] = slices.Clone(reasons)
+		}
+	}
+	if len(keep) == 0 && len(newestFirst) > 0 {
+		keep[newestFirst[0].ID] = []string{"the newest backup: prune never removes the last one"}
+	}
+	return keep
+}
+
+// planPrune is the journal of keeping keep (its Drop empty when nothing
+// goes) and the chain of each merge (top first), checked.
+func (r *Repo) planPrune(ctx context.Context, ix *vmIndex, keep map[string][]string) (*journal, map[journalMerge][]layer, error) {
+	j := &journal{Format: journalFormat, Version: journalVersion, Phase: phaseMerging}
+	dropped := map[string]bool{}
+	for _, m := range ix.points {
+		if _, ok := keep[m.ID]; !ok {
+			j.Drop = append(j.Drop, m.ID)
+			dropped[m.ID] = true
+			for _, d := range m.Disks {
+				j.Delete = append(j.Delete, d.Image)
+			}
+		}
+	}
+	chains := map[journalMerge][]layer{}
+	for _, m := range ix.points {
+		if dropped[m.ID] || !dropped[m.Parent] {
+			continue
+		}
+		for _, key := range sortedKeys(m) {
+			if m.Disk(key).Backing == "" {
+				continue
+			}
+			layers, err := r.chain(ctx, ix, m, key, true)
+			if err != nil {
+				return nil, nil, err
+			}
+			mg := journalMerge{Backup: m.ID, Disk: key}
+			j.Merges = append(j.Merges, mg)
+			chains[mg] = layers
+		}
+	}
+	// No kept point may need a removed image once the merges are done.
+	for _, m := range ix.points {
+		if dropped[m.ID] {
+			continue
+		}
+		for _, d := range m.Disks {
+			if d.Backing != "" && dropped[m.Parent] && chains[journalMerge{m.ID, d.Key}] == nil {
+				return nil, nil, fmt.Errorf("backup %s disk %d would lose its backing file %s", m.ID, d.Key, d.Backing)
+			}
+		}
+	}
+	return j, chains, nil
+}
+
+// runPrune carries out j: merging (rolled back on a failure), then
+// switching (rolled forward). rl is the VM's read lock, held shared while
+// merging and exclusively while switching.
+func (r *Repo) runPrune(ctx context.Context, ix *vmIndex, j *journal, chains map[journalMerge][]layer, rl *Lock) error {
+	vd := ix.vd
+	if err := r.writeJournal(vd.Path, j); err != nil {
+		return fmt.Errorf("nothing was changed: %w", err)
+	}
+	fail := func(err error) error {
+		var se *stepError
+		if errors.As(err, &se) {
+			return err // an injected crash: nothing is cleaned up
+		}
+		if rerr := r.rollback(vd, j); rerr != nil {
+			return fmt.Errorf("%w; rolling back failed too (%v): every backup restores as before, and the next prune or backup of the VM removes what is left", err, rerr)
+		}
+		return fmt.Errorf("nothing was changed (rolled back): %w", err)
+	}
+	if err := r.step("journal"); err != nil {
+		return fail(err)
+	}
+	merged := map[journalMerge]*DiskImage{}
+	for _, mg := range j.Merges {
+		d, err := r.mergeDisk(ctx, ix, mg, chains[mg])
+		if err != nil {
+			return fail(fmt.Errorf("making disk %d of backup %s standalone: %w", mg.Disk, mg.Backup, err))
+		}
+		merged[mg] = d
+		if err := r.step("merged"); err != nil {
+			return fail(err)
+		}
+	}
+	for _, id := range j.successors() {
+		m := ix.byID[id]
+		nm := *m
+		nm.Disks = slices.Clone(m.Disks)
+		var from []string
+		for _, mg := range j.mergesOf(id) {
+			*nm.Disk(mg.Disk) = *merged[mg]
+			for _, l := range chains[mg][1:] {
+				if slices.Contains(j.Drop, l.m.ID) && !slices.Contains(from, l.m.ID) {
+					from = append(from, l.m.ID)
+				}
+			}
+		}
+		nm.Parent = ""
+		for _, d := range nm.Disks {
+			if d.Backing != "" {
+				nm.Parent = m.Parent
+			}
+		}
+		for _, f := range from {
+			if !slices.Contains(nm.Merged, f) {
+				nm.Merged = append(nm.Merged, f)
+			}
+		}
+		slices.SortFunc(nm.Merged, compareIDs)
+		if err := nm.Validate(); err != nil {
+			return fail(fmt.Errorf("the new manifest of backup %s: %w", id, err))
+		}
+		b, err := encodeManifest(&nm)
+		if err == nil {
+			err = r.fs.WriteFileAtomic(ix.path(id+newSuffix), b, 0o600)
+		}
+		if err != nil {
+			return fail(fmt.Errorf("writing the new manifest of backup %s: %w", id, err))
+		}
+		if err := r.step("manifest-new"); err != nil {
+			return fail(err)
+		}
+	}
+	// The point of no return: readers wait while the files switch.
+	(*rl).Unlock()
+	l, err := r.fs.WaitLock(ctx, filepath.Join(vd.Path, readLockName), true, "waiting for a restore or verify of VM "+vd.Name+" to finish")
+	if err != nil {
+		*rl = noLock{}
+		return fail(err)
+	}
+	*rl = l
+	j.Phase = phaseSwitching
+	if err := r.writeJournal(vd.Path, j); err != nil {
+		j.Phase = phaseMerging
+		return fail(err)
+	}
+	if err := r.step("switching"); err != nil {
+		return err
+	}
+	if err := r.finishSwitch(vd, j); err != nil {
+		var se *stepError
+		if errors.As(err, &se) {
+			return err
+		}
+		return fmt.Errorf("the prune passed its point of no return and could not finish (%w): every backup it keeps restores; run 'sendense prune' again to finish it", err)
+	}
+	return nil
+}
+
+// mergeDisk writes the chain of a kept backup's disk as one standalone
+// image, .<image>.merging, with qemu-img where the repository is (every
+// file of the chain pinned), and checks it: a full qcow2 of the disk's
+// capacity, nothing allocated that the chain's chunks do not explain,
+// and every byte as the chain's manifests say (expect.go). It returns the
+// disk's new record: full, the chunks of the chain as seen from the top,
+// and the whole-disk SHA-256 of the new image.
+func (r *Repo) mergeDisk(ctx context.Context, ix *vmIndex, mg journalMerge, layers []layer) (*DiskImage, error) {
+	top := layers[0]
+	tmp := ix.path(mergingName(mg.image()))
+	if err := r.fs.Remove(tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
+	all := paths(layers)
+	if err := r.Tools.Convert(ctx, all[0], tmp, qemu.ConvertOptions{Backing: all[1:], OutFormat: "qcow2"}); err != nil {
+		return nil, err
+	}
+	if err := r.fs.SyncFile(tmp); err != nil {
+		return nil, err
+	}
+	exp := expect(layers)
+	if err := r.completeCuts(ctx, layers, exp); err != nil {
+		return nil, err
+	}
+	nd := *top.d
+	nd.Level, nd.Backing, nd.BaseChangeID, nd.SHA256 = LevelFull, "", "", ""
+	nd.Chunks = exp.recorded()
+	var ids []string
+	for _, l := range layers[1:] {
+		ids = append(ids, l.m.ID)
+	}
+	nd.Reason = "merged with the older backups " + strings.Join(ids, ", ") + " by prune"
+	hdr, err := qcow2.ReadHeader(func(off int64, n int) ([]byte, error) { return r.fs.ReadAt(tmp, off, n) })
+	if err != nil {
+		return nil, fmt.Errorf("the merged image %s: %w", tmp, err)
+	}
+	if err := checkHeader(hdr, &nd, func(kind, msg, expected, actual string) error {
+		return fmt.Errorf("the merged image %s: %s (expected %s, actual %s)", tmp, msg, orNone(expected), orNone(actual))
+	}); err != nil {
+		return nil, err
+	}
+	entries, err := r.Tools.Map(ctx, tmp, qemu.MapOptions{NoBacking: true})
+	if err != nil {
+		return nil, err
+	}
+	var scratch ImageReport
+	checkAllocation(&scratch, entries, &nd, hdr.ClusterSize())
+	if len(scratch.Problems) > 0 {
+		return nil, fmt.Errorf("the merged image %s: %s", tmp, scratch.Problems[0])
+	}
+	ir, err := r.openChain(ctx, []layer{{m: top.m, d: &nd, path: tmp}}, true)
+	if err != nil {
+		return nil, err
+	}
+	sum, err := checkStream(ctx, ir, entries, layers, exp, true, nil)
+	if cerr := ir.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return nil, fmt.Errorf("checking the merged image %s: %w", tmp, err)
+	}
+	nd.SHA256 = sum
+	return &nd, nil
+}
+
+// rollback undoes a journal that has not reached its point of no return:
+// its new files and the journal are removed.
+func (r *Repo) rollback(vd *vmDir, j *journal) error {
+	var errs []error
+	rm := func(name string) {
+		if err := r.fs.Remove(filepath.Join(vd.Path, name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	for _, mg := range j.Merges {
+		rm(mergingName(mg.image()))
+	}
+	for _, id := range j.successors() {
+		rm(id + newSuffix)
+	}
+	if len(errs) == 0 {
+		rm(journalName)
+	}
+	r.fs.SyncDir(vd.Path)
+	return errors.Join(errs...)
+}
+
+// finishSwitch rolls a journal past its point of no return forward; each
+// step is idempotent, and checked against the directory as it is now.
+func (r *Repo) finishSwitch(vd *vmDir, j *journal) error {
+	ix, err := r.index(vd)
+	if err != nil {
+		return err
+	}
+	if ix.jerr != nil {
+		return ix.jerr
+	}
+	remaining := 0
+	for _, id := range ix.ids {
+		if !slices.Contains(j.Drop, id) {
+			remaining++
+		}
+	}
+	if remaining == 0 {
+		return &JournalError{ix.path(journalName), errors.New("it removes every backup of the VM, which a prune never does")}
+	}
+	// 1. The standalone images replace the kept backups' images.
+	for _, mg := range j.Merges {
+		tmp := mergingName(mg.image())
+		if !ix.has(tmp) {
+			continue // renamed already
+		}
+		nm, err := r.readManifest(ix.path(mg.Backup + newSuffix))
+		if err != nil {
+			return fmt.Errorf("the new manifest of backup %s: %w", mg.Backup, err)
+		}
+		nd := nm.Disk(mg.Disk)
+		if nd == nil || nd.Backing != "" {
+			return fmt.Errorf("the new manifest of backup %s does not describe disk %d as standalone", mg.Backup, mg.Disk)
+		}
+		p := ix.path(tmp)
+		if fi, err := r.fs.Lstat(p); err != nil || !fi.Mode().IsRegular() {
+			return fmt.Errorf("%s is not a regular file", p)
+		}
+		hdr, err := qcow2.ReadHeader(func(off int64, n int) ([]byte, error) { return r.fs.ReadAt(p, off, n) })
+		if err != nil {
+			return fmt.Errorf("the merged image %s: %w", p, err)
+		}
+		if err := checkHeader(hdr, nd, func(kind, msg, expected, actual string) error {
+			return fmt.Errorf("the merged image %s: %s", p, msg)
+		}); err != nil {
+			return err
+		}
+		if err := r.rename(p, ix.path(mg.image())); err != nil {
+			return err
+		}
+		if err := r.step("rename"); err != nil {
+			return err
+		}
+	}
+	// 2. Their new manifests.
+	for _, id := range j.successors() {
+		if !ix.has(id + newSuffix) {
+			continue
+		}
+		if _, err := r.readManifest(ix.path(id + newSuffix)); err != nil {
+			return err
+		}
+		if err := r.rename(ix.path(id+newSuffix), ix.path(id+".json")); err != nil {
+			return err
+		}
+		if err := r.step("switch"); err != nil {
+			return err
+		}
+	}
+	// 3. The removed backups' manifests, then their images — those no
+	// remaining manifest names.
+	for _, id := range j.Drop {
+		for _, name := range []string{id + ".json", id + droppedSuffix} {
+			if err := r.fs.Remove(ix.path(name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return err
+			}
+		}
+		if err := r.step("drop"); err != nil {
+			return err
+		}
+	}
+	r.fs.SyncDir(vd.Path)
+	ix, err = r.index(vd)
+	if err != nil {
+		return err
+	}
+	named := map[string]bool{}
+	for _, m := range ix.byID {
+		for _, d := range m.Disks {
+			named[d.Image], named[d.Backing] = true, true
+		}
+	}
+	for _, id := range ix.ids {
+		if ix.bad[id] != nil {
+			return fmt.Errorf("not removing the images of the removed backups while manifest %s cannot be read: %w", ix.path(id+".json"), ix.bad[id])
+		}
+	}
+	for _, name := range j.Delete {
+		if named[name] {
+			slog.Warn("a removed backup's image is named by a kept backup: it stays", "file", location(r.fs, ix.path(name)))
+			continue
+		}
+		if err := r.fs.Remove(ix.path(name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		if err := r.step("delete"); err != nil {
+			return err
+		}
+	}
+	if err := r.fs.SyncDir(vd.Path); err != nil {
+		return err
+	}
+	if err := r.fs.Remove(ix.path(journalName)); err != nil {
+		return err
+	}
+	return r.fs.SyncDir(vd.Path)
+}
+
+// recoverLocked finishes a pending prune journal in vd; the caller holds
+// the writer lock. Before the point of no return it rolls back; after, it
+// rolls forward, which needs the read lock exclusively: wait says whether
+// to wait for readers (else it gives up, nil, while a reader runs).
+func (r *Repo) recoverLocked(ctx context.Context, vd *vmDir, wait bool) error {
+	j, err := r.readJournal(vd.Path)
+	if err != nil || j == nil {
+		return err
+	}
+	if j.Phase == phaseMerging {
+		slog.Info("rolling back a prune interrupted before its point of no return (nothing it would have removed was touched)", "vm", vd.Name)
+		return r.rollback(vd, j)
+	}
+	lockPath := filepath.Join(vd.Path, readLockName)
+	var rl Lock
+	if wait {
+		if rl, err = r.fs.WaitLock(ctx, lockPath, true, "waiting for a restore or verify of VM "+vd.Name+" to finish"); err != nil {
+			return err
+		}
+	} else {
+		var ok bool
+		if rl, ok, err = r.fs.TryLock(lockPath, true); err != nil {
+			return err
+		} else if !ok {
+			slog.Warn("an interrupted prune is pending but a restore or verify is reading the VM; it will be finished later", "vm", vd.Name)
+			return nil
+		}
+	}
+	defer rl.Unlock()
+	slog.Warn("finishing an interrupted prune", "vm", vd.Name, "journal", location(r.fs, filepath.Join(vd.Path, journalName)))
+	return r.finishSwitch(vd, j)
+}
+
+// estimateFreed is about what a prune frees: the removed images, the
+// replaced images and the leftovers, less the new standalone images
+// (about as large as their chain's full).
+func (r *Repo) estimateFreed(ix *vmIndex, j *journal, chains map[journalMerge][]layer, left []Leftover) int64 {
+	var files []string
+	for _, name := range j.Delete {
+		files = append(files, ix.path(name))
+	}
+	var added []string
+	for _, mg := range j.Merges {
+		files = append(files, ix.path(mg.image()))
+		added = append(added, chains[mg][len(chains[mg])-1].path)
+	}
+	var n int64
+	for _, u := range r.fs.Usage(files...) {
+		n += u
+	}
+	for _, u := range r.fs.Usage(added...) {
+		n -= u
+	}
+	for _, l := range left {
+		n += l.Bytes
+	}
+	return max(0, n)
 }
 
 // dirUsage is the space the files of dir take.
@@ -249,404 +662,4 @@ func (r *Repo) dirUsage(dir string) int64 {
 		n += u
 	}
 	return n
-}
-
-// planPrune decides what pruning ms (oldest first) down to keep backups
-// does; nil when nothing. It checks that every chain to merge is complete.
-func (r *Repo) planPrune(vd *vmDir, ms []*Manifest, keep int) (*journal, error) {
-	if len(ms) <= keep {
-		return nil, nil
-	}
-	drop := ms[:len(ms)-keep]
-	kept := ms[len(ms)-keep:]
-	dropped := map[string]bool{}
-	for _, m := range drop {
-		dropped[m.ID] = true
-	}
-	type owner struct {
-		m *Manifest
-		d *DiskImage
-	}
-	owners := map[string]owner{}
-	for _, m := range ms {
-		for i := range m.Disks {
-			owners[m.Disks[i].Image] = owner{m, &m.Disks[i]}
-		}
-	}
-	j := &journal{Format: journalFormat, Version: journalVersion, Keep: keep}
-	for _, m := range drop {
-		j.Drop = append(j.Drop, m.ID)
-	}
-	needed := map[string]bool{} // images a kept backup still reads
-	bases := map[string]bool{}
-	for _, k := range kept {
-		s := successor{Backup: k.ID}
-		for _, key := range sortedKeys(k) {
-			d := k.Disk(key)
-			needed[d.Image] = true
-			if d.Backing == "" {
-				continue
-			}
-			o, ok := owners[d.Backing]
-			if !ok {
-				return nil, fmt.Errorf("backup %s disk %d: its backing file %s is not recorded by any backup", k.ID, key, d.Backing)
-			}
-			if !dropped[o.m.ID] {
-				needed[d.Backing] = true
-				continue
-			}
-			mg := merge{Disk: key, Top: d.Image, Chain: []string{d.Image}}
-			for cur := o; ; {
-				mg.Chain = append(mg.Chain, cur.d.Image)
-				if !dropped[cur.m.ID] {
-					return nil, fmt.Errorf("backup %s disk %d: the chain reaches the kept backup %s through removed ones", k.ID, key, cur.m.ID)
-				}
-				if cur.d.Backing == "" {
-					break
-				}
-				next, ok := owners[cur.d.Backing]
-				if !ok {
-					return nil, fmt.Errorf("backup %s disk %d: the backing file %s of %s is not recorded by any backup", k.ID, key, cur.d.Backing, cur.d.Image)
-				}
-				cur = next
-			}
-			mg.Base = mg.Chain[len(mg.Chain)-1]
-			if bases[mg.Base] {
-				return nil, fmt.Errorf("image %s is the base of two kept chains", mg.Base)
-			}
-			bases[mg.Base] = true
-			for _, img := range mg.Chain {
-				if p := filepath.Join(vd.Path, img); !r.exists(p) {
-					return nil, fmt.Errorf("backup %s disk %d needs %s, which is missing: restore it from a copy, or remove the backups that need it by hand", k.ID, key, p)
-				}
-			}
-			s.Merges = append(s.Merges, mg)
-		}
-		if len(s.Merges) > 0 || dropped[k.Parent] {
-			j.Successors = append(j.Successors, s)
-		}
-	}
-	// Every image of a removed backup goes, but for the merge bases, which
-	// become kept images. Images of those ids that no manifest lists (an
-	// aborted disk) go too, unless a kept backup reads them.
-	seen := map[string]bool{}
-	for _, m := range drop {
-		names := []string{}
-		for _, d := range m.Disks {
-			names = append(names, d.Image)
-		}
-		for _, e := range r.glob(vd.Path, m.ID+"-disk", ".qcow2") {
-			if id, _, ok := parseImageName(e); ok && id == m.ID {
-				names = append(names, e)
-			}
-		}
-		for _, n := range names {
-			if !seen[n] && !bases[n] && !needed[n] {
-				seen[n] = true
-				j.Delete = append(j.Delete, n)
-			}
-		}
-	}
-	return j, nil
-}
-
-// finishPrune carries out a journal (see the comment at the top); the
-// caller holds both locks. It is idempotent: after a failure it can run
-// again from the start.
-func (r *Repo) finishPrune(ctx context.Context, vd *vmDir, j *journal) error {
-	path := func(name string) string { return filepath.Join(vd.Path, name) }
-
-	// 1. The dropped backups stop being restore points.
-	for _, id := range j.Drop {
-		if err := r.fs.Rename(path(id+".json"), path(id+droppedSuffix)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return err
-		}
-	}
-	if err := r.fs.SyncDir(vd.Path); err != nil {
-		return err
-	}
-	if err := r.step("dropped"); err != nil {
-		return err
-	}
-
-	// 2. Merge into the successors.
-	for _, s := range j.Successors {
-		if err := r.finishSuccessor(ctx, vd, j, s); err != nil {
-			return fmt.Errorf("backup %s: %w", s.Backup, err)
-		}
-	}
-
-	// 3. Remove what is no longer needed.
-	for _, name := range j.Delete {
-		if err := r.fs.Remove(path(name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return err
-		}
-		if err := r.step("delete"); err != nil {
-			return err
-		}
-	}
-	for _, id := range j.Drop {
-		if err := r.fs.Remove(path(id + droppedSuffix)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return err
-		}
-	}
-	if err := r.fs.SyncDir(vd.Path); err != nil {
-		return err
-	}
-	if err := r.fs.Remove(path(journalName)); err != nil {
-		return err
-	}
-	return r.fs.SyncDir(vd.Path)
-}
-
-func (r *Repo) finishSuccessor(ctx context.Context, vd *vmDir, j *journal, s successor) error {
-	path := func(name string) string { return filepath.Join(vd.Path, name) }
-	newPath := path(s.Backup + newSuffix)
-	if !r.exists(newPath) {
-		k, err := r.readManifest(path(s.Backup + ".json"))
-		if err != nil {
-			return err
-		}
-		done := !slices.Contains(j.Drop, k.Parent)
-		for _, mg := range s.Merges {
-			if kd := k.Disk(mg.Disk); kd == nil || kd.Backing != "" {
-				done = false
-			}
-		}
-		if done {
-			return nil // switched already
-		}
-		for _, mg := range s.Merges {
-			if !r.exists(path(mg.Base)) {
-				return fmt.Errorf("cannot merge disk %d: its base image %s is missing", mg.Disk, path(mg.Base))
-			}
-			if err := r.Tools.Commit(ctx, path(mg.Top), path(mg.Base)); err != nil {
-				return err
-			}
-			if err := r.fs.SyncFile(path(mg.Base)); err != nil {
-				return err
-			}
-			if err := r.step("commit"); err != nil {
-				return err
-			}
-		}
-		nk, err := r.mergedManifest(ctx, vd, j, k, s)
-		if err != nil {
-			return err
-		}
-		b, err := encodeManifest(nk)
-		if err != nil {
-			return err
-		}
-		if err := r.fs.WriteFileAtomic(newPath, b, 0o600); err != nil {
-			return err
-		}
-		if err := r.step("manifest-new"); err != nil {
-			return err
-		}
-	}
-	for _, mg := range s.Merges {
-		if !r.exists(path(mg.Base)) {
-			continue // renamed already
-		}
-		if err := r.rename(path(mg.Base), path(mg.Top)); err != nil {
-			return err
-		}
-		if err := r.step("rename"); err != nil {
-			return err
-		}
-	}
-	if err := r.rename(newPath, path(s.Backup+".json")); err != nil {
-		return err
-	}
-	return r.step("switch")
-}
-
-// droppedManifest reads a dropped backup's manifest (renamed or not yet).
-func (r *Repo) droppedManifest(vd *vmDir, id string) (*Manifest, error) {
-	m, err := r.readManifest(filepath.Join(vd.Path, id+droppedSuffix))
-	if errors.Is(err, fs.ErrNotExist) {
-		m, err = r.readManifest(filepath.Join(vd.Path, id+".json"))
-	}
-	return m, err
-}
-
-// mergedManifest is k rewritten after its merges: parent gone, merged
-// disks full. A merged disk's chunks are the successor's own, then those
-// of each older layer outside what the layers above hold (cut where they
-// overlap, with the SHA-256 of the cut parts recomputed), then chunks for
-// any allocation no manifest explained; its whole-disk SHA-256 is
-// computed by reading the merged image.
-func (r *Repo) mergedManifest(ctx context.Context, vd *vmDir, j *journal, k *Manifest, s successor) (*Manifest, error) {
-	nk := *k
-	nk.Disks = slices.Clone(k.Disks)
-	nk.Parent = ""
-	mergedIDs := map[string]bool{}
-	for _, mg := range s.Merges {
-		d := nk.Disk(mg.Disk)
-		if d == nil || d.Image != mg.Top {
-			return nil, fmt.Errorf("disk %d is not in the manifest as %s", mg.Disk, mg.Top)
-		}
-		base := filepath.Join(vd.Path, mg.Base)
-		info, err := r.Tools.Info(ctx, base)
-		if err != nil {
-			return nil, err
-		}
-		cluster := info.ClusterSize
-		if cluster == 0 || cluster&(cluster-1) != 0 {
-			cluster = 64 << 10
-		}
-		var ids []string
-		layers := []layer{{chunks: d.Chunks, alloc: extent.RoundOut(chunkExtents(d.Chunks), cluster, d.Capacity)}}
-		for _, img := range mg.Chain[1:] {
-			id, key, _ := parseImageName(img)
-			ids = append(ids, id)
-			mergedIDs[id] = true
-			var od *DiskImage
-			m, err := r.droppedManifest(vd, id)
-			if err == nil {
-				od = m.Disk(key)
-			}
-			if od != nil && od.Image == img {
-				layers = append(layers, layer{chunks: od.Chunks, alloc: extent.RoundOut(chunkExtents(od.Chunks), cluster, d.Capacity)})
-				continue
-			}
-			// No chunk list: the image's own allocation tells what it
-			// hides below; its chunks are rebuilt from the merged map.
-			slog.Warn("merging without the chunk list of a removed backup", "file", img, "error", err)
-			alloc, err := r.ownAllocation(ctx, filepath.Join(vd.Path, img))
-			if err != nil {
-				return nil, err
-			}
-			layers = append(layers, layer{alloc: alloc})
-		}
-		chunks := layerChunks(layers)
-		entries, err := r.Tools.Map(ctx, base, qemu.MapOptions{Format: "qcow2"})
-		if err != nil {
-			return nil, err
-		}
-		chunks = addUnexplained(chunks, entries, cluster, d.Capacity)
-		sum, err := r.hashMerged(ctx, base, entries, d.Capacity, chunks)
-		if err != nil {
-			return nil, err
-		}
-		d.Chunks = chunks
-		d.SHA256 = sum
-		d.Level = LevelFull
-		d.Backing = ""
-		d.BaseChangeID = ""
-		d.Reason = fmt.Sprintf("merged with the removed backups %s by prune --keep %d", strings.Join(ids, ", "), j.Keep)
-	}
-	for _, id := range j.Drop {
-		if mergedIDs[id] {
-			nk.Merged = append(nk.Merged, id)
-		}
-	}
-	if err := nk.Validate(); err != nil {
-		return nil, fmt.Errorf("merged manifest: %w", err)
-	}
-	return &nk, nil
-}
-
-// layer is one image of a chain being merged: its chunks and the
-// clusters it holds.
-type layer struct {
-	chunks []Chunk
-	alloc  extent.List
-}
-
-// ownAllocation is what an image holds itself (qemu-img map, top layer).
-func (r *Repo) ownAllocation(ctx context.Context, path string) (extent.List, error) {
-	entries, err := r.Tools.Map(ctx, path, qemu.MapOptions{NoBacking: true})
-	if err != nil {
-		return nil, err
-	}
-	var l []extent.Extent
-	for _, e := range entries {
-		if e.Present {
-			l = append(l, extent.Extent{Offset: e.Start, Length: e.Length})
-		}
-	}
-	return extent.Normalize(l), nil
-}
-
-// layerChunks combines the chunk lists of a chain, top first: each layer
-// contributes the parts of its chunks outside the clusters the layers
-// above hold. Untouched chunks keep their SHA-256; cut data chunks get ""
-// (to compute).
-func layerChunks(layers []layer) []Chunk {
-	var out []Chunk
-	var covered extent.List
-	for _, l := range layers {
-		for _, c := range l.chunks {
-			parts := subtract(extent.List{{Offset: c.Offset, Length: c.Length}}, covered)
-			if len(parts) == 1 && parts[0].Offset == c.Offset && parts[0].Length == c.Length {
-				out = append(out, c)
-				continue
-			}
-			for _, p := range parts {
-				out = append(out, Chunk{Offset: p.Offset, Length: p.Length, Kind: c.Kind})
-			}
-		}
-		covered = extent.Normalize(append(slices.Clone(covered), l.alloc...))
-	}
-	slices.SortFunc(out, func(a, b Chunk) int { return cmpU64(a.Offset, b.Offset) })
-	return out
-}
-
-// addUnexplained adds chunks for allocated clusters that no chunk covers
-// (a layer whose chunk list was unavailable).
-func addUnexplained(chunks []Chunk, entries []qemu.MapEntry, cluster, capacity uint64) []Chunk {
-	covered := extent.RoundOut(chunkExtents(chunks), cluster, capacity)
-	var added bool
-	for _, e := range entries {
-		if !e.Present || e.Depth != 0 {
-			continue
-		}
-		kind := KindZero
-		if e.Data {
-			kind = KindData
-		}
-		for _, x := range subtract(extent.List{{Offset: e.Start, Length: e.Length}}, covered) {
-			for off := x.Offset; off < x.End(); {
-				n := min(x.End()-off, mergedChunkMax-off%mergedChunkMax)
-				chunks = append(chunks, Chunk{Offset: off, Length: n, Kind: kind})
-				off += n
-				added = true
-			}
-		}
-	}
-	if added {
-		slices.SortFunc(chunks, func(a, b Chunk) int { return cmpU64(a.Offset, b.Offset) })
-	}
-	return chunks
-}
-
-// hashMerged reads the merged image once: it fills in the SHA-256 of the
-// data chunks that have none, checks the others (a mismatch is an old
-// corruption, kept visible: the recorded SHA-256 stays) and returns the
-// whole-disk SHA-256.
-func (r *Repo) hashMerged(ctx context.Context, path string, entries []qemu.MapEntry, capacity uint64, chunks []Chunk) (string, error) {
-	sink := newHashSink(chunks, true)
-	sink.onChunk = func(i int, sum string) {
-		switch c := &chunks[i]; {
-		case c.SHA256 == "":
-			c.SHA256 = sum
-		case c.SHA256 != sum:
-			slog.Warn("a chunk merged by prune does not match its recorded SHA-256 (it did not before either); 'sendense verify' reports it",
-				"file", path, "offset", c.Offset, "expected", c.SHA256, "actual", sum)
-		}
-	}
-	ir, err := r.openImageReader(ctx, path, false)
-	if err != nil {
-		return "", err
-	}
-	err = ir.stream(ctx, annotate(wholeSegments(entries, capacity, chunkCuts(chunks)), chunks), sink.feed)
-	if cerr := ir.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return "", fmt.Errorf("reading the merged image %s: %w", path, err)
-	}
-	return sink.wholeSum(), nil
 }

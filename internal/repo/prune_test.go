@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -139,72 +140,239 @@ func mustManifest(t *testing.T, r *repo.Repo, id string) *repo.Manifest {
 	return nil
 }
 
-// TestPruneCrash stops a prune after each of its steps, as a crash would,
-// and checks that the kept backups restore exactly at that moment, that
-// the next Open finishes the prune and that everything then verifies.
-func TestPruneCrash(t *testing.T) {
-	cases := []struct {
-		step string
-		nth  int
-	}{
-		{"journal", 1}, {"dropped", 1}, {"commit", 1}, {"commit", 2}, {"manifest-new", 1},
-		{"rename", 1}, {"rename", 2}, {"switch", 1}, {"delete", 1}, {"delete", 2},
+// pruneSteps are the steps of a prune of the chain to 2 backups (two
+// disks of the oldest kept backup merged), in order; merging ones roll
+// back when interrupted, the others roll forward.
+var pruneSteps = []struct {
+	step    string
+	nth     int
+	forward bool
+}{
+	{"journal", 1, false}, {"merged", 1, false}, {"merged", 2, false}, {"manifest-new", 1, false},
+	{"switching", 1, true}, {"rename", 1, true}, {"rename", 2, true}, {"switch", 1, true},
+	{"drop", 1, true}, {"drop", 2, true}, {"delete", 1, true}, {"delete", 2, true},
+}
+
+// killAtEnv makes TestPruneKillHelper prune the repository in
+// $SENDENSE_TEST_REPO and kill itself (SIGKILL) at step:nth.
+const killAtEnv = "SENDENSE_TEST_PRUNE_KILL_AT"
+
+// TestPruneKillHelper is the process TestPruneCrash kills.
+func TestPruneKillHelper(t *testing.T) {
+	at := os.Getenv(killAtEnv)
+	if at == "" {
+		t.Skip("run by TestPruneCrash")
 	}
-	for _, c := range cases {
-		t.Run(fmt.Sprintf("%s-%d", c.step, c.nth), func(t *testing.T) {
-			t.Parallel()
-			r, b := chain(t)
-			ctx := context.Background()
-			all := ids(b)
-			seen := 0
-			crash := errors.New("injected crash")
-			repo.SetHook(r, func(step string) error {
-				if step == c.step {
-					if seen++; seen == c.nth {
-						return crash
+	step, nth, _ := strings.Cut(at, ":")
+	r, err := repo.Open(os.Getenv("SENDENSE_TEST_REPO"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := 0
+	repo.SetHook(r, func(s string) error {
+		if s == step {
+			if seen++; fmt.Sprint(seen) == nth {
+				syscall.Kill(os.Getpid(), syscall.SIGKILL)
+				time.Sleep(time.Minute)
+			}
+		}
+		return nil
+	})
+	_, err = r.Prune(context.Background(), repo.PruneOptions{Keep: 2})
+	t.Fatalf("prune was not killed: %v", err)
+}
+
+// TestPruneCrash interrupts a prune after each of its steps, by an error
+// from the step (a failed step, in the same process) and by SIGKILL of
+// the process, and checks that at that instant every point that must be
+// restorable restores exactly (before the point of no return: all of
+// them; after: the kept ones), that the next Open rolls the prune back or
+// forward, and that everything then verifies and nothing is left over.
+func TestPruneCrash(t *testing.T) {
+	for _, c := range pruneSteps {
+		for _, mode := range []string{"error", "kill"} {
+			t.Run(fmt.Sprintf("%s-%d-%s", c.step, c.nth, mode), func(t *testing.T) {
+				t.Parallel()
+				r, b := chain(t)
+				ctx := context.Background()
+				all := ids(b)
+				if mode == "error" {
+					seen := 0
+					crash := errors.New("injected crash")
+					repo.SetHook(r, func(step string) error {
+						if step == c.step {
+							if seen++; seen == c.nth {
+								return crash
+							}
+						}
+						return nil
+					})
+					if _, err := r.Prune(ctx, repo.PruneOptions{Keep: 2}); !errors.Is(err, crash) {
+						t.Fatalf("prune: got %v, want the injected crash", err)
+					}
+					repo.SetHook(r, nil)
+				} else {
+					cmd := exec.Command(os.Args[0], "-test.run=^TestPruneKillHelper$", "-test.count=1")
+					cmd.Env = append(os.Environ(), killAtEnv+"="+c.step+":"+fmt.Sprint(c.nth), "SENDENSE_TEST_REPO="+r.Dir)
+					out, err := cmd.CombinedOutput()
+					var ee *exec.ExitError
+					if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+						t.Fatalf("the prune was not killed at %s: %v\n%s", c.step, err, out)
 					}
 				}
-				return nil
+				if !exists(filepath.Join(r.Dir, "web_01", "prune-journal.json")) {
+					t.Fatal("no journal after the interruption")
+				}
+				want := all
+				if c.forward {
+					want = all[2:]
+				}
+				// At this instant every point that must be restorable is.
+				if got := listIDs(t, r); !slices.Equal(got, want) {
+					t.Fatalf("listed during the prune: %v, want %v", got, want)
+				}
+				for _, id := range want {
+					b.CheckRestore(id)
+				}
+				// The next Open rolls it back or forward.
+				r2, err := repo.Open(r.Dir)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer r2.Close()
+				if exists(filepath.Join(r.Dir, "web_01", "prune-journal.json")) {
+					t.Fatal("the journal is still there after Open")
+				}
+				if got := listIDs(t, r2); !slices.Equal(got, want) {
+					t.Fatalf("after recovery: %v, want %v", got, want)
+				}
+				b2 := b.Clone(t, r2)
+				for _, id := range want {
+					b2.CheckRestore(id)
+				}
+				res := verifyOK(t, r2, "", "")
+				if len(res.Leftovers) != 0 {
+					t.Fatalf("leftovers after recovery: %+v", res.Leftovers)
+				}
+				if got, n := vmFiles(t, r2), 3*len(want); len(got) != n {
+					t.Fatalf("%d files left, want %d: %v", len(got), n, got)
+				}
 			})
-			if _, err := r.Prune(ctx, repo.PruneOptions{Keep: 2}); !errors.Is(err, crash) {
-				t.Fatalf("prune: got %v, want the injected crash", err)
+		}
+	}
+}
+
+// failingTool is a wrapper of qemu-img that fails its n-th run of the
+// sub-command match (counted in a file) or, with corrupt, runs it and
+// then writes garbage into its output image (its last argument).
+func failingTool(t *testing.T, match string, n int, corrupt bool) string {
+	t.Helper()
+	real, err := exec.LookPath("qemu-img")
+	if err != nil {
+		t.Skip(err)
+	}
+	dir := t.TempDir()
+	fail := `echo "injected failure of qemu-img $1" >&2; exit 1`
+	if corrupt {
+		fail = `"$REAL" "$@" || exit; for out; do :; done; qemu-io -f qcow2 -c "write -P 0x5a 4096 512" "$out" >/dev/null; exit`
+	}
+	script := fmt.Sprintf(`#!/bin/sh
+REAL=%s
+case "$1" in %s)
+  n=$(cat %[3]s/count 2>/dev/null || echo 0); n=$((n+1)); echo $n > %[3]s/count
+  if [ $n -eq %[4]d ]; then %[5]s; fi;;
+esac
+exec "$REAL" "$@"
+`, real, match, dir, n, fail)
+	p := filepath.Join(dir, "qemu-img")
+	if err := os.WriteFile(p, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestPruneToolFailure makes each qemu-img run of a prune fail in turn,
+// and a conversion write wrong data: the prune fails, says that nothing
+// was changed, every point restores exactly as before and nothing is
+// left over.
+func TestPruneToolFailure(t *testing.T) {
+	cases := []struct {
+		match   string
+		n       int
+		corrupt bool
+		want    string
+	}{
+		{"info", 1, false, "injected failure"}, {"info", 8, false, "injected failure"},
+		{"convert", 1, false, "injected failure"}, {"convert", 2, false, "injected failure"},
+		{"map", 1, false, "injected failure"}, {"map", 2, false, "injected failure"},
+		{"convert", 1, true, "does not match"}, {"convert", 2, true, "is not zero"},
+	}
+	for _, c := range cases {
+		t.Run(fmt.Sprintf("%s-%d-%v", c.match, c.n, c.corrupt), func(t *testing.T) {
+			t.Parallel()
+			r, b := chain(t)
+			all := ids(b)
+			before := vmFiles(t, r)
+			r.Tools = &qemu.Tools{Runner: qemu.LocalRunner{}, QemuImg: failingTool(t, c.match, c.n, c.corrupt)}
+			_, err := r.Prune(context.Background(), repo.PruneOptions{Keep: 2})
+			if err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), "nothing was changed") {
+				t.Fatalf("prune with a failing qemu-img %s: %v", c.match, err)
 			}
-			repo.SetHook(r, nil)
-			// At this instant the kept backups restore exactly.
-			for _, id := range all[2:] {
+			r.Tools = qemu.Default
+			if after := vmFiles(t, r); !slices.Equal(before, after) {
+				t.Fatalf("files changed: %v → %v", before, after)
+			}
+			for _, id := range all {
 				b.CheckRestore(id)
-			}
-			if got := listIDs(t, r); !slices.Equal(got, all[2:]) {
-				t.Fatalf("listed during the prune: %v", got)
-			}
-			// The next Open finishes it.
-			r2, err := repo.Open(r.Dir)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if exists(filepath.Join(r.Dir, "web_01", "prune-journal.json")) {
-				t.Fatal("the journal is still there after Open")
-			}
-			if got := listIDs(t, r2); !slices.Equal(got, all[2:]) {
-				t.Fatalf("after recovery: %v", got)
-			}
-			b2 := b.Clone(t, r2)
-			for _, id := range all[2:] {
-				b2.CheckRestore(id)
-			}
-			verifyOK(t, r2, "", "")
-			if got := len(vmFiles(t, r2)); got != 6 {
-				t.Fatalf("%d files left: %v", got, vmFiles(t, r2))
 			}
 		})
 	}
 }
 
-// TestPruneRecoveredByBackup: an interrupted prune is finished by the next
-// backup of the VM, which then continues the chain.
-func TestPruneRecoveredByBackup(t *testing.T) {
+// TestPruneSelect: a retention policy (PruneOptions.Select) keeps the
+// oldest and the newest backups; the newest, whose chain runs through the
+// removed ones down to the kept oldest, is made standalone; the reasons
+// are reported; a policy keeping nothing keeps the newest.
+func TestPruneSelect(t *testing.T) {
 	r, b := chain(t)
 	ctx := context.Background()
+	all := ids(b)
+	var seen []repo.PrunePoint
+	sel := func(points []repo.PrunePoint) map[string][]string {
+		seen = points
+		return map[string][]string{points[0].ID: {"newest"}, points[len(points)-1].ID: {"monthly"}}
+	}
+	reps, err := r.Prune(ctx, repo.PruneOptions{Select: sel, DryRun: true})
+	if err != nil || len(seen) != 4 || seen[0].ID != all[3] || seen[0].Time.IsZero() || !seen[0].Time.After(seen[3].Time) {
+		t.Fatalf("dry run: %+v %v; the policy saw %+v", reps, err, seen)
+	}
+	if rep := reps[0]; !slices.Equal(rep.Kept, []string{all[0], all[3]}) || rep.Reasons[all[0]][0] != "monthly" || len(rep.Merged) != 1 {
+		t.Fatalf("dry run: %+v", rep)
+	}
+	if _, err := r.Prune(ctx, repo.PruneOptions{Select: sel}); err != nil {
+		t.Fatal(err)
+	}
+	if got := listIDs(t, r); !slices.Equal(got, []string{all[0], all[3]}) {
+		t.Fatalf("after: %v", got)
+	}
+	b.CheckRestore(all[0])
+	b.CheckRestore(all[3])
+	verifyOK(t, r, "", "")
+	reps, err = r.Prune(ctx, repo.PruneOptions{Select: func([]repo.PrunePoint) map[string][]string { return nil }})
+	if err != nil || !slices.Equal(reps[0].Kept, []string{all[3]}) || !strings.Contains(reps[0].Reasons[all[3]][0], "never removes the last") {
+		t.Fatalf("a policy keeping nothing: %+v %v", reps, err)
+	}
+	b.CheckRestore(all[3])
+}
+
+// TestReadOnlyPendingPrune: a prune stopped after its point of no return
+// on a repository then mounted read-only (an immutable copy): nothing can
+// finish it, and the backups it keeps are listed and restore exactly.
+func TestReadOnlyPendingPrune(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for a read-only bind mount")
+	}
+	r, b := chain(t)
 	all := ids(b)
 	repo.SetHook(r, func(step string) error {
 		if step == "rename" {
@@ -212,91 +380,35 @@ func TestPruneRecoveredByBackup(t *testing.T) {
 		}
 		return nil
 	})
-	if _, err := r.Prune(ctx, repo.PruneOptions{Keep: 2}); err == nil {
-		t.Fatal("prune did not fail")
+	if _, err := r.Prune(context.Background(), repo.PruneOptions{Keep: 2}); err == nil {
+		t.Fatal("prune did not stop")
 	}
-	// Meanwhile verify reports the pending prune rather than a mismatch.
-	res, err := r.Verify(ctx, repo.VerifyOptions{VM: "vm-42", Backup: all[2]})
-	if err != nil || res.OK() || res.Images[0].Problems[0].Kind != repo.ProblemPrunePending {
-		t.Fatalf("verify during an interrupted prune: %+v %v", res, err)
+	ro := filepath.Join(t.TempDir(), "ro")
+	os.Mkdir(ro, 0o700)
+	if out, err := exec.Command("mount", "--bind", r.Dir, ro).CombinedOutput(); err != nil {
+		t.Skipf("bind mount: %v %s", err, out)
 	}
-	repo.SetHook(r, nil)
-	b.Backup(repotest.Disk{Key: keyA, Capacity: 4 * mib, Writes: []repotest.Write{{Off: 8 * kib, Len: 4 * kib}}},
-		repotest.Disk{Key: keyB, Capacity: 2 * mib})
-	if exists(filepath.Join(r.Dir, "web_01", "prune-journal.json")) {
-		t.Fatal("the backup did not finish the prune")
+	t.Cleanup(func() { exec.Command("umount", "-l", ro).Run() })
+	if out, err := exec.Command("mount", "-o", "remount,bind,ro", ro).CombinedOutput(); err != nil {
+		t.Skipf("read-only remount: %v %s", err, out)
 	}
-	all = ids(b)
-	if got := listIDs(t, r); !slices.Equal(got, all[2:]) {
-		t.Fatalf("after: %v", got)
+	r2, err := repo.Open(ro)
+	if err != nil {
+		t.Fatal(err)
 	}
+	defer r2.Close()
+	if !exists(filepath.Join(ro, "web_01", "prune-journal.json")) {
+		t.Fatal("the journal is gone")
+	}
+	if got := listIDs(t, r2); !slices.Equal(got, all[2:]) {
+		t.Fatalf("listed: %v", got)
+	}
+	b2 := b.Clone(t, r2)
 	for _, id := range all[2:] {
-		b.CheckRestore(id)
+		b2.CheckRestore(id)
 	}
-	verifyOK(t, r, "", "")
-}
-
-// TestPruneRefusesBrokenChain: a kept backup needing a missing image
-// stops the prune before anything changes.
-func TestPruneRefusesBrokenChain(t *testing.T) {
-	r, b := chain(t)
-	all := ids(b)
-	missing := filepath.Join(r.Dir, "web_01", repo.ImageName(all[1], keyA))
-	os.Remove(missing)
-	before := vmFiles(t, r)
-	_, err := r.Prune(context.Background(), repo.PruneOptions{Keep: 2})
-	if err == nil || !strings.Contains(err.Error(), missing) || !strings.Contains(err.Error(), "nothing was changed") {
-		t.Fatalf("prune of a broken chain: %v", err)
-	}
-	if after := vmFiles(t, r); !slices.Equal(before, after) {
-		t.Fatalf("files changed: %v → %v", before, after)
-	}
-	b.CheckRestore(all[0])
-}
-
-// TestReadersWaitForPrune: restore and verify wait while a prune holds the
-// VM's read lock (here: taken by hand), and give up when cancelled.
-func TestReadersWaitForPrune(t *testing.T) {
-	r, b := chain(t)
-	f, err := os.OpenFile(filepath.Join(r.Dir, "web_01", "read.lock"), os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
-	defer cancel()
-	if _, err := r.Verify(ctx, repo.VerifyOptions{VM: "vm-42"}); !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("verify during a prune: %v", err)
-	}
-	syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
-	b.CheckRestore(b.Points[0].ID)
-}
-
-// TestPruneKeep1: keeping only the newest of four merges a chain of four
-// images into it (disk A); disk B, already full there, is left alone.
-func TestPruneKeep1(t *testing.T) {
-	r, b := chain(t)
-	all := ids(b)
-	reps, err := r.Prune(context.Background(), repo.PruneOptions{Keep: 1, VM: "vm-42"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if rep := reps[0]; len(rep.Dropped) != 3 || len(rep.Merged) != 1 || len(rep.Merged[0].Images) != 4 || rep.Merged[0].Disk != keyA {
-		t.Fatalf("prune: %+v", rep)
-	}
-	if got := listIDs(t, r); !slices.Equal(got, all[3:]) {
-		t.Fatalf("after: %v", got)
-	}
-	m := mustManifest(t, r, all[3])
-	if m.Parent != "" || m.Disk(keyA).Level != repo.LevelFull || m.Disk(keyB).Reason != "first backup of this disk" {
-		t.Fatalf("manifest: %+v", m)
-	}
-	b.CheckRestore(all[3])
-	verifyOK(t, r, "", "")
-	if got := len(vmFiles(t, r)); got != 3 {
-		t.Fatalf("files left: %v", vmFiles(t, r))
+	verifyOK(t, r2, "vm-42", all[2])
+	if _, err := r2.Prune(context.Background(), repo.PruneOptions{Keep: 2}); !errors.Is(err, repo.ErrReadOnly) {
+		t.Fatalf("prune of a read-only repository: %v", err)
 	}
 }

@@ -1,35 +1,56 @@
 package repo
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"hash"
+	"log/slog"
+	"os"
 	"slices"
 	"sync"
 
 	"github.com/sendense/capture/internal/extent"
 	"github.com/sendense/capture/internal/nbd"
+	"github.com/sendense/capture/internal/qcow2"
 	"github.com/sendense/capture/internal/qemu"
 )
 
 const (
 	readConnections = 4       // qemu-nbd allows multi-conn for read-only exports
 	maxSegment      = 1 << 20 // largest read
-	readDepth       = 16      // segments read ahead of the hashing
+	readDepth       = 12      // requests read ahead of the hashing
+	maxRead         = 4 << 20 // largest request: consecutive segments read together
 )
 
-// imageReader reads one image through a read-only qemu-nbd.
+// reader is what stream reads from, by several goroutines at once.
+type reader interface {
+	workers() int
+	// pread reads len(p) bytes at off for goroutine worker.
+	pread(worker int, p []byte, off uint64) error
+	Close() error
+}
+
+// imageReader reads one image (or a pinned chain) through a read-only
+// qemu-nbd, one connection per goroutine.
 type imageReader struct {
 	srv *qemu.Server
 	hs  []*nbd.Handle
 }
 
-// openImageReader serves path read-only (alone, without its backing file,
-// when noBacking) and connects to it.
-func (r *Repo) openImageReader(ctx context.Context, path string, noBacking bool) (*imageReader, error) {
-	srv, err := r.Tools.ServeNBD(ctx, path, qemu.ServeOptions{ReadOnly: true, NoBacking: noBacking})
+func (ir *imageReader) workers() int { return len(ir.hs) }
+func (ir *imageReader) pread(worker int, p []byte, off uint64) error {
+	return ir.hs[worker].Pread(p, off, 0)
+}
+
+// openImageReader serves path read-only with opts (pin its backing chain
+// with Backing or NoBacking) and connects to it.
+func (r *Repo) openImageReader(ctx context.Context, path string, opts qemu.ServeOptions) (*imageReader, error) {
+	opts.ReadOnly = true
+	srv, err := r.Tools.ServeNBD(ctx, path, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -64,17 +85,23 @@ type segment struct {
 
 func (s segment) end() uint64 { return s.off + s.n }
 
-// stream reads the segments with every connection, keeping several in
-// flight, and calls fn with each in order (data nil: s.n zero bytes). The
-// SHA-256 of a segment that is a whole data chunk is computed by the
-// reading goroutine and passed as sum.
-func (ir *imageReader) stream(ctx context.Context, segs []segment, fn func(s segment, data []byte, sum string) error) error {
+// stream reads the segments with every connection, keeping several
+// requests in flight, and calls fn with each segment in order (data nil:
+// s.n zero bytes). Consecutive segments to read are read together, up to
+// maxRead bytes per request. The SHA-256 of a segment that is a whole
+// data chunk is computed by the reading goroutine and passed as sum.
+// write, when set, is called by the reading goroutine (worker i of
+// rd.workers()) with each range read, before fn sees its segments.
+func stream(ctx context.Context, rd reader, segs []segment, write func(worker int, off uint64, data []byte) error,
+	fn func(s segment, data []byte, sum string) error) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	type slot struct {
-		seg  segment
+		segs []segment // contiguous; all read, or one not read
+		off  uint64
+		n    uint64
 		buf  []byte
-		sum  string
+		sums []string
 		err  error
 		done chan struct{}
 	}
@@ -85,18 +112,24 @@ func (ir *imageReader) stream(ctx context.Context, segs []segment, fn func(s seg
 	work := make(chan *slot, readDepth)
 	order := make(chan *slot, 2*readDepth)
 	var wg sync.WaitGroup
-	for _, h := range ir.hs {
+	for worker := range rd.workers() {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for sl := range work {
 				if err := ctx.Err(); err != nil {
 					sl.err = err
-				} else {
-					sl.err = h.Pread(sl.buf[:sl.seg.n], sl.seg.off, 0)
-					if sl.err == nil && sl.seg.whole {
-						sum := sha256.Sum256(sl.buf[:sl.seg.n])
-						sl.sum = hex.EncodeToString(sum[:])
+				} else if sl.err = rd.pread(worker, sl.buf[:sl.n], sl.off); sl.err == nil {
+					if write != nil {
+						if err := write(worker, sl.off, sl.buf[:sl.n]); err != nil {
+							sl.err = &writeError{err}
+						}
+					}
+					for i, s := range sl.segs {
+						if s.whole && sl.err == nil {
+							sum := sha256.Sum256(sl.buf[s.off-sl.off : s.end()-sl.off])
+							sl.sums[i] = hex.EncodeToString(sum[:])
+						}
 					}
 				}
 				close(sl.done)
@@ -106,18 +139,28 @@ func (ir *imageReader) stream(ctx context.Context, segs []segment, fn func(s seg
 	go func() {
 		defer close(order)
 		defer close(work)
-		for _, s := range segs {
-			sl := &slot{seg: s, done: make(chan struct{})}
+		for i := 0; i < len(segs); {
+			start, s := i, segs[i]
+			sl := &slot{off: s.off, n: s.n, done: make(chan struct{})}
+			i++
+			if s.read {
+				for i < len(segs) && segs[i].read && segs[i].off == sl.off+sl.n && sl.n+segs[i].n <= maxRead {
+					sl.n += segs[i].n
+					i++
+				}
+			}
+			sl.segs = segs[start:i]
 			if s.read {
 				select {
 				case b := <-free:
 					if b == nil {
-						b = make([]byte, maxSegment)
+						b = make([]byte, maxRead)
 					}
 					sl.buf = b
 				case <-ctx.Done():
 					return
 				}
+				sl.sums = make([]string, len(sl.segs))
 				select {
 				case work <- sl:
 				case <-ctx.Done():
@@ -137,13 +180,22 @@ func (ir *imageReader) stream(ctx context.Context, segs []segment, fn func(s seg
 	for sl := range order {
 		<-sl.done
 		if err == nil {
-			switch {
-			case sl.err != nil:
-				err = fmt.Errorf("reading %d bytes at offset %d: %w", sl.seg.n, sl.seg.off, sl.err)
-			case sl.buf != nil:
-				err = fn(sl.seg, sl.buf[:sl.seg.n], sl.sum)
-			default:
-				err = fn(sl.seg, nil, "")
+			if sl.err != nil {
+				if we, ok := sl.err.(*writeError); ok {
+					err = fmt.Errorf("writing %d bytes at offset %d: %w", sl.n, sl.off, we.err)
+				} else {
+					err = fmt.Errorf("reading %d bytes at offset %d: %w", sl.n, sl.off, sl.err)
+				}
+			}
+			for i, s := range sl.segs {
+				if err != nil {
+					break
+				}
+				if sl.buf != nil {
+					err = fn(s, sl.buf[s.off-sl.off:s.end()-sl.off], sl.sums[i])
+				} else {
+					err = fn(s, nil, "")
+				}
 			}
 			if err != nil {
 				cancel()
@@ -156,6 +208,11 @@ func (ir *imageReader) stream(ctx context.Context, segs []segment, fn func(s seg
 	wg.Wait()
 	return err
 }
+
+// writeError is a failed write of a segment read.
+type writeError struct{ err error }
+
+func (e *writeError) Error() string { return e.err.Error() }
 
 var zeroBuf [maxSegment]byte
 
@@ -170,6 +227,9 @@ func hashZeroes(h hash.Hash, n uint64) {
 
 // firstNonZero returns the index of the first non-zero byte of p, or -1.
 func firstNonZero(p []byte) int {
+	if len(p) <= len(zeroBuf) && bytes.Equal(p, zeroBuf[:len(p)]) {
+		return -1
+	}
 	for i, b := range p {
 		if b != 0 {
 			return i
@@ -263,6 +323,9 @@ func (s *hashSink) feed(seg segment, data []byte, sum string) error {
 
 func (s *hashSink) wholeSum() string { return hex.EncodeToString(s.whole.Sum(nil)) }
 
+// hashesWhole says whether the sink computes the whole-disk hash.
+func (s *hashSink) hashesWhole() bool { return s.whole != nil }
+
 // annotate sets each segment's chunk (segments never straddle a chunk
 // boundary) and whether it is a whole data chunk, read.
 func annotate(segs []segment, chunks []Chunk) []segment {
@@ -342,4 +405,119 @@ func chunkExtents(chunks []Chunk) extent.List {
 		l[i] = extent.Extent{Offset: c.Offset, Length: c.Length}
 	}
 	return extent.Normalize(l)
+}
+
+// chainReader is a chain (top first) opened for reading, with its
+// extents.
+type chainReader interface {
+	reader
+	extents(ctx context.Context) ([]qemu.MapEntry, error)
+}
+
+// openChain opens the chain of layers (top first; alone: the top image
+// alone, as if it had no backing file) for reading, through the layers'
+// names only. A local repository's images are read directly when they
+// use only what sendense writes (qcow2.Chain: no QEMU process, no copy
+// through a socket); others, and a remote repository's, through qemu-nbd
+// with every file pinned.
+func (r *Repo) openChain(ctx context.Context, layers []layer, alone bool) (chainReader, error) {
+	if alone {
+		layers = layers[:1]
+	}
+	if r.fs.root != nil {
+		lc, err := r.openLocalChain(layers)
+		if err == nil {
+			return lc, nil
+		}
+		if !errors.Is(err, qcow2.ErrUnsupported) {
+			return nil, err
+		}
+		slog.Debug("reading the chain through qemu-nbd", "image", layers[0].path, "reason", err)
+	}
+	all := paths(layers)
+	ir, err := r.openImageReader(ctx, all[0], qemu.ServeOptions{Backing: all[1:]})
+	if err != nil {
+		return nil, err
+	}
+	return &nbdChain{imageReader: ir, r: r, paths: all}, nil
+}
+
+// nbdChain is a chain served by qemu-nbd.
+type nbdChain struct {
+	*imageReader
+	r     *Repo
+	paths []string
+}
+
+func (c *nbdChain) extents(ctx context.Context) ([]qemu.MapEntry, error) {
+	return c.r.Tools.Map(ctx, c.paths[0], qemu.MapOptions{Backing: c.paths[1:]})
+}
+
+// localChain is a local chain read directly.
+type localChain struct {
+	files []*os.File
+	chain qcow2.Chain
+	m     []qcow2.Extent
+	once  sync.Once
+}
+
+// localWorkers is how many goroutines read a local chain.
+const localWorkers = 4
+
+func (r *Repo) openLocalChain(layers []layer) (*localChain, error) {
+	lc := &localChain{}
+	for _, l := range layers {
+		rel, err := r.fs.rel(l.path)
+		if err != nil {
+			lc.Close()
+			return nil, err
+		}
+		f, err := r.fs.root.Open(rel)
+		if err != nil {
+			lc.Close()
+			return nil, err
+		}
+		lc.files = append(lc.files, f)
+		if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+			lc.Close()
+			return nil, fmt.Errorf("%s is not a regular file", l.path)
+		}
+		im, err := qcow2.Open(f)
+		if err != nil {
+			lc.Close()
+			return nil, fmt.Errorf("%s: %w", l.path, err)
+		}
+		lc.chain = append(lc.chain, im)
+	}
+	// The whole map is read now: a cluster this reader does not read (a
+	// compressed one) sends the chain to qemu-nbd before anything is read.
+	m, err := lc.chain.Map()
+	if err != nil {
+		lc.Close()
+		return nil, err
+	}
+	lc.m = m
+	return lc, nil
+}
+
+func (c *localChain) workers() int { return localWorkers }
+func (c *localChain) pread(_ int, p []byte, off uint64) error {
+	return c.chain.ReadAt(p, off)
+}
+
+func (c *localChain) extents(context.Context) ([]qemu.MapEntry, error) {
+	out := make([]qemu.MapEntry, len(c.m))
+	for i, e := range c.m {
+		out[i] = qemu.MapEntry{Start: e.Offset, Length: e.Length, Present: e.Data, Data: e.Data, Zero: !e.Data}
+	}
+	return out, nil
+}
+
+func (c *localChain) Close() error {
+	c.once.Do(func() {
+		for _, f := range c.files {
+			f.Close()
+		}
+	})
+	return nil
 }

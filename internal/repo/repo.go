@@ -14,6 +14,12 @@
 //
 // A backup calls Begin, creates and fills Pending.ImagePath(key) for every
 // disk, then Pending.Commit (or Pending.Abort).
+//
+// Every file operation stays inside the repository's directory
+// (root.go), every name read from a file is checked against the
+// repository's grammar before it is used (manifest.go, journal.go,
+// state.go), and every command checks the images it relies on, through
+// the manifests, before it acts (check.go).
 package repo
 
 import (
@@ -55,7 +61,7 @@ type Repo struct {
 	// qemu.Default, for a repository on this machine).
 	Tools *qemu.Tools
 
-	fs   FS
+	fs   *confinedFS
 	now  func() time.Time
 	hook func(step string) error // tests: fault injection between steps
 }
@@ -66,11 +72,15 @@ type repoFile struct {
 	Created time.Time `json:"created"`
 }
 
-func newRepo(fsys FS, tools *qemu.Tools, dir string) *Repo {
+func newRepo(fsys FS, tools *qemu.Tools, dir string) (*Repo, error) {
 	if tools == nil {
 		tools = qemu.Default
 	}
-	return &Repo{Dir: dir, Tools: tools, fs: fsys, now: time.Now}
+	c, err := newConfined(fsys, dir)
+	if err != nil {
+		return nil, err
+	}
+	return &Repo{Dir: dir, Tools: tools, fs: c, now: time.Now}, nil
 }
 
 // Qemu returns the tools that run where the repository is: create and
@@ -92,7 +102,8 @@ func location(fsys FS, dir string) string { return fsys.Name() + dir }
 // Close releases what the repository's file system holds (a remote
 // one's sessions); the locks of pending operations are released by them.
 func (r *Repo) Close() error {
-	if c, ok := r.fs.(io.Closer); ok {
+	r.fs.close()
+	if c, ok := r.fs.FS.(io.Closer); ok {
 		return c.Close()
 	}
 	return nil
@@ -114,6 +125,9 @@ func InitFS(fsys FS, tools *qemu.Tools, dir string) (*Repo, error) {
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		if err := fsys.MkdirAll(abs, 0o700); err != nil {
+			if readOnly(err) {
+				return nil, &ReadOnlyError{Where: where, Err: err}
+			}
 			return nil, fmt.Errorf("creating repository %s: %w", where, err)
 		}
 	case err != nil:
@@ -123,12 +137,17 @@ func InitFS(fsys FS, tools *qemu.Tools, dir string) (*Repo, error) {
 	case !EmptyDir(entries):
 		return nil, fmt.Errorf("%s exists, is not empty and is not a sendense repository: use an empty or new directory", where)
 	}
+	r, err := newRepo(fsys, tools, abs)
+	if err != nil {
+		return nil, err
+	}
 	b, _ := json.MarshalIndent(repoFile{RepoFormat, RepoVersion, time.Now().UTC()}, "", "  ")
-	if err := fsys.WriteFileAtomic(filepath.Join(abs, RepoFileName), append(b, '\n'), 0o600); err != nil {
+	if err := r.fs.WriteFileAtomic(filepath.Join(abs, RepoFileName), append(b, '\n'), 0o600); err != nil {
+		r.Close()
 		return nil, fmt.Errorf("creating repository %s: %w", where, err)
 	}
 	fsys.SyncDir(filepath.Dir(abs))
-	return newRepo(fsys, tools, abs), nil
+	return r, nil
 }
 
 // EmptyDir reports whether a directory with these entries may become a
@@ -169,25 +188,32 @@ func OpenContext(ctx context.Context, dir string) (*Repo, error) {
 
 // OpenFS opens the repository in dir of fsys, whose images tools create
 // and serve. It finishes any prune that was interrupted (a crash, a
-// signal) in a VM directory nobody else is using; failing that it only
-// logs a warning: the points stay restorable.
+// signal) in a VM directory nobody else is using (rolled back when it had
+// not reached its point of no return, else rolled forward); failing that
+// it only logs a warning: every point stays restorable meanwhile.
 func OpenFS(ctx context.Context, fsys FS, tools *qemu.Tools, dir string) (*Repo, error) {
 	abs, err := fsys.Abs(dir)
 	if err != nil {
 		return nil, err
 	}
 	where := location(fsys, abs)
-	path := filepath.Join(abs, RepoFileName)
-	b, err := fsys.ReadFile(path)
+	fi, err := fsys.Stat(abs)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil, &missingError{where}
+	case err != nil:
+		return nil, fmt.Errorf("repository %s: %w", where, err)
+	case !fi.IsDir():
+		return nil, fmt.Errorf("repository %s is not a directory", where)
+	}
+	r, err := newRepo(fsys, tools, abs)
 	if err != nil {
-		if fi, serr := fsys.Stat(abs); serr != nil {
-			if !errors.Is(serr, fs.ErrNotExist) {
-				return nil, fmt.Errorf("repository %s: %w", where, serr)
-			}
-			return nil, &missingError{where}
-		} else if !fi.IsDir() {
-			return nil, fmt.Errorf("repository %s is not a directory", where)
-		}
+		return nil, err
+	}
+	path := filepath.Join(abs, RepoFileName)
+	b, err := r.fs.ReadFile(path)
+	if err != nil {
+		r.Close()
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, fmt.Errorf("%s is %w: it has no %s (check --repo or $SENDENSE_REPOSITORY)", where, ErrNotRepository, RepoFileName)
 		}
@@ -195,17 +221,21 @@ func OpenFS(ctx context.Context, fsys FS, tools *qemu.Tools, dir string) (*Repo,
 	}
 	var rf repoFile
 	if err := json.Unmarshal(b, &rf); err != nil {
+		r.Close()
 		return nil, fmt.Errorf("%s is corrupt (not valid JSON: %v): restore it from a copy; its content is documented in docs/repository.md", location(fsys, path), err)
 	}
 	switch {
 	case rf.Format != RepoFormat:
-		return nil, fmt.Errorf("%s is %w: %s has format %q, not %q", where, ErrNotRepository, RepoFileName, rf.Format, RepoFormat)
+		err = fmt.Errorf("%s is %w: %s has format %q, not %q", where, ErrNotRepository, RepoFileName, rf.Format, RepoFormat)
 	case rf.Version > RepoVersion:
-		return nil, fmt.Errorf("repository %s has version %d, newer than this sendense understands (%d): upgrade sendense", where, rf.Version, RepoVersion)
+		err = fmt.Errorf("repository %s has version %d, newer than this sendense understands (%d): upgrade sendense", where, rf.Version, RepoVersion)
 	case rf.Version < 1:
-		return nil, fmt.Errorf("%s is corrupt: version %d", location(fsys, path), rf.Version)
+		err = fmt.Errorf("%s is corrupt: version %d", location(fsys, path), rf.Version)
 	}
-	r := newRepo(fsys, tools, abs)
+	if err != nil {
+		r.Close()
+		return nil, err
+	}
 	r.recoverAll(ctx)
 	return r, nil
 }
@@ -232,21 +262,17 @@ func OpenOrInitFS(ctx context.Context, fsys FS, tools *qemu.Tools, dir string) (
 	return OpenFS(ctx, fsys, tools, abs)
 }
 
-func (r *Repo) step(name string) error {
-	if r.hook != nil {
-		return r.hook(name)
-	}
-	return nil
-}
-
 // vmDir is one VM directory.
 type vmDir struct {
 	Name string // directory name
 	Path string
 	VM   VMRef // from state.json, else the newest manifest ("" fields when unknown)
+	// Earlier are names the VM had before (state.json).
+	Earlier []string
 }
 
-// vmDirs lists the VM directories.
+// vmDirs lists the VM directories (directories, not links, whose name
+// does not start with ".").
 func (r *Repo) vmDirs() ([]*vmDir, error) {
 	entries, err := r.fs.ReadDir(r.Dir)
 	if err != nil {
@@ -258,24 +284,25 @@ func (r *Repo) vmDirs() ([]*vmDir, error) {
 			continue
 		}
 		vd := &vmDir{Name: e.Name(), Path: filepath.Join(r.Dir, e.Name())}
-		vd.VM = r.identity(vd)
+		r.identify(vd)
 		out = append(out, vd)
 	}
 	return out, nil
 }
 
-// identity finds which VM a directory belongs to.
-func (r *Repo) identity(vd *vmDir) VMRef {
+// identify finds which VM a directory belongs to.
+func (r *Repo) identify(vd *vmDir) {
 	if st, err := r.readState(vd.Path); err == nil && st != nil && (st.VM.Moref != "" || st.VM.InstanceUUID != "") {
-		return st.VM
+		vd.VM, vd.Earlier = st.VM, st.EarlierNames
+		return
 	}
 	ids, _ := r.manifestIDs(vd.Path)
 	for i := len(ids) - 1; i >= 0; i-- {
 		if m, err := r.readManifest(filepath.Join(vd.Path, ids[i]+".json")); err == nil {
-			return m.VM
+			vd.VM = m.VM
+			return
 		}
 	}
-	return VMRef{}
 }
 
 // safeName makes a VM name usable as a directory name.
@@ -299,25 +326,35 @@ func safeName(name string) string {
 	return s
 }
 
-// findVM returns the directory of the VM named by s: a directory name, a
-// VM name, a moref or an instance UUID.
+// findVM returns the directory of the VM named by s: its directory name,
+// current name, moref, instance UUID or an earlier name. A name that
+// matches several VMs is an error listing them with their morefs.
 func (r *Repo) findVM(s string) (*vmDir, error) {
 	dirs, err := r.vmDirs()
 	if err != nil {
 		return nil, err
 	}
-	for _, vd := range dirs {
-		if vd.Name == s {
-			return vd, nil
-		}
-	}
 	var found []*vmDir
+	var why []string
 	for _, vd := range dirs {
 		known := vd.VM != (VMRef{})
-		if vd.VM.Name == s || vd.VM.Moref == s || (vd.VM.InstanceUUID != "" && strings.EqualFold(vd.VM.InstanceUUID, s)) ||
-			(!known && vd.Name == safeName(s)) {
-			found = append(found, vd)
+		var w string
+		switch {
+		case vd.VM.Moref == s && s != "":
+			w = "moref"
+		case vd.VM.InstanceUUID != "" && strings.EqualFold(vd.VM.InstanceUUID, s):
+			w = "instance UUID"
+		case vd.VM.Name == s:
+			w = "name"
+		case vd.Name == s || (!known && vd.Name == safeName(s)):
+			w = "directory name"
+		case slices.Contains(vd.Earlier, s):
+			w = "earlier name"
+		default:
+			continue
 		}
+		found = append(found, vd)
+		why = append(why, w)
 	}
 	switch len(found) {
 	case 0:
@@ -326,10 +363,21 @@ func (r *Repo) findVM(s string) (*vmDir, error) {
 		return found[0], nil
 	}
 	var names []string
-	for _, vd := range found {
-		names = append(names, fmt.Sprintf("%s (directory %s)", vd.VM, vd.Name))
+	for i, vd := range found {
+		who := vd.VM.Name
+		if who == "" {
+			who = "unknown VM"
+		}
+		if vd.VM.Moref != "" {
+			who += ", moref " + vd.VM.Moref
+		}
+		if vd.VM.InstanceUUID != "" {
+			who += ", instance UUID " + vd.VM.InstanceUUID
+		}
+		names = append(names, fmt.Sprintf("directory %s (%s; matches its %s)", vd.Name, who, why[i]))
 	}
-	return nil, fmt.Errorf("VM %q is ambiguous in repository %s: it matches %s; name the moref or the directory instead", s, r.Location(), strings.Join(names, ", "))
+	return nil, fmt.Errorf("VM %q is ambiguous in repository %s: it matches %d VMs: %s; name the VM by its moref or instance UUID instead",
+		s, r.Location(), len(found), strings.Join(names, "; "))
 }
 
 // selectVMs returns the directory of vm, or every VM directory for "".
@@ -369,7 +417,7 @@ func (r *Repo) dirFor(vm VMRef) (*vmDir, error) {
 		}
 		path := filepath.Join(r.Dir, name)
 		if err := r.fs.MkdirAll(path, 0o700); err != nil {
-			return nil, fmt.Errorf("creating VM directory %s: %w", path, err)
+			return nil, r.asReadOnly(fmt.Errorf("creating VM directory %s: %w", path, err))
 		}
 		r.fs.SyncDir(r.Dir)
 		return &vmDir{Name: name, Path: path, VM: vm}, nil
@@ -394,38 +442,7 @@ func (r *Repo) manifestIDs(dir string) ([]string, error) {
 	return ids, nil
 }
 
-// loadManifests reads the manifests of a VM directory that are restore
-// points (not being pruned), oldest first. Unreadable ones are returned as
-// errors naming the file.
-func (r *Repo) loadManifests(vd *vmDir) ([]*Manifest, []error) {
-	ids, err := r.manifestIDs(vd.Path)
-	if err != nil {
-		return nil, []error{fmt.Errorf("VM directory %s: %w", vd.Path, err)}
-	}
-	j, jerr := r.readJournal(vd.Path)
-	var errs []error
-	if jerr != nil {
-		errs = append(errs, jerr)
-	}
-	var out []*Manifest
-	for _, id := range ids {
-		if j != nil && slices.Contains(j.Drop, id) {
-			continue
-		}
-		m, err := r.readManifest(filepath.Join(vd.Path, id+".json"))
-		if errors.Is(err, fs.ErrNotExist) {
-			continue // removed meanwhile (a prune)
-		}
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		out = append(out, m)
-	}
-	return out, errs
-}
-
-// Latest returns the latest complete backup of vm (a VM name, moref,
+// Latest returns the latest restore point of vm (a VM name, moref,
 // instance UUID or directory name), or nil when it has none (or is not in
 // the repository). A corrupt manifest of the VM is an error naming the
 // file: it is never skipped.
@@ -437,42 +454,22 @@ func (r *Repo) Latest(vm string) (*Manifest, error) {
 	if err != nil {
 		return nil, err
 	}
-	m, err := r.latestIn(vd)
+	ix, err := r.index(vd)
+	if err != nil {
+		return nil, err
+	}
+	if errs := ix.manifestErrors(); len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	m, err := ix.latest()
 	if errors.Is(err, ErrNoBackup) {
 		return nil, nil
 	}
 	return m, err
 }
 
-func (r *Repo) latestIn(vd *vmDir) (*Manifest, error) {
-	ms, errs := r.loadManifests(vd)
-	if len(errs) > 0 {
-		return nil, errors.Join(errs...)
-	}
-	if len(ms) == 0 {
-		return nil, fmt.Errorf("%w of VM %s in %s", ErrNoBackup, vd.Name, vd.Path)
-	}
-	return ms[len(ms)-1], nil
-}
-
-// manifestByID reads one backup's manifest.
-func (r *Repo) manifestByID(vd *vmDir, id string) (*Manifest, error) {
-	if !validID(id) {
-		return nil, fmt.Errorf("%q is not a backup id (YYYYMMDDTHHMMSSZ[-N]; see 'sendense list')", id)
-	}
-	if j, _ := r.readJournal(vd.Path); j != nil && slices.Contains(j.Drop, id) {
-		return nil, fmt.Errorf("%w: backup %s of VM %s is being pruned (journal %s)", ErrNoBackup, id, vd.Name, filepath.Join(vd.Path, journalName))
-	}
-	path := filepath.Join(vd.Path, id+".json")
-	m, err := r.readManifest(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("%w: backup %s of VM %s not found (manifest %s is missing; see 'sendense list')", ErrNoBackup, id, vd.Name, path)
-	}
-	return m, err
-}
-
 // readLock takes a VM directory's read lock (shared), waiting while a
-// prune changes it.
+// prune changes it. On a read-only repository it needs no write access.
 func (r *Repo) readLock(ctx context.Context, vd *vmDir) (Lock, error) {
 	return r.fs.WaitLock(ctx, filepath.Join(vd.Path, readLockName), false,
 		"waiting for a prune of VM "+vd.Name+" to finish")
@@ -489,34 +486,17 @@ func (r *Repo) recoverAll(ctx context.Context) {
 			continue
 		}
 		wl, err := r.lockWriter(vd.Path, "prune recovery")
-		if err != nil {
-			slog.Warn("an interrupted prune is pending; it will be finished by the next prune or backup", "vm", vd.Name, "reason", err)
+		if errors.Is(err, ErrReadOnly) {
+			slog.Debug("an interrupted prune is pending in a read-only repository", "vm", vd.Name)
 			continue
 		}
-		if err := r.recoverLocked(ctx, vd); err != nil {
-			slog.Warn("could not finish an interrupted prune; the kept points stay restorable; run 'sendense prune' again", "vm", vd.Name, "error", err)
+		if err != nil {
+			slog.Warn("an interrupted prune is pending; the next prune or backup of the VM finishes it", "vm", vd.Name, "reason", err)
+			continue
+		}
+		if err := r.recoverLocked(ctx, vd, false); err != nil {
+			slog.Warn("could not finish an interrupted prune; every backup it keeps restores meanwhile; run 'sendense prune' again", "vm", vd.Name, "error", err)
 		}
 		wl.Unlock()
 	}
-}
-
-// recoverLocked finishes a pending prune journal in vd; the caller holds
-// the writer lock. It needs the read lock too and gives up (nil) when a
-// reader holds it.
-func (r *Repo) recoverLocked(ctx context.Context, vd *vmDir) error {
-	j, err := r.readJournal(vd.Path)
-	if err != nil || j == nil {
-		return err
-	}
-	rl, ok, err := r.fs.TryLock(filepath.Join(vd.Path, readLockName), true)
-	if err != nil {
-		return err
-	}
-	if !ok {
-		slog.Warn("an interrupted prune is pending but a restore or verify is reading the VM; it will be finished later", "vm", vd.Name)
-		return nil
-	}
-	defer rl.Unlock()
-	slog.Warn("finishing an interrupted prune", "vm", vd.Name, "journal", filepath.Join(vd.Path, journalName))
-	return r.finishPrune(ctx, vd, j)
 }

@@ -4,12 +4,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
+	"syscall"
 	"time"
 
 	"github.com/sendense/capture/internal/atomicfile"
+	"github.com/sendense/capture/internal/nbd"
 	"github.com/sendense/capture/internal/qemu"
 )
 
@@ -43,11 +48,22 @@ func RestoreOutput(dir, vmDir string, key int32, format string) string {
 	return filepath.Join(dir, fmt.Sprintf("%s-disk%d.%s", vmDir, key, format))
 }
 
-// Restore materialises one backup: each disk's image, with its backing
-// chain, becomes one standalone image (qemu-img convert) named
-// TO/<vm-dir>-disk<key>.raw or .qcow2. Existing outputs are refused unless
-// Force; a missing image, backing file or manifest is an error naming it.
-// Outputs are written under a temporary name and renamed when complete.
+// partialInfix marks a restore's temporary output: ".NAME.partial-RANDOM".
+const partialInfix = ".partial-"
+
+// Restore materialises one backup: each disk's chain becomes one
+// standalone image named TO/<vm-dir>-disk<key>.raw or .qcow2.
+//
+// Before writing anything it checks every disk's chain (check.go) and
+// refuses a damaged one, naming the file; an existing output is refused
+// unless Force. It then reads each chain through the manifests' names
+// only (openChain: a local one directly, a remote one through qemu-nbd
+// with every file pinned), writes it under a temporary name locked while
+// written, and checks every byte against the manifests (expect.go) as it
+// goes: a mismatch is an error naming the
+// backup, the disk and the offset, and the output is removed. A complete
+// output is fsynced and renamed into place. Temporary outputs of an
+// earlier restore that died are removed.
 func (r *Repo) Restore(ctx context.Context, opts RestoreOptions) ([]RestoredDisk, error) {
 	format := opts.Format
 	if format == "" {
@@ -66,17 +82,28 @@ func (r *Repo) Restore(ctx context.Context, opts RestoreOptions) ([]RestoredDisk
 	if err != nil {
 		return nil, err
 	}
-	rl, err := r.readLock(ctx, vd)
+	ix, unlock, err := r.readIndex(ctx, vd)
 	if err != nil {
 		return nil, err
 	}
-	defer rl.Unlock()
+	defer unlock()
 
 	var m *Manifest
 	if opts.Backup == "" {
-		m, err = r.latestIn(vd)
+		m, err = ix.latest()
+		if err == nil {
+			// The latest restore point must be the newest backup: a newer
+			// one whose manifest is corrupt is not silently skipped.
+			for _, id := range ix.ids {
+				if compareIDs(id, m.ID) > 0 && ix.bad[id] != nil {
+					err = fmt.Errorf("the newest backup of VM %s, %s, cannot be used: %w; name the backup to restore with --backup (see 'sendense list')", vd.Name, id, ix.bad[id])
+				}
+			}
+		} else if len(ix.bad) > 0 {
+			err = fmt.Errorf("no backup of VM %s can be used: %w", vd.Name, errors.Join(ix.manifestErrors()...))
+		}
 	} else {
-		m, err = r.manifestByID(vd, opts.Backup)
+		m, err = ix.point(opts.Backup)
 	}
 	if err != nil {
 		return nil, err
@@ -98,28 +125,37 @@ func (r *Repo) Restore(ctx context.Context, opts RestoreOptions) ([]RestoredDisk
 	if err != nil {
 		return nil, err
 	}
+	chains := map[int32][]layer{}
 	for _, d := range disks {
 		out := RestoreOutput(to, vd.Name, d.Key, format)
 		if localExists(out) && !opts.Force {
 			return nil, fmt.Errorf("%s exists: remove it, choose another --to, or use --force to replace it", out)
 		}
-		if err := r.checkChain(ctx, vd, m, d); err != nil {
-			return nil, err
+		layers, err := r.chain(ctx, ix, m, d.Key, true)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			return nil, unrestorable(vd.Name, m.ID, err)
 		}
+		chains[d.Key] = layers
 	}
 	if err := os.MkdirAll(to, 0o700); err != nil {
 		return nil, fmt.Errorf("creating the output directory (--to): %w", err)
+	}
+	for _, d := range disks {
+		removeStalePartials(RestoreOutput(to, vd.Name, d.Key, format))
 	}
 
 	var out []RestoredDisk
 	for _, d := range disks {
 		start := time.Now()
 		dst := RestoreOutput(to, vd.Name, d.Key, format)
-		if err := r.convert(ctx, filepath.Join(vd.Path, d.Image), dst, format); err != nil {
-			return out, fmt.Errorf("restoring disk %d of backup %s: %w", d.Key, m.ID, err)
+		if err := r.restoreDisk(ctx, chains[d.Key], dst, format); err != nil {
+			return out, fmt.Errorf("restoring disk %d of backup %s of VM %s: %w", d.Key, m.ID, vd.Name, err)
 		}
 		rd := RestoredDisk{VM: vd.Name, Backup: m.ID, Disk: d.Key, Label: d.Label, Capacity: d.Capacity,
-			Image: filepath.Join(vd.Path, d.Image), Path: dst, Format: format, Seconds: time.Since(start).Seconds()}
+			Image: imagePath(vd, d.Image), Path: dst, Format: format, Seconds: time.Since(start).Seconds()}
 		out = append(out, rd)
 		if opts.OnDisk != nil {
 			opts.OnDisk(rd)
@@ -128,88 +164,188 @@ func (r *Repo) Restore(ctx context.Context, opts RestoreOptions) ([]RestoredDisk
 	return out, nil
 }
 
-// checkChain makes sure the image of d and every backing file it needs
-// exist, following the images' own headers (what qemu reads), and that
-// the manifests of the backups holding them exist.
-func (r *Repo) checkChain(ctx context.Context, vd *vmDir, m *Manifest, d *DiskImage) error {
-	j, _ := r.readJournal(vd.Path)
-	img := filepath.Join(vd.Path, d.Image)
-	if !r.exists(img) {
-		return fmt.Errorf("backup %s disk %d: image %s is missing", m.ID, d.Key, img)
+// restoreDisk writes the content of the chain (top first) to dst, on
+// this machine, checked as it is written.
+func (r *Repo) restoreDisk(ctx context.Context, layers []layer, dst, format string) (err error) {
+	exp := expect(layers)
+	if err := r.completeCuts(ctx, layers, exp); err != nil {
+		return restoreMismatch(err)
 	}
-	for depth := 0; ; depth++ {
-		if depth > 10000 {
-			return fmt.Errorf("backup %s disk %d: the backing chain of %s loops", m.ID, d.Key, img)
-		}
-		info, err := r.Tools.Info(ctx, img)
-		if err != nil {
-			return fmt.Errorf("backup %s disk %d: %w", m.ID, d.Key, err)
-		}
-		if info.BackingFilename == "" {
-			return nil
-		}
-		next := info.BackingFilename
-		if !filepath.IsAbs(next) {
-			next = filepath.Join(filepath.Dir(img), next)
-		}
-		if !r.exists(next) {
-			return fmt.Errorf("backup %s disk %d: the backing file %s of %s is missing: this backup cannot be restored (an earlier one may be)", m.ID, d.Key, next, filepath.Base(img))
-		}
-		// The backup holding it must still be a backup (or be merged by a
-		// pending prune, which keeps the files until done).
-		if id, _, ok := parseImageName(filepath.Base(next)); ok && filepath.Dir(next) == vd.Path && (j == nil || !slices.Contains(j.Drop, id)) {
-			if mp := filepath.Join(vd.Path, id+".json"); !r.exists(mp) {
-				return fmt.Errorf("backup %s disk %d: the manifest %s of backup %s, which holds the backing file %s, is missing", m.ID, d.Key, mp, id, filepath.Base(next))
-			}
-		}
-		img = next
-	}
-}
-
-// convert writes src's content to dst (on this machine) via a temporary
-// file in dst's directory, fsynced and renamed into place. A remote
-// repository's image is served read-only by qemu-nbd where it is, and
-// qemu-img here converts what it reads through the tunnel: the data
-// crosses the network once, holes are not sent, nothing is written on
-// the remote side.
-func (r *Repo) convert(ctx context.Context, src, dst, format string) error {
-	f, err := os.CreateTemp(filepath.Dir(dst), "."+filepath.Base(dst)+".partial-*")
+	rd, err := r.openChain(ctx, layers, false)
 	if err != nil {
 		return err
 	}
-	tmp := f.Name()
-	f.Close()
-	os.Remove(tmp) // qemu-img creates it
-	defer os.Remove(tmp)
-	opts := qemu.ConvertOptions{SrcFormat: "qcow2", OutFormat: format, OutOfOrder: format == "raw"}
-	if r.Local() {
-		err = r.Tools.Convert(ctx, src, tmp, opts)
-	} else {
-		var srv *qemu.Server
-		srv, err = r.Tools.ServeNBD(ctx, src, qemu.ServeOptions{ReadOnly: true})
+	defer rd.Close()
+	entries, err := rd.extents(ctx)
+	if err != nil {
+		return err
+	}
+	out, err := createPartial(ctx, dst, format, exp.capacity)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			out.remove()
+		}
+	}()
+	if err := out.connect(rd.workers()); err != nil {
+		return err
+	}
+	_, err = checkStream(ctx, rd, entries, layers, exp, false, out.write)
+	if cerr := rd.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return restoreMismatch(err)
+	}
+	return out.commit(dst)
+}
+
+// restoreMismatch says what a mismatch means for the output.
+func restoreMismatch(err error) error {
+	var me *MismatchError
+	if errors.As(err, &me) {
+		return fmt.Errorf("%w: the backup is damaged, the output was removed (run 'sendense verify' for every problem)", err)
+	}
+	return err
+}
+
+// partialOutput is a restore's output being written: a file named
+// .NAME.partial-RANDOM next to it, locked (flock) while it is written so
+// that a later restore can tell a dead restore's leftover from a live
+// one. A qcow2 output is written through a local qemu-nbd.
+type partialOutput struct {
+	path   string
+	f      *os.File // holds the lock; the raw output's data goes through it
+	format string
+	srv    *qemu.Server
+	hs     []*nbd.Handle
+}
+
+// createPartial creates dst's temporary output (0600).
+func createPartial(ctx context.Context, dst, format string, capacity uint64) (*partialOutput, error) {
+	f, err := os.CreateTemp(filepath.Dir(dst), "."+filepath.Base(dst)+partialInfix+"*")
+	if err != nil {
+		return nil, err
+	}
+	o := &partialOutput{path: f.Name(), f: f, format: format}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		o.remove()
+		return nil, fmt.Errorf("locking %s: %w", o.path, err)
+	}
+	if err := f.Chmod(0o600); err != nil {
+		o.remove()
+		return nil, err
+	}
+	if format == "raw" {
+		if err := f.Truncate(int64(capacity)); err != nil {
+			o.remove()
+			return nil, err
+		}
+		return o, nil
+	}
+	if err := qemu.Default.FormatImage(ctx, o.path, capacity); err != nil {
+		o.remove()
+		return nil, err
+	}
+	o.srv, err = qemu.Default.ServeNBD(ctx, o.path, qemu.ServeOptions{Format: "qcow2", Backing: []string{}})
+	if err != nil {
+		o.remove()
+		return nil, err
+	}
+	return o, nil
+}
+
+// connect opens one NBD connection per reading goroutine (qcow2).
+func (o *partialOutput) connect(n int) error {
+	if o.srv == nil {
+		return nil
+	}
+	for range n {
+		h, err := nbd.Dial(o.srv.URI())
+		if err != nil {
+			return fmt.Errorf("writing %s: %w", o.path, err)
+		}
+		o.hs = append(o.hs, h)
+	}
+	return nil
+}
+
+// write writes data at off (reading goroutine worker).
+func (o *partialOutput) write(worker int, off uint64, data []byte) error {
+	if o.srv == nil {
+		_, err := o.f.WriteAt(data, int64(off))
+		return err
+	}
+	return o.hs[worker].Pwrite(data, off, 0)
+}
+
+// commit makes the output durable and renames it to dst.
+func (o *partialOutput) commit(dst string) error {
+	if o.srv != nil {
+		for _, h := range o.hs {
+			if err := h.Flush(0); err != nil {
+				return fmt.Errorf("writing %s: %w", o.path, err)
+			}
+			h.Close()
+		}
+		o.hs = nil
+		err := o.srv.Close()
+		o.srv = nil
 		if err != nil {
 			return err
 		}
-		opts.SrcFormat = "raw" // what the NBD export is
-		err = qemu.Default.Convert(ctx, srv.URI(), tmp, opts)
-		if cerr := srv.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
-			return fmt.Errorf("reading %s: %w", location(r.fs, src), err)
-		}
 	}
+	if err := o.f.Sync(); err != nil {
+		return fmt.Errorf("fsync %s: %w", o.path, err)
+	}
+	if err := atomicfile.Rename(o.path, dst); err != nil {
+		return err
+	}
+	o.f.Close() // releases the lock
+	return nil
+}
+
+// remove removes the temporary output.
+func (o *partialOutput) remove() {
+	for _, h := range o.hs {
+		h.Close()
+	}
+	if o.srv != nil {
+		o.srv.Close()
+	}
+	os.Remove(o.path)
+	o.f.Close()
+}
+
+// removeStalePartials removes the temporary outputs for dst that a
+// restore that died left behind (their lock is free).
+func removeStalePartials(dst string) {
+	dir, prefix := filepath.Dir(dst), "."+filepath.Base(dst)+partialInfix
+	entries, err := os.ReadDir(dir)
 	if err != nil {
-		return err
+		return
 	}
-	if err := os.Chmod(tmp, 0o600); err != nil {
-		return err
+	for _, e := range entries {
+		if !strings.HasPrefix(e.Name(), prefix) || !e.Type().IsRegular() {
+			continue
+		}
+		p := filepath.Join(dir, e.Name())
+		f, err := os.OpenFile(p, os.O_RDWR|syscall.O_NOFOLLOW, 0)
+		if err != nil {
+			continue
+		}
+		if syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) == nil {
+			slog.Info("removing the temporary output of an interrupted restore", "file", p)
+			os.Remove(p)
+		}
+		f.Close()
 	}
-	if err := Local.SyncFile(tmp); err != nil {
-		return err
-	}
-	return atomicfile.Rename(tmp, dst)
 }
 
 // localExists is exists on this machine.
-func localExists(path string) bool { return existsIn(Local, path) }
+func localExists(path string) bool {
+	_, err := os.Lstat(path)
+	return !errors.Is(err, fs.ErrNotExist)
+}

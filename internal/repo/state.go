@@ -27,6 +27,9 @@ type State struct {
 	// full to the reason (for the manifest's reason and the user). Never
 	// nil in a State that ReadState returns.
 	ForceFull map[int32]string `json:"force_full"`
+	// EarlierNames are names the VM had before (a name given to a
+	// command matches them too; several VMs matching is an error).
+	EarlierNames []string `json:"earlier_names,omitempty"`
 }
 
 // readState reads dir/state.json; a missing file is (nil, nil).
@@ -48,6 +51,8 @@ func (r *Repo) readState(dir string) (*State, error) {
 		return nil, fmt.Errorf("state file %s is corrupt: format %q, not %q", path, st.Format, StateFormat)
 	case st.Version > StateVersion:
 		return nil, fmt.Errorf("state file %s has version %d, newer than this sendense understands: upgrade sendense", path, st.Version)
+	case st.Version < 1:
+		return nil, fmt.Errorf("state file %s is corrupt: version %d", path, st.Version)
 	}
 	return &st, nil
 }

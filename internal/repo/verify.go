@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -27,7 +26,9 @@ const (
 	ProblemNotZero        = "not-zero"              // a zero chunk does not read as zeroes
 	ProblemChunkSHA256    = "chunk-sha256"          // a data chunk's SHA-256 differs
 	ProblemDiskSHA256     = "disk-sha256"           // a full image's whole-disk SHA-256 differs
-	ProblemPrunePending   = "prune-pending"         // an interrupted prune must be finished first
+	ProblemDataFile       = "data-file"             // the image keeps its data in another file: never opened
+	ProblemJournal        = "prune-journal"         // the prune journal is not valid: nothing it names is touched
+	ProblemPrunePending   = "prune-pending"         // (no longer reported: every point verifies during a prune)
 )
 
 // maxProblemsPerImage bounds the problems reported for one image.
@@ -124,12 +125,18 @@ type VerifyOptions struct {
 	// OnProblem, if set, is called for each problem not tied to an image
 	// (a corrupt manifest); those of images come with OnImage.
 	OnProblem func(Problem)
+	// OnLeftover, if set, is called for each leftover (a file no restore
+	// point needs, which prune removes; not a problem).
+	OnLeftover func(Leftover)
 }
 
 // VerifyResult is what Verify found.
 type VerifyResult struct {
 	Images   []ImageReport `json:"images"`
 	Problems []Problem     `json:"problems,omitempty"` // not tied to an image
+	// Leftovers are files no restore point needs (verifying every backup
+	// of a VM, when no backup or prune of it runs).
+	Leftovers []Leftover `json:"leftovers,omitempty"`
 }
 
 // OK says whether everything verified.
@@ -193,46 +200,33 @@ func (r *Repo) Verify(ctx context.Context, opts VerifyOptions) (*VerifyResult, e
 }
 
 func (r *Repo) verifyVM(ctx context.Context, vd *vmDir, opts VerifyOptions, res *VerifyResult, problem func(Problem)) error {
-	rl, err := r.readLock(ctx, vd)
+	ix, unlock, err := r.readIndex(ctx, vd)
 	if err != nil {
 		return err
 	}
-	defer rl.Unlock()
-
-	j, jerr := r.readJournal(vd.Path)
-	if jerr != nil {
-		problem(Problem{VM: vd.Name, File: filepath.Join(vd.Path, journalName), Kind: ProblemManifest, Message: jerr.Error()})
-	}
-	cache := map[string]*Manifest{}
-	lookup := func(id string) (*Manifest, error) {
-		if m, ok := cache[id]; ok {
-			return m, nil
-		}
-		m, err := r.manifestByID(vd, id)
-		if err == nil {
-			cache[id] = m
-		}
-		return m, err
+	defer unlock()
+	if ix.jerr != nil {
+		problem(Problem{VM: vd.Name, File: ix.path(journalName), Kind: ProblemJournal, Message: ix.jerr.Error()})
 	}
 
 	var targets []verifyTarget
 	if opts.Backup == "" {
-		ms, errs := r.loadManifests(vd)
-		for _, e := range errs {
-			problem(Problem{VM: vd.Name, File: manifestErrorFile(e, vd), Kind: ProblemManifest, Message: e.Error()})
+		for _, id := range ix.ids {
+			if err := ix.bad[id]; err != nil {
+				problem(Problem{VM: vd.Name, Backup: id, File: manifestErrorFile(err, ix.path(id+".json")), Kind: ProblemManifest, Message: err.Error()})
+			}
 		}
-		for _, m := range ms {
-			cache[m.ID] = m
+		for _, m := range ix.points {
 			for i := range m.Disks {
 				targets = append(targets, verifyTarget{m, &m.Disks[i]})
 			}
 		}
 	} else {
-		m, err := lookup(opts.Backup)
+		m, err := ix.point(opts.Backup)
 		var me *ManifestError
 		switch {
-		case errors.As(err, &me):
-			problem(Problem{VM: vd.Name, Backup: opts.Backup, File: me.Path, Kind: ProblemManifest, Message: err.Error()})
+		case errors.As(err, &me) || (err != nil && ix.bad[opts.Backup] != nil):
+			problem(Problem{VM: vd.Name, Backup: opts.Backup, File: manifestErrorFile(err, ix.path(opts.Backup+".json")), Kind: ProblemManifest, Message: err.Error()})
 			return nil
 		case err != nil:
 			return err
@@ -246,7 +240,7 @@ func (r *Repo) verifyVM(ctx context.Context, vd *vmDir, opts VerifyOptions, res 
 				if d.Backing == "" {
 					break
 				}
-				cur, d = r.chainNext(vd, cur, d, lookup, problem)
+				cur, d = r.chainNext(ix, cur, d, problem)
 			}
 		}
 	}
@@ -255,14 +249,7 @@ func (r *Repo) verifyVM(ctx context.Context, vd *vmDir, opts VerifyOptions, res 
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		var rep ImageReport
-		if j != nil && j.pendingFor(t.m.ID) {
-			rep = ImageReport{VM: vd.Name, Backup: t.m.ID, Disk: t.d.Key, File: filepath.Join(vd.Path, t.d.Image), Level: t.d.Level}
-			rep.add(Problem{Kind: ProblemPrunePending, File: filepath.Join(vd.Path, journalName),
-				Message: "an interrupted prune is changing this backup: finish it with 'sendense prune' (or the next backup of this VM), then verify again"})
-		} else {
-			rep = r.verifyImage(ctx, vd, t.m, t.d, lookup)
-		}
+		rep := r.verifyImage(ctx, ix, t.m, t.d)
 		if err := ctx.Err(); err != nil {
 			return err
 		}
@@ -271,107 +258,92 @@ func (r *Repo) verifyVM(ctx context.Context, vd *vmDir, opts VerifyOptions, res 
 			opts.OnImage(rep)
 		}
 	}
+	if opts.Backup == "" {
+		var left []Leftover
+		if ix.journal != nil {
+			left = append(left, Leftover{VM: vd.Name, File: ix.path(journalName), Kind: LeftoverJournal,
+				Message: fmt.Sprintf("an interrupted prune (%s): the next prune or backup of the VM, or any command that can write, finishes it; every backup it keeps verifies meanwhile", ix.journal.Phase)})
+		} else if !r.writerRunning(vd.Path) {
+			left = r.leftovers(ix)
+		}
+		for _, l := range left {
+			res.Leftovers = append(res.Leftovers, l)
+			if opts.OnLeftover != nil {
+				opts.OnLeftover(l)
+			}
+		}
+	}
 	return nil
 }
 
 // manifestErrorFile is the file a manifest error names.
-func manifestErrorFile(err error, vd *vmDir) string {
+func manifestErrorFile(err error, path string) string {
 	var me *ManifestError
 	if errors.As(err, &me) {
-		return me.Path
+		path = me.Path
 	}
-	return vd.Path
+	return path
 }
 
 // chainNext follows d's backing file to the disk record of the backup
-// that holds it, reporting a missing or inconsistent manifest.
-func (r *Repo) chainNext(vd *vmDir, m *Manifest, d *DiskImage, lookup func(string) (*Manifest, error), problem func(Problem)) (*Manifest, *DiskImage) {
-	id, key, ok := parseImageName(d.Backing)
-	if !ok {
-		problem(Problem{VM: vd.Name, Backup: m.ID, Disk: d.Key, File: filepath.Join(vd.Path, d.Image), Kind: ProblemBacking,
-			Message: fmt.Sprintf("backing file %q is not the image of a backup (<id>-disk<key>.qcow2)", d.Backing)})
-		return nil, nil
-	}
-	pm, err := lookup(id)
-	if errors.Is(err, ErrNoBackup) {
-		return nil, nil // verifyImage reports the missing manifest of d's backing file
-	}
-	if err != nil {
-		file := filepath.Join(vd.Path, id+".json")
-		var me *ManifestError
-		if errors.As(err, &me) {
-			file = me.Path
+// that holds it (the parent), reporting a missing or inconsistent
+// manifest.
+func (r *Repo) chainNext(ix *vmIndex, m *Manifest, d *DiskImage, problem func(Problem)) (*Manifest, *DiskImage) {
+	vd := ix.vd
+	id := m.Parent
+	pm := ix.byID[id]
+	if pm == nil {
+		if err := ix.bad[id]; err != nil {
+			problem(Problem{VM: vd.Name, Backup: id, Disk: d.Key, File: manifestErrorFile(err, ix.path(id+".json")), Kind: ProblemManifest,
+				Message: fmt.Sprintf("the manifest of backup %s, which holds %s (the backing file of %s), cannot be used: %v", id, d.Backing, d.Image, err)})
 		}
-		problem(Problem{VM: vd.Name, Backup: id, Disk: key, File: file, Kind: ProblemManifest,
-			Message: fmt.Sprintf("the manifest of backup %s, which holds %s (the backing file of %s), is missing or unreadable: %v", id, d.Backing, d.Image, err)})
-		return nil, nil
+		return nil, nil // verifyImage reports a missing manifest of d's backing file
 	}
-	pd := pm.Disk(key)
+	pd := pm.Disk(d.Key)
 	if pd == nil || pd.Image != d.Backing {
-		problem(Problem{VM: vd.Name, Backup: m.ID, Disk: d.Key, File: filepath.Join(vd.Path, d.Image), Kind: ProblemBacking,
+		problem(Problem{VM: vd.Name, Backup: m.ID, Disk: d.Key, File: ix.path(d.Image), Kind: ProblemBacking,
 			Message: fmt.Sprintf("backing file %s is not an image recorded by backup %s", d.Backing, id)})
 		return nil, nil
 	}
 	return pm, pd
 }
 
-// verifyImage checks one image against its disk record.
-func (r *Repo) verifyImage(ctx context.Context, vd *vmDir, m *Manifest, d *DiskImage, lookup func(string) (*Manifest, error)) ImageReport {
+// verifyImage checks one image against its disk record: first the
+// repository's check of the image (check.go), then its allocation and
+// content.
+func (r *Repo) verifyImage(ctx context.Context, ix *vmIndex, m *Manifest, d *DiskImage) ImageReport {
 	start := time.Now()
-	path := filepath.Join(vd.Path, d.Image)
-	rep := ImageReport{VM: vd.Name, Backup: m.ID, Disk: d.Key, File: path, Level: d.Level, Chunks: len(d.Chunks)}
+	path := ix.path(d.Image)
+	rep := ImageReport{VM: ix.vd.Name, Backup: m.ID, Disk: d.Key, File: path, Level: d.Level, Chunks: len(d.Chunks)}
 	defer func() { rep.Seconds = time.Since(start).Seconds() }()
-	if !r.exists(path) {
-		rep.add(Problem{Kind: ProblemMissingImage, Message: "the image is missing"})
-		return rep
-	}
-	info, err := r.Tools.Info(ctx, path)
-	if err != nil {
-		rep.add(Problem{Kind: ProblemImage, Message: "the image cannot be read: " + err.Error()})
-		return rep
-	}
+	c, err := r.checkImage(ctx, ix, m, d, true)
+	var de *DamageError
 	switch {
-	case info.Format != "qcow2":
-		rep.add(Problem{Kind: ProblemImage, Message: "the image is not qcow2", Expected: "qcow2", Actual: info.Format})
+	case errors.As(err, &de):
+		rep.add(de.problem(ix.vd.Name))
+		if de.Kind != ProblemBacking {
+			return rep // the image cannot be read as recorded
+		}
+		// A wrong backing file: the image alone is still checked.
+	case err != nil:
+		rep.add(Problem{Kind: ProblemImage, Message: "the image cannot be checked: " + err.Error()})
 		return rep
-	case info.Corrupt():
-		rep.add(Problem{Kind: ProblemImage, Message: "qcow2 marked the image corrupt (see qemu-img check)"})
-	}
-	if info.BackingFilename != d.Backing {
-		rep.add(Problem{Kind: ProblemBacking, Message: "the backing file is not the one recorded", Expected: d.Backing, Actual: info.BackingFilename})
 	}
 	if d.Backing != "" {
-		bpath := filepath.Join(vd.Path, d.Backing)
-		if !r.exists(bpath) {
-			rep.add(Problem{Kind: ProblemMissingBacking, File: bpath, Message: fmt.Sprintf("the backing file of %s is missing", d.Image)})
+		if !ix.has(d.Backing) {
+			rep.add(Problem{Kind: ProblemMissingBacking, File: ix.path(d.Backing), Message: fmt.Sprintf("the backing file of %s is missing", d.Image)})
 		}
-		switch id, key, ok := parseImageName(d.Backing); {
-		case !ok || key != d.Key:
-			rep.add(Problem{Kind: ProblemBacking, Message: fmt.Sprintf("backing file %s is not an image of disk %d", d.Backing, d.Key)})
-		case id != m.Parent:
-			rep.add(Problem{Kind: ProblemBacking, Message: fmt.Sprintf("backing file %s belongs to backup %s, not to the parent backup", d.Backing, id),
-				Expected: m.Parent, Actual: id})
-		default:
-			if _, err := lookup(id); errors.Is(err, ErrNoBackup) {
-				rep.add(Problem{Kind: ProblemManifest, File: filepath.Join(vd.Path, id+".json"),
-					Message: fmt.Sprintf("the manifest of backup %s, which holds the backing file %s, is missing", id, d.Backing)})
-			}
+		if ix.byID[m.Parent] == nil && ix.bad[m.Parent] == nil {
+			rep.add(Problem{Kind: ProblemManifest, File: ix.path(m.Parent + ".json"),
+				Message: fmt.Sprintf("the manifest of backup %s, which holds the backing file %s, is missing", m.Parent, d.Backing)})
 		}
-	}
-	if info.VirtualSize != d.Capacity {
-		rep.add(Problem{Kind: ProblemSize, Message: "the image's size is not the disk's capacity",
-			Expected: fmt.Sprint(d.Capacity), Actual: fmt.Sprint(info.VirtualSize)})
-		return rep
 	}
 	entries, err := r.Tools.Map(ctx, path, qemu.MapOptions{NoBacking: true})
 	if err != nil {
 		rep.add(Problem{Kind: ProblemImage, Message: "the image's allocation cannot be read: " + err.Error()})
 		return rep
 	}
-	cluster := info.ClusterSize
-	if cluster == 0 || cluster&(cluster-1) != 0 {
-		cluster = 64 << 10
-	}
+	cluster := c.hdr.ClusterSize()
 	zeroReads := checkAllocation(&rep, entries, d, cluster)
 	if ctx.Err() != nil {
 		return rep
@@ -410,7 +382,11 @@ func checkAllocation(rep *ImageReport, entries []qemu.MapEntry, d *DiskImage, cl
 			e := entries[k]
 			s, t := max(e.Start, c.Offset), min(e.End(), c.End())
 			switch {
-			case c.Kind == KindData && !(e.Present && e.Data):
+			case c.Kind == KindData && !(e.Present && e.Data) && incremental:
+				// (In a full, a data chunk's clusters that read as zeroes
+				// need not be stored: its SHA-256 is checked over what the
+				// image reads. In an incremental the backing file would
+				// show through.)
 				actual := "unallocated"
 				if e.Present {
 					actual = "zero cluster"
@@ -464,12 +440,12 @@ func (r *Repo) checkContent(ctx context.Context, rep *ImageReport, path string, 
 		rep.add(Problem{Kind: ProblemNotZero, Offset: at(off), Length: 1,
 			Message: "a zero chunk does not read as zeroes", Expected: "0x00"})
 	}
-	ir, err := r.openImageReader(ctx, path, true)
+	ir, err := r.openImageReader(ctx, path, qemu.ServeOptions{NoBacking: true})
 	if err != nil {
 		rep.add(Problem{Kind: ProblemImage, Message: "the image cannot be read: " + err.Error()})
 		return
 	}
-	err = ir.stream(ctx, segs, sink.feed)
+	err = stream(ctx, ir, segs, nil, sink.feed)
 	if cerr := ir.Close(); err == nil && ctx.Err() == nil {
 		err = cerr
 	}

@@ -209,11 +209,25 @@ func TestCorruptManifestIsAnError(t *testing.T) {
 	if err != nil || len(ls.Points) != 3 || len(ls.Errors) != 1 || !strings.Contains(ls.Errors[0].Error(), path) {
 		t.Fatalf("list: %v %v", ls, err)
 	}
-	if _, err := r.Begin(vmWeb); err == nil || !strings.Contains(err.Error(), path) {
+	if _, err := r.Prune(ctx, repo.PruneOptions{Keep: 1}); err == nil || !strings.Contains(err.Error(), "nothing was changed") || !strings.Contains(err.Error(), path) {
+		t.Fatalf("prune with a corrupt manifest: %v", err)
+	}
+	// A restore without --backup does not silently take an older point.
+	if _, err := r.Restore(ctx, repo.RestoreOptions{VM: "vm-42", To: t.TempDir()}); err == nil || !strings.Contains(err.Error(), "--backup") {
+		t.Fatalf("restore of the latest with a corrupt newest manifest: %v", err)
+	}
+	// A backup goes on: its parent is the newest valid point, its id is
+	// later than the corrupt one's, and the corrupt one stays.
+	p, err := r.Begin(vmWeb)
+	if err != nil {
 		t.Fatalf("a backup after a corrupt manifest: %v", err)
 	}
-	if _, err := r.Prune(ctx, repo.PruneOptions{Keep: 1}); err == nil || !strings.Contains(err.Error(), "nothing was changed") {
-		t.Fatalf("prune with a corrupt manifest: %v", err)
+	if p.Parent() == nil || p.Parent().ID != b.Points[2].ID || repo.CompareIDs(p.ID, b.Points[3].ID) <= 0 {
+		t.Fatalf("pending backup %s, parent %v", p.ID, p.Parent())
+	}
+	p.Abort()
+	if !exists(path) {
+		t.Fatal("the corrupt manifest was removed")
 	}
 	// Earlier points are still restorable.
 	for _, id := range ids(b)[:3] {
