@@ -26,6 +26,8 @@ type Report struct {
 	BytesRead uint64       `json:"bytes_read"`
 	Copied    uint64       `json:"bytes_copied"`
 	Capacity  uint64       `json:"capacity"`
+	// Phases is where the job's time went (the disks' own in Disks).
+	Phases []PhaseTime `json:"phases,omitempty"`
 }
 
 // summarise fills the report's totals and level.

@@ -28,6 +28,9 @@ type Services struct {
 	// Tunnels are the SSH tunnels jobs share (copies of Services share
 	// them too); nil: created on first use.
 	Tunnels *TunnelPool
+	// LoginSeconds is how long logging in to vCenter took (reported as
+	// the jobs' first phase; 0: not measured).
+	LoginSeconds float64
 }
 
 // Preflight checks, before any snapshot is taken, that the tools a job

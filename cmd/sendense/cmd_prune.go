@@ -45,7 +45,7 @@ ones.
 When a kept incremental backs onto a removed backup, its chain is merged
 into it (qemu-img commit into the chain's full, renamed onto the kept
 image's name), and its manifest is rewritten as a full: chunk list and
-SHA-256s of what the merge changed recomputed, and the whole-disk SHA-256.
+SHA-256s of what the merge changed recomputed, and the disk digest.
 Every kept backup restores exactly, and verifies, afterwards.
 
 A prune is safe against crashes and signals: it keeps a journal in the VM's

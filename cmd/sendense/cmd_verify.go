@@ -39,7 +39,7 @@ and the chain of images it needs. For every image:
     backing file, and nothing else is allocated;
   - the SHA-256 of every data chunk, read back through qemu-nbd (only the
     chunks: an incremental is never read in full);
-  - for a full, the SHA-256 of the whole disk.
+  - for a full, its whole-disk digest (docs/repository.md, Disk digest).
 
 Each problem is reported with the file, the offset and the expected and
 actual values. With --json: an "image" line per image, a "problem" line per

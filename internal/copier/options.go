@@ -56,8 +56,14 @@ type Options struct {
 	// (the source's size): while copying for a full copy, else by reading
 	// the destination back after the final flush.
 	Checksum bool
+	// Digest computes the disk digest of the destination's logical
+	// content (package diskdigest, docs/repository.md): like Checksum,
+	// while copying for a full copy, else by reading back; but in
+	// parallel, and zero ranges cost nothing.
+	Digest bool
 	// HashChunks records every chunk written (Result.Chunks) with the
-	// SHA-256 of data chunks, computed while copying.
+	// SHA-256 of data chunks, computed while copying. With Digest, data
+	// chunks are cut at the digest's block boundaries.
 	HashChunks bool
 
 	// Skip lists ranges already copied (by an interrupted earlier run) to

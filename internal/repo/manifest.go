@@ -16,7 +16,7 @@ import (
 // Manifest formats and levels (docs/repository.md).
 const (
 	ManifestFormat  = "sendense-manifest"
-	ManifestVersion = 1
+	ManifestVersion = 2 // 2: the disk digest (blocks_sha256)
 
 	StatusComplete = "complete"
 
@@ -87,14 +87,15 @@ type DiskImage struct {
 	BytesCopied  uint64  `json:"bytes_copied"`             // data written
 	BytesZeroed  uint64  `json:"bytes_zeroed"`             // zeroes written
 	Seconds      float64 `json:"seconds"`                  // copy time
-	SHA256       string  `json:"sha256,omitempty"`         // full: SHA-256 of the whole disk
+	SHA256       string  `json:"sha256,omitempty"`         // full (version 1): SHA-256 of the whole disk
+	BlocksSHA256 string  `json:"blocks_sha256,omitempty"`  // full (version 2): the disk digest (digest.go)
 	Chunks       []Chunk `json:"chunks"`                   // what the image holds, sorted by offset
 }
 
 // Manifest describes one backup (restore point) of a VM.
 type Manifest struct {
 	Format   string      `json:"format"`  // "sendense-manifest"
-	Version  int         `json:"version"` // 1
+	Version  int         `json:"version"` // 1 or 2
 	ID       string      `json:"id"`      // backup id, e.g. "20240501T120000Z"
 	VM       VMRef       `json:"vm"`
 	Parent   string      `json:"parent"` // previous backup of the VM ("" for none)
@@ -212,14 +213,14 @@ func (m *Manifest) Validate() error {
 			return fmt.Errorf("disk %d is listed twice", d.Key)
 		}
 		seen[d.Key] = true
-		if err := d.validate(); err != nil {
+		if err := d.validate(m.Version); err != nil {
 			return fmt.Errorf("disk %d: %w", d.Key, err)
 		}
 	}
 	return nil
 }
 
-func (d *DiskImage) validate() error {
+func (d *DiskImage) validate(version int) error {
 	switch {
 	case d.Capacity == 0:
 		return errors.New("capacity is 0")
@@ -235,18 +236,15 @@ func (d *DiskImage) validate() error {
 		if d.Backing != "" {
 			return fmt.Errorf("a full image has backing file %q", d.Backing)
 		}
-		if !validSHA256(d.SHA256) {
-			return fmt.Errorf("a full image needs the SHA-256 of the whole disk (sha256 %q)", d.SHA256)
-		}
 	case LevelIncremental:
 		if d.Backing == "" {
 			return errors.New("an incremental image needs a backing file")
 		}
-		if d.SHA256 != "" && !validSHA256(d.SHA256) {
-			return fmt.Errorf("sha256 %q is not a SHA-256", d.SHA256)
-		}
 	default:
 		return fmt.Errorf("level %q is neither %q nor %q", d.Level, LevelFull, LevelIncremental)
+	}
+	if err := d.checkDigests(version); err != nil {
+		return err
 	}
 	var end uint64
 	for i, c := range d.Chunks {

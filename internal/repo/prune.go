@@ -526,12 +526,14 @@ func (r *Repo) mergedManifest(ctx context.Context, vd *vmDir, j *journal, k *Man
 			return nil, err
 		}
 		chunks = addUnexplained(chunks, entries, cluster, d.Capacity)
-		sum, err := r.hashMerged(ctx, base, entries, d.Capacity, chunks)
+		whole := newBlocksHasher(d.Capacity)
+		sum, err := r.hashMerged(ctx, base, entries, d.Capacity, chunks, whole)
 		if err != nil {
 			return nil, err
 		}
 		d.Chunks = chunks
-		d.SHA256 = sum
+		d.setWholeDigest(whole, sum)
+		nk.Version = ManifestVersion // the disk digest needs version 2
 		d.Level = LevelFull
 		d.Backing = ""
 		d.BaseChangeID = ""
@@ -625,9 +627,9 @@ func addUnexplained(chunks []Chunk, entries []qemu.MapEntry, cluster, capacity u
 // hashMerged reads the merged image once: it fills in the SHA-256 of the
 // data chunks that have none, checks the others (a mismatch is an old
 // corruption, kept visible: the recorded SHA-256 stays) and returns the
-// whole-disk SHA-256.
-func (r *Repo) hashMerged(ctx context.Context, path string, entries []qemu.MapEntry, capacity uint64, chunks []Chunk) (string, error) {
-	sink := newHashSink(chunks, true)
+// whole-disk digest computed by whole.
+func (r *Repo) hashMerged(ctx context.Context, path string, entries []qemu.MapEntry, capacity uint64, chunks []Chunk, whole diskHasher) (string, error) {
+	sink := newHashSink(chunks, whole)
 	sink.onChunk = func(i int, sum string) {
 		switch c := &chunks[i]; {
 		case c.SHA256 == "":
@@ -641,7 +643,7 @@ func (r *Repo) hashMerged(ctx context.Context, path string, entries []qemu.MapEn
 	if err != nil {
 		return "", err
 	}
-	err = ir.stream(ctx, annotate(wholeSegments(entries, capacity, chunkCuts(chunks)), chunks), sink.feed)
+	err = ir.stream(ctx, digestSegments(entries, capacity, chunks, whole), sink.feed)
 	if cerr := ir.Close(); err == nil {
 		err = cerr
 	}

@@ -60,6 +60,9 @@ type segment struct {
 	// whole says it is all of that data chunk, so the reader hashes it.
 	chunk int
 	whole bool
+	// block says it is one whole block of the disk digest (read): the
+	// reader hashes it too (splitBlocks).
+	block bool
 }
 
 func (s segment) end() uint64 { return s.off + s.n }
@@ -94,7 +97,7 @@ func (ir *imageReader) stream(ctx context.Context, segs []segment, fn func(s seg
 					sl.err = err
 				} else {
 					sl.err = h.Pread(sl.buf[:sl.seg.n], sl.seg.off, 0)
-					if sl.err == nil && sl.seg.whole {
+					if sl.err == nil && (sl.seg.whole || sl.seg.block) {
 						sum := sha256.Sum256(sl.buf[:sl.seg.n])
 						sl.sum = hex.EncodeToString(sum[:])
 					}
@@ -197,11 +200,11 @@ func cut(segs []segment, off, n uint64, read bool, cuts []uint64) []segment {
 	return segs
 }
 
-// hashSink computes the chunk hashes (and the whole-disk hash) from the
+// hashSink computes the chunk hashes (and the whole-disk digest) from the
 // segments stream hands it in order.
 type hashSink struct {
 	chunks []Chunk
-	whole  hash.Hash // nil: no whole-disk hash
+	whole  diskHasher // nil: no whole-disk digest
 
 	onChunk   func(i int, sum string) // a data chunk's hash is complete
 	onNonZero func(off uint64)        // a byte of a zero chunk read is not zero
@@ -209,12 +212,8 @@ type hashSink struct {
 	bytesRead uint64
 }
 
-func newHashSink(chunks []Chunk, whole bool) *hashSink {
-	s := &hashSink{chunks: chunks, h: sha256.New()}
-	if whole {
-		s.whole = sha256.New()
-	}
-	return s
+func newHashSink(chunks []Chunk, whole diskHasher) *hashSink {
+	return &hashSink{chunks: chunks, whole: whole, h: sha256.New()}
 }
 
 func (s *hashSink) feed(seg segment, data []byte, sum string) error {
@@ -222,11 +221,7 @@ func (s *hashSink) feed(seg segment, data []byte, sum string) error {
 		s.bytesRead += uint64(len(data))
 	}
 	if s.whole != nil {
-		if data != nil {
-			s.whole.Write(data)
-		} else {
-			hashZeroes(s.whole, seg.n)
-		}
+		s.whole.feed(seg, data, sum)
 	}
 	if seg.chunk < 0 {
 		return nil
@@ -234,7 +229,7 @@ func (s *hashSink) feed(seg segment, data []byte, sum string) error {
 	c := s.chunks[seg.chunk]
 	switch c.Kind {
 	case KindData:
-		if sum != "" {
+		if sum != "" && seg.whole {
 			if s.onChunk != nil {
 				s.onChunk(seg.chunk, sum)
 			}
@@ -261,7 +256,7 @@ func (s *hashSink) feed(seg segment, data []byte, sum string) error {
 	return nil
 }
 
-func (s *hashSink) wholeSum() string { return hex.EncodeToString(s.whole.Sum(nil)) }
+func (s *hashSink) wholeSum() string { return s.whole.sum() }
 
 // annotate sets each segment's chunk (segments never straddle a chunk
 // boundary) and whether it is a whole data chunk, read.
