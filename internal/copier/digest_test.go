@@ -17,6 +17,26 @@ const B = diskdigest.BlockSize
 // connections and the order requests finish in; data chunks are cut at
 // block boundaries and each carries the SHA-256 of its bytes.
 func TestCopyDigest(t *testing.T) {
+	for _, hashers := range []bool{false, true} {
+		t.Run(fmt.Sprintf("hashers=%v", hashers), func(t *testing.T) {
+			withHashers(t, hashers)
+			testCopyDigest(t)
+		})
+	}
+}
+
+// withHashers makes data hashed on hasher goroutines (or on the event
+// loops) whatever the number of CPUs, for the test.
+func withHashers(t *testing.T, on bool) {
+	old := hasherCPUs
+	hasherCPUs = 1 << 30
+	if on {
+		hasherCPUs = 1
+	}
+	t.Cleanup(func() { hasherCPUs = old })
+}
+
+func testCopyDigest(t *testing.T) {
 	// Extents at unaligned offsets: data, hole-only, zero, all-zero data,
 	// hole+zero across blocks, and a short last block.
 	layouts := map[string][]int{

@@ -168,7 +168,8 @@ type engine struct {
 	canZero bool
 	alloc   func(int) (Buffer, error)
 	zeroBuf Buffer       // request-sized zeroes, when the destination cannot zero
-	hashq   chan hashJob // to the hashers (HashChunks, Digest)
+	hashing bool         // data is hashed (HashChunks, Digest)
+	hashq   chan hashJob // to the hashers; nil: each event loop hashes its data
 	stats   counters
 
 	errOnce sync.Once
@@ -239,7 +240,8 @@ func run(ctx context.Context, srcs []Source, dsts []Destination, size uint64, wo
 		e.lim = rate.NewLimiter(rate.Limit(opts.Rate), opts.RequestSize)
 	}
 
-	if opts.HashChunks || e.blocks != nil {
+	e.hashing = opts.HashChunks || e.blocks != nil
+	if e.hashing && runtime.GOMAXPROCS(0) >= hasherCPUs {
 		e.hashq = make(chan hashJob, len(srcs)*opts.Requests)
 		for range runtime.GOMAXPROCS(0) {
 			go func() {

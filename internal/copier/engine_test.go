@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand"
 	"reflect"
@@ -366,6 +367,15 @@ func TestChecksumFunction(t *testing.T) {
 // slots meanwhile: a failure or a cancellation must give them back at once
 // (not after drainTimeout), whatever order the requests finish in.
 func TestCopyChecksumFailFast(t *testing.T) {
+	for _, hashers := range []bool{false, true} {
+		t.Run(fmt.Sprintf("hashers=%v", hashers), func(t *testing.T) {
+			withHashers(t, hashers)
+			testCopyChecksumFailFast(t)
+		})
+	}
+}
+
+func testCopyChecksumFailFast(t *testing.T) {
 	boom := errors.New("boom")
 	for _, tc := range []struct {
 		name  string

@@ -373,9 +373,12 @@ func (w *worker) readDone(l *lane, li int, c Completion) {
 			// The write only reads the buffer: hash it meanwhile, and
 			// keep the slot until the hashes are done.
 			ref := slotRef{li, i}
-			if w.e.hashq != nil {
+			switch {
+			case w.e.hashq != nil:
 				s.parts++
 				w.e.hashq <- hashJob{w, ref, off, data}
+			case w.e.hashing:
+				w.e.hash(hashJob{w, ref, off, data})
 			}
 			if w.e.seq != nil {
 				s.parts++
