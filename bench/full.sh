@@ -11,10 +11,12 @@
 # of the pipeline: less sensitive to other jobs on the machine), the
 # medians with MiB/s of data (the disks' data over the wall time), the
 # 4-disk ratio, and last the single-disk median wall-time ratio ours/hand
-# (goal: both ratios <= 1.05).
+# (goal: both ratios <= 1.05). SENDENSE=path benchmarks another build
+# (its plugin next to it).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 runs=${RUNS:-3}
+ours_bin=${SENDENSE:-$sendense}
 for tool in nbdcopy qemu-nbd qemu-img nbdkit /usr/bin/time; do
     command -v $tool > /dev/null || { echo "$tool is missing (make deps)" >&2; exit 1; }
 done
@@ -56,7 +58,7 @@ measure () {
 # ours VM: a full backup of VM into a fresh repository.
 ours () {
     rm -rf $benchdir/repo
-    measure "$sendense" backup --full -q "$1"
+    measure "$ours_bin" backup --full -q "$1"
 }
 
 # hand FLAT...: the hand pipelines into fresh qcow2 images.
