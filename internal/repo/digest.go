@@ -47,16 +47,6 @@ func (d *DiskImage) wholeDigest() (diskHasher, string) {
 	return nil, ""
 }
 
-// setWholeDigest records sum, computed by h, as d's whole-disk digest.
-func (d *DiskImage) setWholeDigest(h diskHasher, sum string) {
-	d.SHA256, d.BlocksSHA256 = "", ""
-	if _, ok := h.(*blocksHasher); ok {
-		d.BlocksSHA256 = sum
-	} else {
-		d.SHA256 = sum
-	}
-}
-
 // diskHasher computes a whole-disk digest from the segments of the disk,
 // given in order (data nil: zeroes; sum: the segment's SHA-256 when the
 // reader computed it).

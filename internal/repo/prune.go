@@ -532,8 +532,8 @@ func (r *Repo) mergedManifest(ctx context.Context, vd *vmDir, j *journal, k *Man
 			return nil, err
 		}
 		d.Chunks = chunks
-		d.setWholeDigest(whole, sum)
-		nk.Version = ManifestVersion // the disk digest needs version 2
+		d.SHA256, d.BlocksSHA256 = "", sum
+		nk.Version = ManifestVersion // blocks_sha256 needs version 2
 		d.Level = LevelFull
 		d.Backing = ""
 		d.BaseChangeID = ""

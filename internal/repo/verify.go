@@ -430,7 +430,7 @@ func checkAllocation(rep *ImageReport, entries []qemu.MapEntry, d *DiskImage, cl
 
 // checkContent reads what must be read: for an incremental, its data
 // chunks and the zero chunks stored as data; for a full, the whole disk
-// (for its SHA-256), reading only its data clusters.
+// (for its whole-disk digest), reading only its data clusters.
 func (r *Repo) checkContent(ctx context.Context, rep *ImageReport, path string, d *DiskImage, entries []qemu.MapEntry, zeroReads extent.List) {
 	var whole diskHasher
 	var want string
