@@ -11,6 +11,7 @@
 package diskdigest
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -67,17 +68,25 @@ func (f *Folder) Add(s Sum) {
 	f.next++
 }
 
+// zeroRun is the digests of 1024 zero blocks, written at once.
+var zeroRun = bytes.Repeat(zeroBlock[:], 1024)
+
 // AddZero adds n zero blocks (the last block of the disk may be short).
 func (f *Folder) AddZero(n uint64) {
 	total := Blocks(f.size)
-	for ; n > 0; n-- {
-		if f.next+1 == total && f.size%BlockSize != 0 {
+	if f.size%BlockSize != 0 && f.next+n == total { // ends with the short block
+		defer func() {
 			s := ZeroSum(f.size % BlockSize)
 			f.h.Write(s[:])
-		} else {
-			f.h.Write(zeroBlock[:])
-		}
-		f.next++
+			f.next++
+		}()
+		n--
+	}
+	for n > 0 {
+		k := min(n, uint64(len(zeroRun)/len(zeroBlock)))
+		f.h.Write(zeroRun[:k*uint64(len(zeroBlock))])
+		f.next += k
+		n -= k
 	}
 }
 

@@ -107,3 +107,20 @@ func allZero(p []byte) bool {
 	}
 	return true
 }
+
+// AddZero of a long run, ending with a short block, is the digests of its
+// zero blocks one by one.
+func TestAddZeroRun(t *testing.T) {
+	size := uint64(3000*BlockSize + 4096)
+	one, run := NewFolder(size), NewFolder(size)
+	for i := uint64(0); i < Blocks(size); i++ {
+		one.Add(ZeroSum(BlockLen(size, i)))
+	}
+	run.AddZero(1)
+	run.AddZero(Blocks(size) - 1)
+	a, err1 := one.Hex()
+	b, err2 := run.Hex()
+	if err1 != nil || err2 != nil || a != b {
+		t.Fatalf("one by one %s (%v), as runs %s (%v)", a, err1, b, err2)
+	}
+}
