@@ -11,7 +11,8 @@ import (
 )
 
 // Timed steps of a job (Report.Phases) and of a disk (DiskReport.Phases),
-// in the order they happen (docs/cli.md, "Phase timings").
+// in the order they happen (sendense backup --help, PHASE TIMINGS, in
+// docs/cli.md).
 const (
 	StepLogin          = "vcenter_login"   // logging in to vCenter (shared by the VMs of one command)
 	StepFindVM         = "find_vm"         // tools check, finding the VM, the VM's job lock
@@ -49,7 +50,7 @@ type PhaseTime struct {
 type phaseLog struct {
 	mu   sync.Mutex
 	list []PhaseTime
-	what string // for debug logs: "vm web01", "vm web01 disk 2000"
+	what string // for debug logs: "backup of web01 disk 2000"
 }
 
 func newPhaseLog(format string, a ...any) *phaseLog {
