@@ -32,6 +32,7 @@ type backupJob struct {
 	opt    BackupOptions
 	repo   *repo.Repo
 	report *BackupReport
+	phases *phaseLog
 }
 
 // Backup backs up one VM into the repository: CBT checked (and enabled if
@@ -42,11 +43,17 @@ type backupJob struct {
 // and the previous restore points are left as they were.
 func Backup(ctx context.Context, s *Services, vmSpec string, opt BackupOptions) (*BackupReport, error) {
 	started := time.Now()
+	ph := newPhaseLog("backup of %s", vmSpec)
+	if s.LoginSeconds > 0 {
+		ph.add(StepLogin, s.LoginSeconds)
+	}
 	vj, err := newVMJob(ctx, s, vmSpec, "backup")
 	if err != nil {
 		return nil, err
 	}
 	defer vj.close()
+	ph.since(StepFindVM, started)
+	t := time.Now()
 	open := OpenOrInitRepository
 	if opt.InitOnlyEmpty {
 		open = OpenOrInitEmptyRepository
@@ -56,11 +63,13 @@ func Backup(ctx context.Context, s *Services, vmSpec string, opt BackupOptions) 
 		return nil, err
 	}
 	defer r.Close()
-	j := &backupJob{vmJob: vj, opt: opt, repo: r,
+	ph.since(StepOpenRepo, t)
+	j := &backupJob{vmJob: vj, opt: opt, repo: r, phases: ph,
 		report: &BackupReport{Kind: KindBackup, VM: vj.vm.Name, Moref: vj.vm.Moref, Started: started, Repo: opt.Repo}}
 	err = j.run(ctx)
 	j.report.Seconds = time.Since(started).Seconds()
 	vj.finish(j.report)
+	j.report.Phases = ph.get()
 	if err != nil {
 		return j.report, fmt.Errorf("backup of %s: %w", vj.vm.Name, err)
 	}
@@ -68,11 +77,13 @@ func Backup(ctx context.Context, s *Services, vmSpec string, opt BackupOptions) 
 }
 
 func (j *backupJob) run(ctx context.Context) error {
-	if err := j.ensureCBT(ctx); err != nil {
+	ph := j.phases
+	if err := ph.time(StepCBTCheck, func() error { return j.ensureCBT(ctx) }); err != nil {
 		return err
 	}
 	// Begin locks the VM's directory: another backup or a prune of this VM
 	// fails here, before anything (a stale snapshot) is touched.
+	t := time.Now()
 	vmRef := repo.VMRef{Moref: j.vm.Moref, Name: j.vm.Name, Path: j.vm.Path}
 	pending, err := j.repo.Begin(vmRef)
 	if err != nil {
@@ -86,7 +97,8 @@ func (j *backupJob) run(ctx context.Context) error {
 			}
 		}
 	}()
-	if err := j.removeStaleSnapshots(ctx); err != nil {
+	ph.since(StepLockRepo, t)
+	if err := ph.time(StepStaleSnapshots, func() error { return j.removeStaleSnapshots(ctx) }); err != nil {
 		return err
 	}
 	prev := pending.Parent()
@@ -97,10 +109,12 @@ func (j *backupJob) run(ctx context.Context) error {
 	j.report.BackupID = pending.ID
 
 	snapName := SnapshotPrefix + pending.ID
+	t = time.Now()
 	snap, quiesced, err := j.createSnapshot(ctx, snapName, j.opt.Quiesce, j.opt.AllowCrashConsistent)
 	if err != nil {
 		return err
 	}
+	ph.since(StepSnapshot, t)
 	snapRemoved := false
 	defer func() {
 		if !snapRemoved {
@@ -110,6 +124,7 @@ func (j *backupJob) run(ctx context.Context) error {
 	j.report.Snapshot, j.report.Quiesced = snap, quiesced
 	j.rep.Snapshot(j.vm.Name, pending.ID, snap)
 
+	t = time.Now()
 	disks, err := j.s.Client.Disks(ctx, j.vm, snap)
 	if err != nil {
 		return err
@@ -121,6 +136,8 @@ func (j *backupJob) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	ph.since(StepPlan, t)
+	t = time.Now()
 	images := make([]repo.DiskImage, len(plans))
 	reports, err := j.forEachDisk(ctx, plans, func(ctx context.Context, i int, p *diskPlan) (DiskReport, error) {
 		img, rep, err := j.backupDisk(ctx, pending, prev, snap, p)
@@ -133,12 +150,13 @@ func (j *backupJob) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	ph.since(StepDisks, t)
 
 	// Every image is flushed and closed. Remove the snapshot before
 	// committing: a backup that would leave a snapshot behind fails (and
 	// the cleanup tries again), so the next one repeats this incremental
 	// from the old changeIds.
-	if err := j.removeSnapshot(ctx, snap); err != nil {
+	if err := ph.time(StepSnapshotRemove, func() error { return j.removeSnapshot(ctx, snap) }); err != nil {
 		return err
 	}
 	snapRemoved = true
@@ -155,14 +173,14 @@ func (j *backupJob) run(ctx context.Context) error {
 		Finished: time.Now(),
 		Disks:    images,
 	}
-	if err := pending.Commit(m); err != nil {
+	if err := ph.time(StepManifest, func() error { return pending.Commit(m) }); err != nil {
 		return err
 	}
 	committed = true
 	for _, p := range plans {
 		delete(state.ForceFull, p.disk.Key)
 	}
-	if err := pending.WriteState(state); err != nil {
+	if err := ph.time(StepState, func() error { return pending.WriteState(state) }); err != nil {
 		slog.Warn("writing the VM state", "err", err)
 	}
 	j.report.summarise(plans)
@@ -224,42 +242,45 @@ func (j *backupJob) plan(ctx context.Context, pending *repo.Pending, prev *repo.
 // backupDisk creates disk p's qcow2 image (an incremental on top of the
 // disk's previous image), serves it with qemu-nbd, copies into it and
 // closes it. A full goes into a fresh image that reads as zeroes, so
-// nothing is written for zero extents, and records the whole disk's
-// SHA-256; both record a SHA-256 per chunk for the manifest.
+// nothing is written for zero extents, and records the disk digest
+// (docs/repository.md); both record a SHA-256 per chunk for the manifest.
 func (j *backupJob) backupDisk(ctx context.Context, pending *repo.Pending, prev *repo.Manifest, snap string, p *diskPlan) (*repo.DiskImage, DiskReport, error) {
 	d := p.disk
 	start := time.Now()
+	ph := newPhaseLog("backup of %s disk %d", j.vm.Name, d.Key)
 	backing := ""
 	if !p.full {
 		backing = prev.Disk(d.Key).Image
 	}
 	image := pending.ImagePath(d.Key)
 	tools := j.repo.Qemu() // where the repository is
-	if err := tools.CreateImage(ctx, image, d.Capacity, backing); err != nil {
+	if err := ph.time(StepImageCreate, func() error { return tools.CreateImage(ctx, image, d.Capacity, backing) }); err != nil {
 		return nil, DiskReport{}, err
 	}
 	sopts := qemu.ServeOptions{Backing: pending.Backing(d.Key)} // the checked chain, not the header's names
 	if j.repo.Local() {
 		sopts.SocketDir = j.tmp
 	}
+	t := time.Now()
 	dst, err := tools.ServeNBD(ctx, image, sopts)
 	if err != nil {
 		return nil, DiskReport{}, err
 	}
 	defer dst.Close()
+	ph.since(StepServerStart, t)
 	opts := j.copyOptions(p)
 	opts.DestinationIsZero = p.full
-	opts.Checksum = p.full
+	opts.Digest = p.full
 	opts.HashChunks = true
 	var reconnect Reconnector
 	if !j.repo.Local() {
 		reconnect = serverReconnector(dst) // a lost tunnel is resumed
 	}
-	res, err := j.copyDisk(ctx, snap, p, dst.URI(), opts, reconnect)
+	res, err := j.copyDisk(ctx, snap, p, dst.URI(), opts, reconnect, ph)
 	if err != nil {
 		return nil, DiskReport{}, err
 	}
-	if err := dst.Close(); err != nil {
+	if err := ph.time(StepImageClose, dst.Close); err != nil {
 		return nil, DiskReport{}, fmt.Errorf("closing the image %s: %w", image, err)
 	}
 	seconds := time.Since(start).Seconds()
@@ -278,11 +299,12 @@ func (j *backupJob) backupDisk(ctx context.Context, pending *repo.Pending, prev 
 		BytesCopied:  res.BytesWritten,
 		BytesZeroed:  res.BytesZeroed,
 		Seconds:      seconds,
-		SHA256:       res.SHA256,
+		BlocksSHA256: res.Digest,
 		Chunks:       manifestChunks(res.Chunks),
 	}
 	rep := diskReport(p, res, seconds)
 	rep.Image = img.Image
+	rep.Phases = ph.get()
 	j.progress(p, PhaseDone, copierProgress(res))
 	return img, rep, nil
 }

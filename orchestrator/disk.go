@@ -141,13 +141,23 @@ func (j *vmJob) copyOptions(p *diskPlan) copier.Options {
 // copyDisk serves disk p of the snapshot with nbdkit and our plugin and
 // copies it to the NBD destination dstURI, which the copy flushes. With
 // reconnect, a lost destination connection is resumed (copyResumable).
-func (j *vmJob) copyDisk(ctx context.Context, snap string, p *diskPlan, dstURI string, opts copier.Options, reconnect Reconnector) (*copier.Result, error) {
+// The phases are recorded in ph.
+func (j *vmJob) copyDisk(ctx context.Context, snap string, p *diskPlan, dstURI string, opts copier.Options, reconnect Reconnector, ph *phaseLog) (*copier.Result, error) {
+	start := time.Now()
 	src, err := StartNBDKit(ctx, j.pluginSource(snap, p), j.tmp, fmt.Sprintf("disk%d", p.disk.Key))
 	if err != nil {
 		return nil, err
 	}
-	defer src.Stop()
+	ph.since(StepPluginStart, start)
+	defer func() {
+		start := time.Now()
+		src.Stop()
+		ph.since(StepPluginStop, start)
+	}()
 	res, err := j.copyResumable(ctx, src.URI(), dstURI, opts, reconnect)
+	if res != nil {
+		ph.copier(res.Timing)
+	}
 	if err != nil {
 		if nerr := src.Err(time.Second); nerr != nil && ctx.Err() == nil {
 			err = fmt.Errorf("%w; the source died: %v", err, nerr)
@@ -157,7 +167,10 @@ func (j *vmJob) copyDisk(ctx context.Context, snap string, p *diskPlan, dstURI s
 	return res, nil
 }
 
+// copyNBD copies srcURI to dstURI; the result's Timing.Connect includes
+// opening both.
 func (j *vmJob) copyNBD(ctx context.Context, srcURI, dstURI string, opts copier.Options) (*copier.Result, error) {
+	start := time.Now()
 	src, err := copier.OpenNBD(srcURI)
 	if err != nil {
 		return nil, fmt.Errorf("source: %w", err)
@@ -168,7 +181,12 @@ func (j *vmJob) copyNBD(ctx context.Context, srcURI, dstURI string, opts copier.
 		return nil, fmt.Errorf("destination: %w", err)
 	}
 	defer dst.Close()
-	return copier.Copy(ctx, src, dst, opts)
+	open := time.Since(start).Seconds()
+	res, err := copier.Copy(ctx, src, dst, opts)
+	if res != nil {
+		res.Timing.Connect += open
+	}
+	return res, err
 }
 
 // pluginSource is how nbdkit reads disk p of the snapshot.
@@ -209,13 +227,17 @@ type DiskReport struct {
 	Seconds       float64 `json:"seconds"`
 	MiBps         float64 `json:"mib_per_sec"`
 	DataReduction float64 `json:"data_reduction"` // 1 - copied/capacity
+	// Phases is where the disk's time went; HashCPU the CPU time spent
+	// hashing (chunk and disk digests), mostly while copying.
+	Phases  []PhaseTime `json:"phases,omitempty"`
+	HashCPU float64     `json:"hash_cpu_seconds"`
 }
 
 func diskReport(p *diskPlan, res *copier.Result, seconds float64) DiskReport {
 	d := p.disk
 	r := DiskReport{Key: d.Key, Label: d.Label, Level: p.level(), Reason: p.reason, Capacity: d.Capacity,
 		BytesRead: res.BytesRead, BytesCopied: res.BytesWritten, BytesZeroed: res.BytesZeroed,
-		BytesSkipped: res.BytesSkipped, Seconds: seconds, MiBps: res.MiBps}
+		BytesSkipped: res.BytesSkipped, Seconds: seconds, MiBps: res.MiBps, HashCPU: res.Timing.HashCPU}
 	if d.Capacity > 0 {
 		r.DataReduction = 1 - float64(res.BytesWritten)/float64(d.Capacity)
 	}

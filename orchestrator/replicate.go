@@ -69,6 +69,7 @@ type replicateJob struct {
 	opt      ReplicateOptions
 	resolver TargetResolver
 	report   *ReplicateReport
+	phases   *phaseLog
 }
 
 // Replicate copies every disk of a VM's snapshot into its persistent NBD
@@ -82,16 +83,22 @@ func Replicate(ctx context.Context, s *Services, vmSpec string, opt ReplicateOpt
 	if opt.StateFile == "" {
 		return nil, fmt.Errorf("no replication state file given")
 	}
+	ph := newPhaseLog("replication of %s", vmSpec)
+	if s.LoginSeconds > 0 {
+		ph.add(StepLogin, s.LoginSeconds)
+	}
 	vj, err := newVMJob(ctx, s, vmSpec, "replicate")
 	if err != nil {
 		return nil, err
 	}
 	defer vj.close()
-	j := &replicateJob{vmJob: vj, opt: opt, resolver: sshTargets{s},
+	ph.since(StepFindVM, started)
+	j := &replicateJob{vmJob: vj, opt: opt, resolver: sshTargets{s}, phases: ph,
 		report: &ReplicateReport{Kind: KindReplicate, VM: vj.vm.Name, Moref: vj.vm.Moref, Started: started, StateFile: opt.StateFile}}
 	err = j.run(ctx)
 	j.report.Seconds = time.Since(started).Seconds()
 	vj.finish(j.report)
+	j.report.Phases = ph.get()
 	if err != nil {
 		return j.report, fmt.Errorf("replication of %s: %w", vj.vm.Name, err)
 	}
@@ -103,16 +110,19 @@ func (j *replicateJob) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := j.ensureCBT(ctx); err != nil {
+	ph := j.phases
+	if err := ph.time(StepCBTCheck, func() error { return j.ensureCBT(ctx) }); err != nil {
 		return err
 	}
-	if err := j.removeStaleSnapshots(ctx); err != nil {
+	if err := ph.time(StepStaleSnapshots, func() error { return j.removeStaleSnapshots(ctx) }); err != nil {
 		return err
 	}
+	t := time.Now()
 	snap, quiesced, err := j.createSnapshot(ctx, SnapshotPrefix+"replicate-"+time.Now().UTC().Format("20060102T150405Z"), j.opt.Quiesce, j.opt.AllowCrashConsistent)
 	if err != nil {
 		return err
 	}
+	ph.since(StepSnapshot, t)
 	snapRemoved := false
 	defer func() {
 		if !snapRemoved {
@@ -122,6 +132,7 @@ func (j *replicateJob) run(ctx context.Context) error {
 	j.report.Snapshot, j.report.Quiesced = snap, quiesced
 	j.rep.Snapshot(j.vm.Name, "", snap)
 
+	t = time.Now()
 	disks, err := j.s.Client.Disks(ctx, j.vm, snap)
 	if err != nil {
 		return err
@@ -134,6 +145,8 @@ func (j *replicateJob) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	ph.since(StepPlan, t)
+	t = time.Now()
 	reports, err := j.forEachDisk(ctx, plans, func(ctx context.Context, _ int, p *diskPlan) (DiskReport, error) {
 		return j.replicateDisk(ctx, snap, p, targets[p.disk.Key])
 	})
@@ -141,14 +154,16 @@ func (j *replicateJob) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	ph.since(StepDisks, t)
 	// As for backups: the snapshot goes before the changeIds advance.
-	if err := j.removeSnapshot(ctx, snap); err != nil {
+	if err := ph.time(StepSnapshotRemove, func() error { return j.removeSnapshot(ctx, snap) }); err != nil {
 		return err
 	}
 	snapRemoved = true
 	if err := ctx.Err(); err != nil { // interrupted: nothing recorded
 		return err
 	}
+	t = time.Now()
 	err = updateReplicationState(ctx, j.opt.StateFile, func(st *ReplicationState) {
 		for _, p := range plans {
 			d := p.disk
@@ -159,6 +174,7 @@ func (j *replicateJob) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	ph.since(StepState, t)
 	j.report.summarise(plans)
 	return nil
 }
@@ -246,6 +262,7 @@ func (j *replicateJob) plan(ctx context.Context, state *ReplicationState, snap s
 // skips unchanged regions.
 func (j *replicateJob) replicateDisk(ctx context.Context, snap string, p *diskPlan, target string) (DiskReport, error) {
 	start := time.Now()
+	ph := newPhaseLog("replication of %s disk %d", j.vm.Name, p.disk.Key)
 	dstURI, reconnect := target, Reconnector(nil)
 	if strings.HasPrefix(target, "ssh://") {
 		// Through the tunnel: a dropped connection is resumed on a new one.
@@ -265,15 +282,17 @@ func (j *replicateJob) replicateDisk(ctx context.Context, snap string, p *diskPl
 			closeFn = c
 			return uri, nil
 		}
+		ph.since(StepTargetOpen, start)
 	}
 	opts := j.copyOptions(p)
 	opts.AllowLargerDestination = j.opt.AllowLargerTarget
-	res, err := j.copyDisk(ctx, snap, p, dstURI, opts, reconnect)
+	res, err := j.copyDisk(ctx, snap, p, dstURI, opts, reconnect, ph)
 	if err != nil {
 		return DiskReport{}, fmt.Errorf("to %s: %w", target, err)
 	}
 	rep := diskReport(p, res, time.Since(start).Seconds())
 	rep.Target = target
+	rep.Phases = ph.get()
 	j.progress(p, PhaseDone, copierProgress(res))
 	return rep, nil
 }

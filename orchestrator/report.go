@@ -30,6 +30,8 @@ type Report struct {
 	// SnapshotLeft is the job's snapshot when it could not be removed
 	// (the next job of the VM removes it).
 	SnapshotLeft string `json:"snapshot_left,omitempty"`
+	// Phases is where the job's time went (the disks' own in Disks).
+	Phases []PhaseTime `json:"phases,omitempty"`
 }
 
 // summarise fills the report's totals and level.

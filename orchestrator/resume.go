@@ -59,6 +59,7 @@ func (j *vmJob) copyResumable(ctx context.Context, srcURI, dstURI string, opts c
 		done   extent.List
 		chunks []copier.Chunk
 		total  copier.Stats
+		timing copier.Timing
 		delay  = resumeFirstDelay
 	)
 	for attempt := 1; ; attempt++ {
@@ -66,6 +67,8 @@ func (j *vmJob) copyResumable(ctx context.Context, srcURI, dstURI string, opts c
 		res, err := j.copyNBD(ctx, srcURI, dstURI, opts)
 		if res != nil {
 			addStats(&total, res.Stats)
+			timing.Add(res.Timing)
+			res.Timing = timing
 		}
 		if err == nil {
 			// Work is what every attempt did; skipped is what the last one

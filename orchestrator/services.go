@@ -31,6 +31,9 @@ type Services struct {
 	// JobID names the job in its snapshot's owner marker ("": a new id
 	// per VM job). The agent sets its job's id.
 	JobID string
+	// LoginSeconds is how long logging in to vCenter took (reported as
+	// the jobs' first phase; 0: not measured).
+	LoginSeconds float64
 }
 
 // Preflight checks, before any snapshot is taken, that the tools a job

@@ -99,14 +99,68 @@ func (b *backupLab) mustRun(args ...string) string {
 
 // backupReport is the "summary" line of backup --json.
 type backupReport struct {
-	BackupID string `json:"backup_id"`
-	Level    string `json:"level"`
+	BackupID string      `json:"backup_id"`
+	Level    string      `json:"level"`
+	Phases   []phaseTime `json:"phases"`
 	Disks    []struct {
-		Key         int32  `json:"key"`
-		Level       string `json:"level"`
-		Reason      string `json:"reason"`
-		BytesCopied uint64 `json:"bytes_copied"`
+		Key         int32       `json:"key"`
+		Level       string      `json:"level"`
+		Reason      string      `json:"reason"`
+		BytesCopied uint64      `json:"bytes_copied"`
+		Phases      []phaseTime `json:"phases"`
 	} `json:"disks"`
+}
+
+type phaseTime struct {
+	Phase   string  `json:"phase"`
+	Seconds float64 `json:"seconds"`
+}
+
+// phaseNames are the names of the phases, in order.
+func phaseNames(ps []phaseTime) string {
+	var names []string
+	for _, p := range ps {
+		names = append(names, p.Phase)
+	}
+	return strings.Join(names, " ")
+}
+
+// digestScript is the reference implementation of the disk digest in
+// docs/repository.md.
+const digestScript = `
+import hashlib, sys
+outer = hashlib.sha256()
+with open(sys.argv[1], "rb") as f:
+    while block := f.read(262144):
+        outer.update(hashlib.sha256(block).digest())
+print(outer.hexdigest())
+`
+
+// checkDigests checks the disk digest the manifest of full backup id of
+// vm records against the reference script run on the expected content.
+func (b *backupLab) checkDigests(vm, id string) {
+	b.t.Helper()
+	matches, _ := filepath.Glob(filepath.Join(b.repo, "*", id+".json"))
+	if len(matches) != 1 {
+		b.t.Fatalf("no single manifest of backup %s: %v", id, matches)
+	}
+	var m struct {
+		Version int `json:"version"`
+		Disks   []struct {
+			Key    int32  `json:"key"`
+			Blocks string `json:"blocks_sha256"`
+		} `json:"disks"`
+	}
+	raw, err := os.ReadFile(matches[0])
+	if err != nil || json.Unmarshal(raw, &m) != nil || m.Version != 2 {
+		b.t.Fatalf("manifest %s: version %d, %v", matches[0], m.Version, err)
+	}
+	for _, d := range m.Disks {
+		want := strings.TrimSpace(run(b.t, "python3", "-c", digestScript, b.expected[vm][id][d.Key]))
+		if d.Blocks != want {
+			b.t.Errorf("disk %d: blocks_sha256 %q, the reference script computes %s", d.Key, d.Blocks, want)
+		}
+	}
 }
 
 // backup backs vm up, records the disks' content as the expected content
@@ -245,6 +299,16 @@ func TestBackupChain(t *testing.T) {
 		t.Fatalf("first backup: %+v", r1)
 	}
 	b.noSnapshots("db")
+	b.checkDigests("db", r1.BackupID)
+	// Where the time went: the job's phases and each disk's.
+	if got := phaseNames(r1.Phases); !strings.Contains(got, "cbt_check lock_repository stale_snapshots snapshot_create plan disks snapshot_remove manifest state") {
+		t.Errorf("the job's phases are %q", got)
+	}
+	for _, d := range r1.Disks {
+		if got := phaseNames(d.Phases); !strings.HasPrefix(got, "image_create qemu_nbd_start plugin_start connect copy flush") {
+			t.Errorf("disk %d's phases are %q", d.Key, got)
+		}
+	}
 
 	b.write("db", 2000, 1*mib, 256*kib, 1)
 	b.write("db", 2000, 24*mib-blk, blk, 2)                   // the last block

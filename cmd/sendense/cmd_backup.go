@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -150,6 +151,19 @@ unless it had already committed its restore point ("backup ID of VM was
 committed before the interrupt"). Writing to a closed stdout or stderr
 (sendense backup --json VM | head) never stops a backup: the output is
 discarded from then on.
+PHASE TIMINGS
+  Where the time went, in seconds: with --verbose one "phases:" line for the
+  VM and one per disk after the summary; with --json the summary's "phases"
+  (the VM) and each disk's "phases", lists of {"phase", "seconds"} in order,
+  and "hash_cpu_seconds" (time spent hashing chunks and the disk digest,
+  mostly while copying). VM: vcenter_login, find_vm, open_repository,
+  cbt_check, lock_repository, stale_snapshots, snapshot_create, plan (disks,
+  full or incremental, changed areas), disks (all disks, in parallel),
+  snapshot_remove, manifest, state. Disk: image_create, qemu_nbd_start,
+  plugin_start (nbdkit and the plugin opening the disk), connect, copy (until
+  the last request completed), flush, hash_wait (the disk digest finishing
+  after the flush), read_back (resumed copies: the image read back for its
+  digest), plugin_stop, image_close.
 
 EXAMPLES
   sendense backup --repo /srv/backups /DC0/vm/db01
@@ -204,11 +218,12 @@ func newServices(ctx context.Context, cfg *config.Config, plugin string, rep orc
 	if _, err := orchestrator.StateDir(cfg); err != nil { // the VM locks: fail before any job
 		return nil, &codedError{exitUsage, err}
 	}
+	start := time.Now()
 	client, cred, err := orchestrator.Connect(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}
-	return &orchestrator.Services{
+	s := &orchestrator.Services{
 		Config:   cfg,
 		Client:   client,
 		Cred:     cred,
@@ -216,7 +231,9 @@ func newServices(ctx context.Context, cfg *config.Config, plugin string, rep orc
 		Reporter: rep,
 		Verbose:  gopts.Verbose,
 		Tunnels:  orchestrator.NewTunnelPool(),
-	}, nil
+	}
+	s.LoginSeconds = time.Since(start).Seconds()
+	return s, nil
 }
 
 func runBackup(ctx context.Context, cfg *config.Config, o backupOptions, vms []string, stdout, stderr io.Writer) error {
@@ -289,6 +306,7 @@ func backupSummary(r *orchestrator.BackupReport) []string {
 			r.VM, r.BackupID, d.Key, d.Label, d.Level, units.FormatSize(d.BytesCopied), units.FormatSize(d.Capacity),
 			d.DataReduction*100, d.Seconds, d.MiBps, d.Image))
 	}
-	return append(lines, fmt.Sprintf("%s: backup %s (%s) done in %.1fs: %s read, %s copied of %s", r.VM, r.BackupID, r.Level, r.Seconds,
+	lines = append(lines, fmt.Sprintf("%s: backup %s (%s) done in %.1fs: %s read, %s copied of %s", r.VM, r.BackupID, r.Level, r.Seconds,
 		units.FormatSize(r.BytesRead), units.FormatSize(r.Copied), units.FormatSize(r.Capacity)))
+	return append(lines, phaseLines(r)...)
 }

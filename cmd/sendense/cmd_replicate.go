@@ -61,6 +61,11 @@ target is flushed and the snapshot removed. A target that held another disk,
 a CBT reset, a resized disk or a failed changed-blocks query mean a full
 copy; the reason is printed.
 
+With --verbose or --json, where the time went is reported as for backup
+(see 'sendense backup --help', PHASE TIMINGS); a disk's phases start with
+target_open for an ssh:// target, and have no image_create, qemu_nbd_start
+or image_close.
+
 EXAMPLES
   sendense replicate db01 --target nbd://dr-site:10809/db01
   sendense replicate /DC0/vm/app --disk 2000=nbd+unix:///?socket=/run/vol1.sock \
@@ -192,6 +197,7 @@ func replicateSummary(r *orchestrator.ReplicateReport) []string {
 			r.VM, d.Key, d.Label, d.Target, d.Level, units.FormatSize(d.BytesCopied), units.FormatSize(d.Capacity),
 			units.FormatSize(d.BytesZeroed), d.Seconds, d.MiBps))
 	}
-	return append(lines, fmt.Sprintf("%s: replication (%s) done in %.1fs: %s read, %s written of %s; state in %s", r.VM, r.Level, r.Seconds,
+	lines = append(lines, fmt.Sprintf("%s: replication (%s) done in %.1fs: %s read, %s written of %s; state in %s", r.VM, r.Level, r.Seconds,
 		units.FormatSize(r.BytesRead), units.FormatSize(r.Copied), units.FormatSize(r.Capacity), r.StateFile))
+	return append(lines, phaseLines(r)...)
 }

@@ -39,7 +39,7 @@ and the chain of images it needs. For every image:
     backing file, and nothing else is allocated;
   - the SHA-256 of every data chunk, read back through qemu-nbd (only the
     chunks: an incremental is never read in full);
-  - for a full, the SHA-256 of the whole disk.
+  - for a full, its whole-disk digest (docs/repository.md, Disk digest).
 
 Images are opened with their format and backing file pinned: an image
 whose header names another backing file than its manifest, or an

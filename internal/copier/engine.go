@@ -12,6 +12,8 @@ package copier
 import (
 	"cmp"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -47,16 +49,22 @@ func Copy(ctx context.Context, src Source, dst Destination, opts Options) (*Resu
 		return nil, errors.New("the destination is read-only: it must accept writes")
 	}
 
+	connStart := time.Now()
 	srcs, dsts, closeAll, err := connect(src, dst, opts.Connections)
 	if err != nil {
 		return nil, err
 	}
 	defer closeAll()
+	connSeconds := time.Since(connStart).Seconds()
 
 	work := workList(size, opts.Skip)
 	resuming := work.Bytes() != size
-	res, err := run(ctx, srcs, dsts, size, work, opts, opts.Checksum && !opts.Incremental && !resuming)
-	if err != nil || !opts.Checksum || res.SHA256 != "" {
+	res, err := run(ctx, srcs, dsts, size, work, opts, !opts.Incremental && !resuming)
+	if res != nil {
+		res.Timing.Connect = connSeconds
+	}
+	needSum, needDigest := opts.Checksum && res != nil && res.SHA256 == "", opts.Digest && res != nil && res.Digest == ""
+	if err != nil || !needSum && !needDigest {
 		return res, err
 	}
 
@@ -74,15 +82,23 @@ func Copy(ctx context.Context, src Source, dst Destination, opts Options) (*Resu
 	for i := range nulls {
 		nulls[i] = NewNull(size)
 	}
-	copts := Options{Connections: opts.Connections, Requests: opts.Requests, RequestSize: opts.RequestSize, DestinationIsZero: true}
+	copts := Options{Connections: opts.Connections, Requests: opts.Requests, RequestSize: opts.RequestSize, DestinationIsZero: true,
+		Checksum: needSum, Digest: needDigest}
 	copts = copts.withDefaults()
 	start := time.Now()
 	sum, err := run(ctx, readers, nulls, size, workList(size, nil), copts, true)
 	if err != nil {
 		return res, fmt.Errorf("checksum of the destination: %w", err)
 	}
-	res.SHA256 = sum.SHA256
+	if needSum {
+		res.SHA256 = sum.SHA256
+	}
+	if needDigest {
+		res.Digest = sum.Digest
+	}
 	res.Seconds += time.Since(start).Seconds()
+	res.Timing.ReadBack = time.Since(start).Seconds()
+	res.Timing.HashCPU += sum.Timing.HashCPU
 	return res, nil
 }
 
@@ -94,7 +110,7 @@ func Checksum(ctx context.Context, src Source, opts Options) (string, error) {
 	}
 	opts = opts.withDefaults()
 	size := src.Size()
-	copts := Options{Connections: 1, Requests: opts.Requests, RequestSize: opts.RequestSize, DestinationIsZero: true}
+	copts := Options{Connections: 1, Requests: opts.Requests, RequestSize: opts.RequestSize, DestinationIsZero: true, Checksum: true}
 	res, err := run(ctx, []Source{src}, []Destination{NewNull(size)}, size, workList(size, nil), copts.withDefaults(), true)
 	if err != nil {
 		return "", err
@@ -146,12 +162,14 @@ type engine struct {
 	opts    Options
 	size    uint64
 	plan    *planner
-	seq     *sequencer
+	seq     *sequencer   // Checksum
+	blocks  *blockDigest // Digest
 	lim     *rate.Limiter
 	canZero bool
 	alloc   func(int) (Buffer, error)
 	zeroBuf Buffer       // request-sized zeroes, when the destination cannot zero
-	hashq   chan hashJob // to the chunk hashers (HashChunks)
+	hashing bool         // data is hashed (HashChunks, Digest)
+	hashq   chan hashJob // to the hashers; nil: each event loop hashes its data
 	stats   counters
 
 	errOnce sync.Once
@@ -168,14 +186,18 @@ func (e *engine) fail(err error) {
 	if e.seq != nil {
 		e.seq.abort() // gives back the request buffers it holds
 	}
+	if e.blocks != nil {
+		e.blocks.abort()
+	}
 }
 
 func (e *engine) stopped() bool { return e.stop.Load() }
 
 // run copies work (ranges of [0, size)) from srcs[i] to dsts[i]: each
 // pair is a lane, driven by one of at most GOMAXPROCS event loops. With
-// hash it computes the SHA-256 of the whole image in order.
-func run(ctx context.Context, srcs []Source, dsts []Destination, size uint64, work extent.List, opts Options, hash bool) (*Result, error) {
+// inline it computes the image's SHA-256 (Options.Checksum, in order) and
+// disk digest (Options.Digest) from what it copies.
+func run(ctx context.Context, srcs []Source, dsts []Destination, size uint64, work extent.List, opts Options, inline bool) (*Result, error) {
 	start := time.Now()
 	e := &engine{opts: opts, size: size}
 	z, ok := dsts[0].(Zeroer)
@@ -202,23 +224,29 @@ func run(ctx context.Context, srcs []Source, dsts []Destination, size uint64, wo
 		clear(b.Bytes())
 		e.zeroBuf = b
 	}
-	if hash {
-		e.seq = newSequencer(size)
+	if inline && opts.Checksum {
+		e.seq = newSequencer(size, &e.stats.hashNanos)
+	}
+	if inline && opts.Digest {
+		e.blocks = newBlockDigest(size, &e.stats.hashNanos)
+	}
+	if e.seq != nil || e.blocks != nil {
 		for _, s := range workList(size, work) { // never copied: not hashable
 			e.fail(fmt.Errorf("checksum: range %v was not copied", s))
 		}
-		e.plan.zeroes = e.seq.zero
+		e.plan.zeroes = e.zeroes
 	}
 	if opts.Rate > 0 {
 		e.lim = rate.NewLimiter(rate.Limit(opts.Rate), opts.RequestSize)
 	}
 
-	if opts.HashChunks {
+	e.hashing = opts.HashChunks || e.blocks != nil
+	if e.hashing && runtime.GOMAXPROCS(0) >= hasherCPUs {
 		e.hashq = make(chan hashJob, len(srcs)*opts.Requests)
 		for range runtime.GOMAXPROCS(0) {
 			go func() {
 				for j := range e.hashq {
-					j.w.lanes[j.ref.lane].slots[j.ref.slot].sum = sumHex(j.data)
+					e.hash(j)
 					j.w.hashDone(j.ref)
 				}
 			}()
@@ -237,6 +265,9 @@ func run(ctx context.Context, srcs []Source, dsts []Destination, size uint64, wo
 			if err != nil {
 				if e.seq != nil {
 					e.seq.stop()
+				}
+				if e.blocks != nil {
+					e.blocks.abort()
 				}
 				if e.zeroBuf != nil {
 					e.zeroBuf.Free()
@@ -260,8 +291,19 @@ func run(ctx context.Context, srcs []Source, dsts []Destination, size uint64, wo
 	if err := ctx.Err(); err != nil {
 		e.fail(err)
 	}
+	ioDone := time.Now()
 
 	res := &Result{Connections: len(srcs), Requests: opts.Requests, RequestSize: opts.RequestSize}
+	var drained, flushed time.Time
+	for _, w := range workers {
+		drained, flushed = latest(drained, w.drainedAt), latest(flushed, w.flushedAt)
+	}
+	if !drained.IsZero() {
+		res.Timing.Transfer = drained.Sub(start).Seconds()
+		if !flushed.IsZero() {
+			res.Timing.Flush = flushed.Sub(drained).Seconds()
+		}
+	}
 	res.Completed = append(res.Completed, e.skipped...)
 	res.Completed = append(res.Completed, workList(size, work)...)
 	for _, w := range workers {
@@ -291,9 +333,80 @@ func run(ctx context.Context, srcs []Source, dsts []Destination, size uint64, wo
 			e.seq.stop()
 		}
 	}
+	if e.blocks != nil {
+		if e.err == nil {
+			sum, err := e.blocks.finish()
+			if err != nil {
+				e.fail(err)
+			}
+			res.Digest = sum
+		} else {
+			e.blocks.abort()
+		}
+	}
+	if e.seq != nil || e.blocks != nil {
+		res.Timing.HashWait = time.Since(ioDone).Seconds()
+	}
+	res.Timing.HashCPU = time.Duration(e.stats.hashNanos.Load()).Seconds()
 	res.Stats = e.stats.snapshot(time.Since(start).Seconds())
 	stopProgress()
 	return res, e.err
+}
+
+// zeroes records that [off, off+n) is zero for the image's hashes.
+func (e *engine) zeroes(off, n uint64) {
+	if e.seq != nil {
+		e.seq.zero(off, n)
+	}
+	if e.blocks != nil {
+		e.blocks.zero(off, n)
+	}
+}
+
+// hash computes what a data request needs: the SHA-256 of its chunks
+// (HashChunks; cut at block boundaries with Digest) and the digests of
+// the blocks it holds whole; the parts of other blocks go to the block
+// digest. It runs on a hasher goroutine while the data is written.
+func (e *engine) hash(j hashJob) {
+	t := time.Now()
+	defer func() { e.stats.hashNanos.Add(int64(time.Since(t))) }()
+	s := &j.w.lanes[j.ref.lane].slots[j.ref.slot]
+	s.sums = s.sums[:0]
+	e.chunkPieces(j.off, uint64(len(j.data)), func(off, n uint64) {
+		p := j.data[off-j.off:][:n]
+		whole := e.blocks != nil && e.blocks.isBlock(off, n)
+		if e.opts.HashChunks || whole {
+			sum := sha256.Sum256(p)
+			if e.opts.HashChunks {
+				s.sums = append(s.sums, hex.EncodeToString(sum[:]))
+			}
+			if whole {
+				e.blocks.block(off/blockSize, sum)
+			}
+		}
+		if e.blocks != nil && !whole {
+			e.blocks.part(off, p)
+		}
+	})
+}
+
+// chunkPieces calls fn for the chunks of a data request at off: the
+// request, cut at block boundaries when computing the disk digest (so
+// that a chunk's SHA-256 is its block's).
+func (e *engine) chunkPieces(off, n uint64, fn func(off, n uint64)) {
+	if e.blocks == nil {
+		fn(off, n)
+		return
+	}
+	forPieces(off, n, fn)
+}
+
+// latest is the later of a and b.
+func latest(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
 }
 
 // appendRange appends [off, off+n) to l, merging with the last range when

@@ -6,11 +6,13 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand"
 	"reflect"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -365,6 +367,15 @@ func TestChecksumFunction(t *testing.T) {
 // slots meanwhile: a failure or a cancellation must give them back at once
 // (not after drainTimeout), whatever order the requests finish in.
 func TestCopyChecksumFailFast(t *testing.T) {
+	for _, hashers := range []bool{false, true} {
+		t.Run(fmt.Sprintf("hashers=%v", hashers), func(t *testing.T) {
+			withHashers(t, hashers)
+			testCopyChecksumFailFast(t)
+		})
+	}
+}
+
+func testCopyChecksumFailFast(t *testing.T) {
 	boom := errors.New("boom")
 	for _, tc := range []struct {
 		name  string
@@ -392,7 +403,7 @@ func TestCopyChecksumFailFast(t *testing.T) {
 			src := image(12, 512*K, 0, -1, 256*K, 3, 0, 256*K, 0, -1)
 			dst := newMemDest(len(src.data), 0)
 			ms := &multiAsync{s: src, d: dst, opened: new(int)}
-			opts := Options{Connections: 2, Requests: 4, RequestSize: 16 * K, Checksum: true, HashChunks: true}
+			opts := Options{Connections: 2, Requests: 4, RequestSize: 16 * K, Checksum: true, Digest: true, HashChunks: true}
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
 			if d := tc.setup(src, dst, &opts); d > 0 {
@@ -406,7 +417,7 @@ func TestCopyChecksumFailFast(t *testing.T) {
 			if d := time.Since(start); d > 5*time.Second {
 				t.Fatalf("the copy took %v to fail", d)
 			}
-			if res == nil || res.SHA256 != "" {
+			if res == nil || res.SHA256 != "" || res.Digest != "" {
 				t.Fatalf("result %+v: a failed copy has no checksum", res)
 			}
 		})
@@ -417,7 +428,7 @@ func TestCopyChecksumFailFast(t *testing.T) {
 // early until everything before it is hashed, and releases each once only.
 func TestSequencerHoldsBuffers(t *testing.T) {
 	a, b := bytes.Repeat([]byte{1}, 4*K), bytes.Repeat([]byte{2}, 4*K)
-	s := newSequencer(12 * K)
+	s := newSequencer(12*K, new(atomic.Int64))
 	released := make(chan string, 4)
 	s.data(4*K, b, func() { released <- "b" })
 	select {
@@ -436,7 +447,7 @@ func TestSequencerHoldsBuffers(t *testing.T) {
 	}
 
 	// After abort, what is held and what comes later is released unhashed.
-	s = newSequencer(8 * K)
+	s = newSequencer(8*K, new(atomic.Int64))
 	s.data(4*K, b, func() { released <- "held" })
 	s.abort()
 	s.data(0, a, func() { released <- "late" })

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"hash"
 	"sync"
+	"sync/atomic"
+	"time"
 )
 
 // sequencer computes the SHA-256 of the whole image while requests finish
@@ -25,9 +27,10 @@ type sequencer struct {
 	aborted bool
 	next    uint64 // everything before next is hashed (owned by run)
 
-	size uint64
-	h    hash.Hash
-	done chan struct{}
+	size  uint64
+	h     hash.Hash
+	done  chan struct{}
+	nanos *atomic.Int64 // time spent hashing is added here
 }
 
 type piece struct {
@@ -38,12 +41,13 @@ type piece struct {
 
 var zeroBlock [1 << 20]byte
 
-func newSequencer(size uint64) *sequencer {
+func newSequencer(size uint64, nanos *atomic.Int64) *sequencer {
 	s := &sequencer{
 		pending: make(map[uint64]piece),
 		size:    size,
 		h:       sha256.New(),
 		done:    make(chan struct{}),
+		nanos:   nanos,
 	}
 	s.cond.L = &s.mu
 	go s.run()
@@ -92,6 +96,7 @@ func (s *sequencer) run() {
 		}
 		delete(s.pending, s.next)
 		s.mu.Unlock()
+		t := time.Now()
 		if p.data != nil {
 			s.h.Write(p.data)
 			p.release()
@@ -102,6 +107,7 @@ func (s *sequencer) run() {
 				left -= k
 			}
 		}
+		s.nanos.Add(int64(time.Since(t)))
 		s.next += p.n
 	}
 }
@@ -144,10 +150,4 @@ func (s *sequencer) finish() (string, error) {
 func (s *sequencer) stop() {
 	s.abort()
 	<-s.done
-}
-
-// sumHex returns the hex SHA-256 of p.
-func sumHex(p []byte) string {
-	sum := sha256.Sum256(p)
-	return hex.EncodeToString(sum[:])
 }

@@ -49,17 +49,48 @@ type Result struct {
 	// SHA256 is the hex SHA-256 of the destination's first Size bytes
 	// (Options.Checksum).
 	SHA256 string `json:"sha256,omitempty"`
+	// Digest is the disk digest of the destination's first Size bytes
+	// (Options.Digest).
+	Digest string `json:"digest,omitempty"`
 	// Chunks are sorted by offset (Options.HashChunks).
 	Chunks []Chunk `json:"chunks,omitempty"`
 	// Completed lists the ranges the destination has acknowledged (and
 	// Options.Skip). After a failed copy they are not known to be flushed:
 	// pass them as Skip to resume only once the destination is flushed.
 	Completed extent.List `json:"completed,omitempty"`
+	// Timing says where the time went.
+	Timing Timing `json:"timing"`
+}
+
+// Timing splits a copy's wall time into its phases, in seconds: Connect
+// (opening connections), Transfer (until the last request completed),
+// then Flush and HashWait (the hashing still running after the flush),
+// and ReadBack (reading the destination back for its digest: incrementals
+// and resumed copies). HashCPU is the time spent hashing on all
+// goroutines, mostly overlapping Transfer.
+type Timing struct {
+	Connect  float64 `json:"connect"`
+	Transfer float64 `json:"transfer"`
+	Flush    float64 `json:"flush"`
+	HashWait float64 `json:"hash_wait"`
+	HashCPU  float64 `json:"hash_cpu"`
+	ReadBack float64 `json:"read_back,omitempty"`
+}
+
+// Add adds o's figures to t (the attempts of a resumed copy).
+func (t *Timing) Add(o Timing) {
+	t.Connect += o.Connect
+	t.Transfer += o.Transfer
+	t.Flush += o.Flush
+	t.HashWait += o.HashWait
+	t.HashCPU += o.HashCPU
+	t.ReadBack += o.ReadBack
 }
 
 // counters are the live statistics, updated by the workers.
 type counters struct {
 	read, written, zeroed, skipped atomic.Uint64
+	hashNanos                      atomic.Int64 // time spent hashing
 }
 
 func (c *counters) snapshot(seconds float64) Stats {

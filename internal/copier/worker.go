@@ -36,8 +36,8 @@ type slot struct {
 	buf   Buffer // allocated on first use
 	op    op
 	state slotState
-	parts int    // write, chunk hash and image hash still to finish
-	sum   string // SHA-256 of the data (HashChunks), set by a hasher
+	parts int      // write, hashes and image hash still to finish
+	sums  []string // SHA-256 of the data's chunks (HashChunks), set by a hasher
 }
 
 // lane is one source and one destination connection, with up to
@@ -80,14 +80,17 @@ type worker struct {
 	completed extent.List
 	chunks    []Chunk
 	drained   bool
+	// drainedAt: the last request completed; flushedAt: the flush ended.
+	drainedAt, flushedAt time.Time
 }
 
 type slotRef struct{ lane, slot int }
 
-// hashJob asks a hasher to fill in a slot's SHA-256.
+// hashJob asks a hasher to hash a slot's data, read at off.
 type hashJob struct {
 	w    *worker
 	ref  slotRef
+	off  uint64
 	data []byte
 }
 
@@ -180,6 +183,7 @@ func (w *worker) run(ctx context.Context) {
 		}
 	}
 	w.drained = true
+	w.drainedAt = time.Now()
 	if w.e.stopped() || ctx.Err() != nil {
 		return
 	}
@@ -189,6 +193,7 @@ func (w *worker) run(ctx context.Context) {
 			return
 		}
 	}
+	w.flushedAt = time.Now()
 }
 
 // fill starts requests on every lane with free slots, in turn.
@@ -249,7 +254,7 @@ func (w *worker) start(l *lane, o op) error {
 	i := l.free[len(l.free)-1]
 	l.free = l.free[:len(l.free)-1]
 	s := &l.slots[i]
-	s.op, s.sum, s.parts = o, "", 1
+	s.op, s.parts = o, 1
 	var err error
 	if o.act == actCopy {
 		if s.buf == nil {
@@ -351,9 +356,7 @@ func (w *worker) readDone(l *lane, li int, c Completion) {
 	}
 	var err error
 	if isZero(s.buf, int(n)) {
-		if w.e.seq != nil {
-			w.e.seq.zero(off, n)
-		}
+		w.e.zeroes(off, n)
 		if w.e.opts.DestinationIsZero {
 			w.e.stats.skipped.Add(n)
 			w.completed = appendRange(w.completed, off, n)
@@ -368,11 +371,14 @@ func (w *worker) readDone(l *lane, li int, c Completion) {
 			err = fmt.Errorf("write to the destination at offset %d: %w", off, err)
 		} else {
 			// The write only reads the buffer: hash it meanwhile, and
-			// keep the slot until the chunk and the image hashes are done.
+			// keep the slot until the hashes are done.
 			ref := slotRef{li, i}
-			if w.e.hashq != nil {
+			switch {
+			case w.e.hashq != nil:
 				s.parts++
-				w.e.hashq <- hashJob{w, ref, data}
+				w.e.hashq <- hashJob{w, ref, off, data}
+			case w.e.hashing:
+				w.e.hash(hashJob{w, ref, off, data})
 			}
 			if w.e.seq != nil {
 				s.parts++
@@ -416,7 +422,11 @@ func (w *worker) partDone(l *lane, i int) {
 	case stWriting:
 		w.e.stats.written.Add(n)
 		if w.e.opts.HashChunks {
-			w.chunks = append(w.chunks, Chunk{Offset: off, Length: n, Kind: ChunkData, SHA256: s.sum})
+			k := 0
+			w.e.chunkPieces(off, n, func(off, n uint64) {
+				w.chunks = append(w.chunks, Chunk{Offset: off, Length: n, Kind: ChunkData, SHA256: s.sums[k]})
+				k++
+			})
 		}
 	default: // failed
 		w.finish(l, i)
@@ -426,7 +436,7 @@ func (w *worker) partDone(l *lane, i int) {
 	w.finish(l, i)
 }
 
-// hashDone is called by a chunk hasher when a slot's SHA-256 is ready, and
+// hashDone is called by a hasher when a slot's hashes are done, and
 // by the sequencer when it no longer needs a slot's buffer.
 func (w *worker) hashDone(r slotRef) {
 	var one [8]byte

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -134,6 +135,31 @@ func (t *Tools) ServeNBD(ctx context.Context, image string, opts ServeOptions) (
 	return s, err
 }
 
+// envStarter is a Runner that can add to a program's environment.
+type envStarter interface {
+	StartEnv(env []string, name string, args ...string) (Process, error)
+}
+
+// mallocTunables keep qemu-nbd's request buffers in its heap. qemu
+// allocates a buffer per NBD request; with glibc's defaults a 256 KiB
+// buffer is mmapped, or the heap's top is trimmed as requests complete,
+// so every request faults its pages in again: measured on a full backup
+// (4 GiB of data), 930,000 page faults and 2-3 s of qemu-nbd's CPU, a
+// quarter of it, gone with these settings (20,000 faults). Requests are
+// at most 32 MiB, glibc's largest mmap threshold.
+const mallocTunables = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824"
+
+// serverEnv is what qemu-nbd's environment gets: mallocTunables, after
+// (so overridden by) any GLIBC_TUNABLES of ours. Other C libraries ignore
+// it.
+func serverEnv() []string {
+	v := mallocTunables
+	if own := os.Getenv("GLIBC_TUNABLES"); own != "" {
+		v += ":" + own
+	}
+	return []string{"GLIBC_TUNABLES=" + v}
+}
+
 // noDirectIO recognises qemu's complaint about O_DIRECT.
 func noDirectIO(err error) bool {
 	var ee *ExitError
@@ -179,7 +205,12 @@ func (t *Tools) serve(ctx context.Context, image string, opts ServeOptions, cach
 	}
 	args = append(args, name)
 
-	proc, err := r.Start(t.nbd(), args...)
+	var proc Process
+	if es, ok := r.(envStarter); ok {
+		proc, err = es.StartEnv(serverEnv(), t.nbd(), args...)
+	} else {
+		proc, err = r.Start(t.nbd(), args...)
+	}
 	if err != nil {
 		r.RemoveAll(dir)
 		return nil, fmt.Errorf("serve %s: %w", image, t.toolError(t.nbd(), err))

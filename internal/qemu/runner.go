@@ -163,8 +163,14 @@ func (r LocalRunner) Run(ctx context.Context, name string, args ...string) ([]by
 
 // Start implements Runner. The child gets SIGTERM if sendense dies.
 func (r LocalRunner) Start(name string, args ...string) (Process, error) {
+	return r.StartEnv(nil, name, args...)
+}
+
+// StartEnv is Start with env ("KEY=value") added to the child's
+// environment.
+func (r LocalRunner) StartEnv(env []string, name string, args ...string) (Process, error) {
 	cmd := exec.Command(name, args...)
-	cmd.Env = childenv.Environ()
+	cmd.Env = childenv.Environ(env...)
 	p := &localProcess{cmd: cmd, stderr: tailbuf.New(stderrLimit), done: make(chan struct{})}
 	cmd.Stderr = p.stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}

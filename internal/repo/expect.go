@@ -27,9 +27,10 @@ type expected struct {
 	// covers that range).
 	layerOf []int
 	cuts    []cutChunk
-	// whole is the whole-disk SHA-256 to check ("" when it does not
-	// apply: an incremental's content is checked by its chunks alone).
-	whole string
+	// whole is the whole-disk digest to check (blocks_sha256 or sha256;
+	// nil when it does not apply: an incremental's content is checked by
+	// its chunks alone).
+	whole *DiskImage
 }
 
 // cutChunk is a data chunk partly hidden by the layers above.
@@ -69,7 +70,7 @@ func expect(layers []layer) *expected {
 	top := layers[0].d
 	exp := &expected{capacity: top.Capacity}
 	if len(layers) == 1 && top.Level == LevelFull {
-		exp.whole = top.SHA256
+		exp.whole = top
 	}
 	add := func(c Chunk, layer int) int {
 		n := len(exp.chunks)
@@ -128,12 +129,12 @@ type MismatchError struct {
 	Length   uint64
 	Expected string
 	Actual   string
-	Whole    bool // the whole-disk SHA-256
+	Whole    bool // the whole-disk digest
 }
 
 func (e *MismatchError) Error() string {
 	if e.Whole {
-		return fmt.Sprintf("the SHA-256 of the whole disk does not match the one recorded by backup %s (image %s): expected %s, actual %s",
+		return fmt.Sprintf("the whole-disk digest does not match the one recorded by backup %s (image %s): expected %s, actual %s",
 			e.Backup, e.Image, e.Expected, e.Actual)
 	}
 	what := fmt.Sprintf("the data at offset %d (+%d) does not match the SHA-256 recorded by backup %s (image %s): expected %s, actual %s",
@@ -192,13 +193,13 @@ func (r *Repo) completeCuts(ctx context.Context, layers []layer, exp *expected) 
 		segsParts := annotate(slices.Clone(segs), parts)
 		segs = annotate(segs, full)
 		var bad *MismatchError
-		sinkFull := newHashSink(full, false)
+		sinkFull := newHashSink(full, nil)
 		sinkFull.onChunk = func(i int, sum string) {
 			if c := full[i]; sum != c.SHA256 && bad == nil {
 				bad = &MismatchError{Backup: layers[li].m.ID, Image: layers[li].path, Offset: c.Offset, Length: c.Length, Expected: c.SHA256, Actual: sum}
 			}
 		}
-		sinkParts := newHashSink(parts, false)
+		sinkParts := newHashSink(parts, nil)
 		sinkParts.onChunk = func(i int, sum string) { exp.chunks[partIndex[i]].SHA256 = sum }
 		ir, err := r.openChain(ctx, layers[li:li+1], true)
 		if err != nil {
@@ -227,14 +228,22 @@ func (r *Repo) completeCuts(ctx context.Context, layers []layer, exp *expected) 
 // checkStream reads [0, capacity) from ir in order — the data ranges of
 // entries, zeroes elsewhere — and checks it against exp. write, when set,
 // gets every data range read, from the reading goroutines (its worker
-// argument tells which, for per-connection outputs). With whole, the
-// whole-disk SHA-256 is computed and returned (and checked against
-// exp.whole when that applies). A mismatch is a *MismatchError; the
-// stream stops at the first.
-func checkStream(ctx context.Context, ir reader, entries []qemu.MapEntry, layers []layer, exp *expected, whole bool,
+// argument tells which, for per-connection outputs). The whole-disk
+// digest the full records is checked when that applies; with blocks, the
+// disk digest (blocks_sha256) is computed and returned. A mismatch is a
+// *MismatchError; the stream stops at the first.
+func checkStream(ctx context.Context, ir reader, entries []qemu.MapEntry, layers []layer, exp *expected, blocks bool,
 	write func(worker int, off uint64, data []byte) error) (string, error) {
-	segs := annotate(wholeSegments(entries, exp.capacity, chunkCuts(exp.chunks)), exp.chunks)
-	sink := newHashSink(exp.chunks, whole || exp.whole != "")
+	var h diskHasher
+	var want string
+	if exp.whole != nil {
+		h, want = exp.whole.wholeDigest()
+	}
+	if blocks && (h == nil || !h.blocks()) {
+		h, want = newBlocksHasher(exp.capacity), ""
+	}
+	segs := digestSegments(entries, exp.capacity, exp.chunks, h)
+	sink := newHashSink(exp.chunks, h)
 	var bad *MismatchError
 	sink.onChunk = func(i int, sum string) {
 		if c := exp.chunks[i]; sum != c.SHA256 && bad == nil {
@@ -258,12 +267,12 @@ func checkStream(ctx context.Context, ir reader, entries []qemu.MapEntry, layers
 	if err != nil {
 		return "", err
 	}
-	if !sink.hashesWhole() {
+	if h == nil {
 		return "", nil
 	}
 	sum := sink.wholeSum()
-	if exp.whole != "" && sum != exp.whole {
-		return "", &MismatchError{Backup: layers[0].m.ID, Image: layers[0].path, Length: exp.capacity, Expected: exp.whole, Actual: sum, Whole: true}
+	if want != "" && sum != want {
+		return "", &MismatchError{Backup: layers[0].m.ID, Image: layers[0].path, Length: exp.capacity, Expected: want, Actual: sum, Whole: true}
 	}
 	return sum, nil
 }

@@ -335,6 +335,7 @@ func (r *Repo) runPrune(ctx context.Context, ix *vmIndex, j *journal, chains map
 				}
 			}
 		}
+		nm.Version = ManifestVersion // blocks_sha256
 		nm.Parent = ""
 		for _, d := range nm.Disks {
 			if d.Backing != "" {
@@ -412,7 +413,7 @@ func (r *Repo) mergeDisk(ctx context.Context, ix *vmIndex, mg journalMerge, laye
 		return nil, err
 	}
 	nd := *top.d
-	nd.Level, nd.Backing, nd.BaseChangeID, nd.SHA256 = LevelFull, "", "", ""
+	nd.Level, nd.Backing, nd.BaseChangeID, nd.SHA256, nd.BlocksSHA256 = LevelFull, "", "", "", ""
 	nd.Chunks = exp.recorded()
 	var ids []string
 	for _, l := range layers[1:] {
@@ -448,7 +449,7 @@ func (r *Repo) mergeDisk(ctx context.Context, ix *vmIndex, mg journalMerge, laye
 	if err != nil {
 		return nil, fmt.Errorf("checking the merged image %s: %w", tmp, err)
 	}
-	nd.SHA256 = sum
+	nd.BlocksSHA256 = sum
 	return &nd, nil
 }
 

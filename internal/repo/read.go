@@ -81,6 +81,9 @@ type segment struct {
 	// whole says it is all of that data chunk, so the reader hashes it.
 	chunk int
 	whole bool
+	// block says it is one whole block of the disk digest (read): the
+	// reader hashes it too (splitBlocks).
+	block bool
 }
 
 func (s segment) end() uint64 { return s.off + s.n }
@@ -126,7 +129,7 @@ func stream(ctx context.Context, rd reader, segs []segment, write func(worker in
 						}
 					}
 					for i, s := range sl.segs {
-						if s.whole && sl.err == nil {
+						if (s.whole || s.block) && sl.err == nil {
 							sum := sha256.Sum256(sl.buf[s.off-sl.off : s.end()-sl.off])
 							sl.sums[i] = hex.EncodeToString(sum[:])
 						}
@@ -257,11 +260,11 @@ func cut(segs []segment, off, n uint64, read bool, cuts []uint64) []segment {
 	return segs
 }
 
-// hashSink computes the chunk hashes (and the whole-disk hash) from the
+// hashSink computes the chunk hashes (and the whole-disk digest) from the
 // segments stream hands it in order.
 type hashSink struct {
 	chunks []Chunk
-	whole  hash.Hash // nil: no whole-disk hash
+	whole  diskHasher // nil: no whole-disk digest
 
 	onChunk   func(i int, sum string) // a data chunk's hash is complete
 	onNonZero func(off uint64)        // a byte of a zero chunk read is not zero
@@ -269,12 +272,8 @@ type hashSink struct {
 	bytesRead uint64
 }
 
-func newHashSink(chunks []Chunk, whole bool) *hashSink {
-	s := &hashSink{chunks: chunks, h: sha256.New()}
-	if whole {
-		s.whole = sha256.New()
-	}
-	return s
+func newHashSink(chunks []Chunk, whole diskHasher) *hashSink {
+	return &hashSink{chunks: chunks, whole: whole, h: sha256.New()}
 }
 
 func (s *hashSink) feed(seg segment, data []byte, sum string) error {
@@ -282,11 +281,7 @@ func (s *hashSink) feed(seg segment, data []byte, sum string) error {
 		s.bytesRead += uint64(len(data))
 	}
 	if s.whole != nil {
-		if data != nil {
-			s.whole.Write(data)
-		} else {
-			hashZeroes(s.whole, seg.n)
-		}
+		s.whole.feed(seg, data, sum)
 	}
 	if seg.chunk < 0 {
 		return nil
@@ -294,7 +289,7 @@ func (s *hashSink) feed(seg segment, data []byte, sum string) error {
 	c := s.chunks[seg.chunk]
 	switch c.Kind {
 	case KindData:
-		if sum != "" {
+		if sum != "" && seg.whole {
 			if s.onChunk != nil {
 				s.onChunk(seg.chunk, sum)
 			}
@@ -321,7 +316,7 @@ func (s *hashSink) feed(seg segment, data []byte, sum string) error {
 	return nil
 }
 
-func (s *hashSink) wholeSum() string { return hex.EncodeToString(s.whole.Sum(nil)) }
+func (s *hashSink) wholeSum() string { return s.whole.sum() }
 
 // hashesWhole says whether the sink computes the whole-disk hash.
 func (s *hashSink) hashesWhole() bool { return s.whole != nil }

@@ -25,7 +25,7 @@ const (
 	ProblemBackingVisible = "backing-visible"       // a zero chunk of an incremental is not in the image: the backing file shows through
 	ProblemNotZero        = "not-zero"              // a zero chunk does not read as zeroes
 	ProblemChunkSHA256    = "chunk-sha256"          // a data chunk's SHA-256 differs
-	ProblemDiskSHA256     = "disk-sha256"           // a full image's whole-disk SHA-256 differs
+	ProblemDiskSHA256     = "disk-sha256"           // a full image's whole-disk digest differs
 	ProblemDataFile       = "data-file"             // the image keeps its data in another file: never opened
 	ProblemJournal        = "prune-journal"         // the prune journal is not valid: nothing it names is touched
 	ProblemPrunePending   = "prune-pending"         // (no longer reported: every point verifies during a prune)
@@ -406,13 +406,17 @@ func checkAllocation(rep *ImageReport, entries []qemu.MapEntry, d *DiskImage, cl
 
 // checkContent reads what must be read: for an incremental, its data
 // chunks and the zero chunks stored as data; for a full, the whole disk
-// (for its SHA-256), reading only its data clusters.
+// (for its whole-disk digest), reading only its data clusters.
 func (r *Repo) checkContent(ctx context.Context, rep *ImageReport, path string, d *DiskImage, entries []qemu.MapEntry, zeroReads extent.List) {
-	full := d.Level == LevelFull
+	var whole diskHasher
+	var want string
+	if d.Level == LevelFull {
+		whole, want = d.wholeDigest()
+	}
 	cuts := chunkCuts(d.Chunks)
 	var segs []segment
-	if full {
-		segs = wholeSegments(entries, d.Capacity, cuts)
+	if whole != nil {
+		segs = digestSegments(entries, d.Capacity, d.Chunks, whole)
 	} else {
 		reads := append(extent.List(nil), zeroReads...)
 		for _, c := range d.Chunks {
@@ -424,12 +428,12 @@ func (r *Repo) checkContent(ctx context.Context, rep *ImageReport, path string, 
 		for _, x := range reads {
 			segs = cut(segs, x.Offset, x.Length, true, cuts)
 		}
+		segs = annotate(segs, d.Chunks)
 	}
 	if len(segs) == 0 {
 		return
 	}
-	segs = annotate(segs, d.Chunks)
-	sink := newHashSink(d.Chunks, full)
+	sink := newHashSink(d.Chunks, whole)
 	sink.onChunk = func(i int, sum string) {
 		if c := d.Chunks[i]; sum != c.SHA256 {
 			rep.add(Problem{Kind: ProblemChunkSHA256, Offset: at(c.Offset), Length: c.Length,
@@ -456,9 +460,9 @@ func (r *Repo) checkContent(ctx context.Context, rep *ImageReport, path string, 
 		}
 		return
 	}
-	if full {
-		if sum := sink.wholeSum(); sum != d.SHA256 {
-			rep.add(Problem{Kind: ProblemDiskSHA256, Message: "the SHA-256 of the whole disk does not match", Expected: d.SHA256, Actual: sum})
+	if whole != nil {
+		if sum := sink.wholeSum(); sum != want {
+			rep.add(Problem{Kind: ProblemDiskSHA256, Message: "the whole-disk digest does not match", Expected: want, Actual: sum})
 		}
 	}
 }

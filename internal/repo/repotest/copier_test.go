@@ -67,7 +67,7 @@ func TestCopierBackups(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		res, err := copier.Copy(ctx, s, dd, copier.Options{HashChunks: true, Checksum: !incremental, Incremental: incremental})
+		res, err := copier.Copy(ctx, s, dd, copier.Options{HashChunks: true, Digest: !incremental, Incremental: incremental})
 		s.Close()
 		dd.Close()
 		if err != nil {
@@ -77,10 +77,7 @@ func TestCopierBackups(t *testing.T) {
 			t.Fatal(err)
 		}
 		d.Chunks = chunks(res.Chunks)
-		d.SHA256, d.BytesCopied, d.BytesZeroed, d.Seconds = res.SHA256, res.BytesWritten, res.BytesZeroed, res.Seconds
-		if incremental {
-			d.SHA256 = ""
-		}
+		d.BlocksSHA256, d.BytesCopied, d.BytesZeroed, d.Seconds = res.Digest, res.BytesWritten, res.BytesZeroed, res.Seconds
 		m := &repo.Manifest{VM: vm, Started: time.Now(), Finished: time.Now(), Disks: []repo.DiskImage{d}}
 		if err := p.Commit(m); err != nil {
 			p.Abort()

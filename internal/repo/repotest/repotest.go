@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sendense/capture/internal/diskdigest"
 	"github.com/sendense/capture/internal/nbd"
 	"github.com/sendense/capture/internal/qemu"
 	"github.com/sendense/capture/internal/repo"
@@ -112,8 +113,7 @@ func (b *Builder) Backup(disks ...Disk) *repo.Manifest {
 		}
 		d.Chunks, d.BytesCopied, d.BytesZeroed = b.write(p.ImagePath(spec.Key), spec.Writes, content)
 		if d.Level == repo.LevelFull {
-			sum := sha256.Sum256(content)
-			d.SHA256 = hex.EncodeToString(sum[:])
+			d.BlocksSHA256 = diskdigest.OfBytes(content)
 		}
 		next[spec.Key] = content
 		m.Disks = append(m.Disks, d)
