@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/sendense/capture/internal/extent"
 	"github.com/sendense/capture/internal/qemu"
@@ -50,9 +51,10 @@ type journal struct {
 	Format     string      `json:"format"`
 	Version    int         `json:"version"`
 	Keep       int         `json:"keep"`
-	Drop       []string    `json:"drop"`       // backups removed
-	Successors []successor `json:"successors"` // kept backups rewritten
-	Delete     []string    `json:"delete"`     // image files removed at the end
+	Policy     bool        `json:"policy,omitempty"` // kept by PruneOptions.Select, not Keep
+	Drop       []string    `json:"drop"`             // backups removed
+	Successors []successor `json:"successors"`       // kept backups rewritten
+	Delete     []string    `json:"delete"`           // image files removed at the end
 }
 
 type successor struct {
@@ -100,12 +102,23 @@ func (r *Repo) readJournal(dir string) (*journal, error) {
 	return &j, nil
 }
 
+// PrunePoint is one restore point of a VM as a retention policy sees it.
+type PrunePoint struct {
+	ID   string
+	Time time.Time // the backup's start (manifest "started", else the id)
+}
+
 // PruneOptions control Prune.
 type PruneOptions struct {
 	// VM selects one VM (name, moref, instance UUID or directory); "" all.
 	VM string
 	// Keep is how many of the newest backups of each VM to keep (≥ 1).
 	Keep int
+	// Select, when set, decides which points of a VM to keep: given the
+	// VM's restorable points, newest first, it returns the kept ids, each
+	// with the reasons it is kept (printed with --dry-run). Select == nil
+	// means Keep. The newest point is always kept.
+	Select func(points []PrunePoint) map[string][]string
 	// DryRun reports what would be done and changes nothing.
 	DryRun bool
 	// OnVM, if set, is called after each VM.
@@ -114,12 +127,14 @@ type PruneOptions struct {
 
 // PruneReport is what Prune did (or would do) to one VM.
 type PruneReport struct {
-	VM         string        `json:"vm"` // VM directory
-	Kept       []string      `json:"kept"`
-	Dropped    []string      `json:"dropped"`
-	Merged     []MergeReport `json:"merged,omitempty"`
-	FreedBytes int64         `json:"freed_bytes"` // estimate with DryRun
-	DryRun     bool          `json:"dry_run"`
+	VM      string        `json:"vm"` // VM directory
+	Kept    []string      `json:"kept"`
+	Dropped []string      `json:"dropped"`
+	Merged  []MergeReport `json:"merged,omitempty"`
+	// Reasons says why each kept backup is kept (with Select).
+	Reasons    map[string][]string `json:"reasons,omitempty"`
+	FreedBytes int64               `json:"freed_bytes"` // estimate with DryRun
+	DryRun     bool                `json:"dry_run"`
 }
 
 // MergeReport is one image chain merged into a kept backup.
@@ -137,7 +152,7 @@ type MergeReport struct {
 // safe against crashes (see the journal above) and refuses to run while a
 // backup of the same VM runs.
 func (r *Repo) Prune(ctx context.Context, opts PruneOptions) ([]PruneReport, error) {
-	if opts.Keep < 1 {
+	if opts.Keep < 1 && opts.Select == nil {
 		return nil, fmt.Errorf("--keep must be at least 1, not %d", opts.Keep)
 	}
 	vds, err := r.selectVMs(opts.VM)
@@ -192,9 +207,16 @@ func (r *Repo) pruneVM(ctx context.Context, vd *vmDir, opts PruneOptions) (*Prun
 		return nil, fmt.Errorf("nothing was changed: %w", errors.Join(errs...))
 	}
 	rep := &PruneReport{VM: vd.Name, DryRun: opts.DryRun, Kept: []string{}, Dropped: []string{}}
-	j, err := r.planPrune(vd, ms, opts.Keep)
+	keep := keepNewest(ms, opts.Keep)
+	if opts.Select != nil {
+		keep, rep.Reasons = selectPoints(ms, opts.Select)
+	}
+	j, err := r.planPrune(vd, ms, keep)
 	if err != nil {
 		return nil, fmt.Errorf("nothing was changed: %w", err)
+	}
+	if j != nil {
+		j.Policy = opts.Select != nil
 	}
 	for _, m := range ms {
 		if j != nil && slices.Contains(j.Drop, m.ID) {
@@ -251,17 +273,58 @@ func (r *Repo) dirUsage(dir string) int64 {
 	return n
 }
 
-// planPrune decides what pruning ms (oldest first) down to keep backups
-// does; nil when nothing. It checks that every chain to merge is complete.
-func (r *Repo) planPrune(vd *vmDir, ms []*Manifest, keep int) (*journal, error) {
-	if len(ms) <= keep {
-		return nil, nil
+// keepNewest keeps the newest keep of ms (oldest first).
+func keepNewest(ms []*Manifest, keep int) map[string]bool {
+	out := map[string]bool{}
+	for _, m := range ms[max(0, len(ms)-keep):] {
+		out[m.ID] = true
 	}
-	drop := ms[:len(ms)-keep]
-	kept := ms[len(ms)-keep:]
+	return out
+}
+
+// selectPoints asks a retention policy which of ms (oldest first) to
+// keep. Ids it does not know are ignored, and the newest point is kept
+// whatever it says: a prune never removes the last restore point.
+func selectPoints(ms []*Manifest, sel func([]PrunePoint) map[string][]string) (map[string]bool, map[string][]string) {
+	points := make([]PrunePoint, 0, len(ms))
+	for i := len(ms) - 1; i >= 0; i-- {
+		t := ms[i].Started
+		if t.IsZero() {
+			t, _ = IDTime(ms[i].ID)
+		}
+		points = append(points, PrunePoint{ID: ms[i].ID, Time: t})
+	}
+	keep, reasons := map[string]bool{}, map[string][]string{}
+	for id, why := range sel(points) {
+		for _, m := range ms {
+			if m.ID == id {
+				keep[id], reasons[id] = true, why
+			}
+		}
+	}
+	if n := len(ms); n > 0 && !keep[ms[n-1].ID] {
+		keep[ms[n-1].ID] = true
+		reasons[ms[n-1].ID] = []string{"newest backup (always kept)"}
+	}
+	return keep, reasons
+}
+
+// planPrune decides what pruning ms (oldest first) down to the backups
+// in keep does; nil when nothing. It checks that every chain to merge is
+// complete.
+func (r *Repo) planPrune(vd *vmDir, ms []*Manifest, keep map[string]bool) (*journal, error) {
+	var drop, kept []*Manifest
 	dropped := map[string]bool{}
-	for _, m := range drop {
-		dropped[m.ID] = true
+	for _, m := range ms {
+		if keep[m.ID] {
+			kept = append(kept, m)
+		} else {
+			drop = append(drop, m)
+			dropped[m.ID] = true
+		}
+	}
+	if len(drop) == 0 {
+		return nil, nil
 	}
 	type owner struct {
 		m *Manifest
@@ -273,7 +336,7 @@ func (r *Repo) planPrune(vd *vmDir, ms []*Manifest, keep int) (*journal, error) 
 			owners[m.Disks[i].Image] = owner{m, &m.Disks[i]}
 		}
 	}
-	j := &journal{Format: journalFormat, Version: journalVersion, Keep: keep}
+	j := &journal{Format: journalFormat, Version: journalVersion, Keep: len(kept)}
 	for _, m := range drop {
 		j.Drop = append(j.Drop, m.ID)
 	}
@@ -536,6 +599,9 @@ func (r *Repo) mergedManifest(ctx context.Context, vd *vmDir, j *journal, k *Man
 		d.Backing = ""
 		d.BaseChangeID = ""
 		d.Reason = fmt.Sprintf("merged with the removed backups %s by prune --keep %d", strings.Join(ids, ", "), j.Keep)
+		if j.Policy {
+			d.Reason = fmt.Sprintf("merged with the removed backups %s by prune (retention policy)", strings.Join(ids, ", "))
+		}
 	}
 	for _, id := range j.Drop {
 		if mergedIDs[id] {
