@@ -69,6 +69,7 @@ type Screen struct {
 	esc      []byte // an escape sequence being read
 	partial  []byte // an incomplete UTF-8 sequence
 	wraps    []string
+	raw      []byte // everything written
 }
 
 // NewScreen returns an empty screen.
@@ -87,6 +88,7 @@ func blank(n int) []rune { return []rune(strings.Repeat(" ", n)) }
 func (s *Screen) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.raw = append(s.raw, p...)
 	buf := append(s.partial, p...)
 	s.partial = nil
 	for len(buf) > 0 {
@@ -214,3 +216,10 @@ func (s *Screen) Wraps() []string {
 
 // Snapshot is the screen now, one string.
 func (s *Screen) Snapshot() string { return strings.Join(s.Lines(), "\n") }
+
+// Raw returns everything the program wrote, escape sequences included.
+func (s *Screen) Raw() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return string(s.raw)
+}

@@ -263,14 +263,15 @@ func (d Duration) String() string {
 			fmt.Fprintf(&b, "%d%s", p.n, p.unit)
 		}
 	}
-	if b.Len() == 0 {
-		return "0h"
-	}
-	return b.String()
+	return b.String() // "" for zero
 }
 
-// Set implements pflag.Value (--keep-within).
+// Set implements pflag.Value (--keep-within); "" is zero (no rule).
 func (d *Duration) Set(s string) error {
+	if strings.TrimSpace(s) == "" {
+		*d = Duration{}
+		return nil
+	}
 	v, err := ParseDuration(s)
 	if err != nil {
 		return err
@@ -286,9 +287,4 @@ func (d *Duration) Type() string { return "duration" }
 func (d *Duration) UnmarshalText(b []byte) error { return d.Set(string(b)) }
 
 // MarshalText writes the duration as ParseDuration reads it.
-func (d Duration) MarshalText() ([]byte, error) {
-	if d.Zero() {
-		return []byte(""), nil
-	}
-	return []byte(d.String()), nil
-}
+func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
