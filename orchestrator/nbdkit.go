@@ -41,7 +41,6 @@ type PluginSource struct {
 type NBDKit struct {
 	Socket  string
 	cmd     *exec.Cmd
-	stderr  *tailbuf.Buffer
 	errs    *tailbuf.Lines // nbdkit's "error:" lines (the plugin's and VDDK's included)
 	last    *tailbuf.Lines // its last lines, whatever they are
 	verbose bool
@@ -86,10 +85,9 @@ func StartNBDKit(ctx context.Context, p PluginSource, dir, name string) (*NBDKit
 	socket := filepath.Join(dir, name+".sock")
 	cmd := exec.Command("nbdkit", p.args(socket)...)
 	cmd.Env = append(os.Environ(), "LD_LIBRARY_PATH="+joinPath(filepath.Join(p.Libdir, "lib64"), os.Getenv("LD_LIBRARY_PATH")))
-	stderr := tailbuf.New(16 << 10)
 	errs := &tailbuf.Lines{N: 4, Match: nbdkitError}
 	last := &tailbuf.Lines{N: 3}
-	cmd.Stderr = io.MultiWriter(stderr, errs, last)
+	cmd.Stderr = io.MultiWriter(errs, last)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
 	var pwr *os.File
 	if p.Server != "" {
@@ -120,7 +118,7 @@ func StartNBDKit(ctx context.Context, p PluginSource, dir, name string) (*NBDKit
 			return nil, fmt.Errorf("passing the password to nbdkit: %w", err)
 		}
 	}
-	n := &NBDKit{Socket: socket, cmd: cmd, stderr: stderr, errs: errs, last: last, verbose: p.Verbose, done: make(chan struct{})}
+	n := &NBDKit{Socket: socket, cmd: cmd, errs: errs, last: last, verbose: p.Verbose, done: make(chan struct{})}
 	go func() { n.err = cmd.Wait(); close(n.done) }()
 	if err := n.waitReady(ctx, 60*time.Second); err != nil {
 		n.Stop()
@@ -226,8 +224,12 @@ func nbdkitHint(lines []string) string {
 	return ""
 }
 
-// secretArg matches command-line parameters that may hold a secret.
-var secretArg = regexp.MustCompile(`^(-{0,2}[A-Za-z_-]*(password|passwd|token|secret|cookie)[A-Za-z_-]*)=(.*)$`)
+// secretArg matches command-line parameters that may hold a secret, and
+// secretRef the values that only say where it is.
+var (
+	secretArg = regexp.MustCompile(`^(-{0,2}[A-Za-z_-]*(password|passwd|token|secret|cookie)[A-Za-z_-]*)=(.*)$`)
+	secretRef = regexp.MustCompile(`^(-[0-9]*|\+.*)$`)
+)
 
 // RedactArgs joins a command line for messages, with the values of
 // password=, token= and similar parameters replaced by "***" unless they
@@ -235,7 +237,7 @@ var secretArg = regexp.MustCompile(`^(-{0,2}[A-Za-z_-]*(password|passwd|token|se
 func RedactArgs(args []string) string {
 	out := make([]string, len(args))
 	for i, a := range args {
-		if m := secretArg.FindStringSubmatch(a); m != nil && !regexp.MustCompile(`^(-[0-9]*|\+.*)$`).MatchString(m[3]) {
+		if m := secretArg.FindStringSubmatch(a); m != nil && !secretRef.MatchString(m[3]) {
 			a = m[1] + "=***"
 		}
 		if strings.ContainsAny(a, " '\"\t") {

@@ -319,6 +319,8 @@ func runBackup(ctx context.Context, cfg *config.Config, o backupOptions, args []
 		select {
 		case sem <- struct{}{}:
 		case <-ctx.Done():
+		}
+		if ctx.Err() != nil { // interrupted: the VMs not started are not
 			outcomes[i], errs[i] = vmOutcome{VM: vm.Name, Moref: vm.Moref, Status: "canceled", Error: ctx.Err().Error()}, ctx.Err()
 			continue
 		}
@@ -440,24 +442,31 @@ func plural(n int, one, many string) string {
 func backupSummary(r *orchestrator.BackupReport) []string {
 	var lines []string
 	for _, d := range r.Disks {
-		lines = append(lines, fmt.Sprintf("%s %s disk %d (%s): %s, %s, %s, image %s",
-			r.VM, r.BackupID, d.Key, d.Label, d.Level, copiedOf(d.BytesCopied, d.Capacity), timeAndRate(d.Seconds, d.MiBps), d.Image))
+		lines = append(lines, fmt.Sprintf("%s %s disk %d (%s): %s, %s, %s, image %s", r.VM, r.BackupID, d.Key, d.Label, d.Level,
+			copiedOf(d.BytesCopied, d.BytesZeroed, d.Capacity), timeAndRate(d.Seconds, d.MiBps), d.Image))
 	}
 	return append(lines, fmt.Sprintf("%s: backup %s (%s) done in %.1f s: %s read, %s", r.VM, r.BackupID, r.Level, r.Seconds,
-		units.FormatSize(r.BytesRead), copiedOf(r.Copied, r.Capacity)))
+		units.FormatSize(r.BytesRead), copiedOf(r.Copied, 0, r.Capacity)))
 }
 
-// copiedOf says how much of a disk was copied: "4.0 MiB of 16.0 MiB
-// copied (25.0%)", "nothing changed: 0 B of 64.0 MiB copied".
-func copiedOf(copied, capacity uint64) string {
-	if copied == 0 {
+// copiedOf says how much of a disk was copied (and zeroed): "4.0 MiB of
+// 16.0 MiB copied (25.0%)", "0 B of 48.0 MiB copied, 2.0 MiB zeroed",
+// "nothing to copy (0 B of 64.0 MiB)".
+func copiedOf(copied, zeroed, capacity uint64) string {
+	var s string
+	switch {
+	case copied == 0 && zeroed == 0:
 		return fmt.Sprintf("nothing to copy (0 B of %s)", units.FormatSize(capacity))
+	case copied == 0:
+		s = fmt.Sprintf("0 B of %s copied", units.FormatSize(capacity))
+	default:
+		s = fmt.Sprintf("%s of %s copied (%.1f%%)", units.FormatSize(copied), units.FormatSize(capacity),
+			float64(copied)*100/float64(max(capacity, 1)))
 	}
-	pct := 0.0
-	if capacity > 0 {
-		pct = float64(copied) * 100 / float64(capacity)
+	if zeroed > 0 {
+		s += ", " + units.FormatSize(zeroed) + " zeroed"
 	}
-	return fmt.Sprintf("%s of %s copied (%.1f%%)", units.FormatSize(copied), units.FormatSize(capacity), pct)
+	return s
 }
 
 // timeAndRate is "2.3 s at 2.0 MiB/s", or just "0.1 s" when nothing was

@@ -96,7 +96,8 @@ func runGenerate(root *cobra.Command, o generateOptions) error {
 	return nil
 }
 
-// commands lists the documented commands of the tree (as docs/cli.md).
+// commands lists the documented commands of the tree (docs/cli.md, the
+// man pages).
 func commands(root *cobra.Command) []*cobra.Command {
 	var out []*cobra.Command
 	var walk func(c *cobra.Command)
@@ -104,6 +105,8 @@ func commands(root *cobra.Command) []*cobra.Command {
 		if c.Hidden || c.Name() == "help" || c.Name() == "completion" {
 			return
 		}
+		// cobra adds --help when a command first runs: add it now, so
+		// that the output is the same whatever ran before.
 		c.InitDefaultHelpFlag()
 		out = append(out, c)
 		for _, s := range c.Commands() {

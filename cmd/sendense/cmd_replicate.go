@@ -189,9 +189,9 @@ func replicateSummary(r *orchestrator.ReplicateReport) []string {
 	var lines []string
 	for _, d := range r.Disks {
 		lines = append(lines, fmt.Sprintf("%s disk %d (%s) -> %s: %s, %s, %s zeroed, %s",
-			r.VM, d.Key, d.Label, d.Target, d.Level, copiedOf(d.BytesCopied, d.Capacity),
+			r.VM, d.Key, d.Label, d.Target, d.Level, copiedOf(d.BytesCopied, 0, d.Capacity),
 			units.FormatSize(d.BytesZeroed), timeAndRate(d.Seconds, d.MiBps)))
 	}
 	return append(lines, fmt.Sprintf("%s: replication (%s) done in %.1f s: %s read, %s; state in %s", r.VM, r.Level, r.Seconds,
-		units.FormatSize(r.BytesRead), copiedOf(r.Copied, r.Capacity), r.StateFile))
+		units.FormatSize(r.BytesRead), copiedOf(r.Copied, 0, r.Capacity), r.StateFile))
 }
