@@ -9,8 +9,9 @@ import (
 )
 
 // TestSharedRateAndRetention: the bandwidth limit is the agent's, for all
-// running jobs together, and [retention] is applied to a VM's backups
-// after each succeeded job.
+// running jobs together, [retention] is applied to a VM's backups after
+// each succeeded job, and a job whose nbdkit fails says why in nbdkit's
+// words.
 func TestSharedRateAndRetention(t *testing.T) {
 	vm := func(name string, seed uint64) lab.VMSpec {
 		return lab.VMSpec{Name: name, PowerOn: true, CBT: true, Disks: []lab.DiskSpec{{Capacity: 16 * mib, Data: 6 * mib, Seed: seed}}}
@@ -34,7 +35,7 @@ func TestSharedRateAndRetention(t *testing.T) {
 		t.Errorf("two jobs read 12 MiB in %v at a 4 MiB/s limit: the limit is not shared", el)
 	}
 
-	// Three more backups of a: after each, [retention] keep_last = 2.
+	// Two more backups of a: after each, [retention] keep_last = 2.
 	var last JobView
 	for range 2 {
 		last = a.waitSucceeded(a.startJob(map[string]any{"vm_path": "a"}))
@@ -48,4 +49,13 @@ func TestSharedRateAndRetention(t *testing.T) {
 	if pts := e.points("b"); len(pts) != 1 {
 		t.Errorf("retention touched b: %v", pts)
 	}
+
+	// The plugin cannot read the disks (FAKEVDDK_ROOT missing, as a VDDK
+	// without its libraries): the job's error quotes it, with the hint.
+	t.Setenv("FAKEVDDK_ROOT", "")
+	v := a.wait(a.startJob(map[string]any{"vm_path": "b"}), 2*time.Minute, nil)
+	if v.State != StateFailed || !strings.Contains(v.Error, "set FAKEVDDK_ROOT") || !strings.Contains(v.Error, "hint: FAKEVDDK_ROOT is not set") {
+		t.Errorf("job with a failing plugin: %s: %s", v.State, v.Error)
+	}
+	e.noSnapshots("b")
 }
