@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -102,8 +103,11 @@ func TestPruneRetention(t *testing.T) {
 	if len(lines) != 2 || len(lines[0]["dropped"].([]any)) != 3 || len(lines[0]["kept"].([]any)) != 2 || lines[0]["reasons"] == nil {
 		t.Fatalf("prune --json:\n%s", out)
 	}
-	if code, out, _ := sendense(t, "list", "--repo", r.Dir); code != 0 || strings.Contains(out, ids[2]) || !strings.Contains(out, ids[3]) {
-		t.Fatalf("after prune:\n%s", out)
+	listed := func(out, id string) bool {
+		return regexp.MustCompile(`(?m)\s` + regexp.QuoteMeta(id) + `\s`).MatchString(out)
+	}
+	if code, out, _ := sendense(t, "list", "--repo", r.Dir); code != 0 || listed(out, ids[2]) || !listed(out, ids[3]) || !listed(out, ids[4]) {
+		t.Fatalf("after prune (%s, %s kept):\n%s", ids[3], ids[4], out)
 	}
 	b.CheckRestore(ids[3])
 	b.CheckRestore(ids[4])

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"io"
 	"log/slog"
 	"strconv"
@@ -70,17 +71,14 @@ func TestProgressOnTerminal(t *testing.T) {
 				if i == 2 {
 					slog.Warn("a log line")
 				}
-				waitOutput(screen)
-				frames = append(frames, screen.Snapshot())
+				frames = append(frames, waitFor(t, screen, fmt.Sprintf("web 2000  %5.1f%%", float64(i*2)*100/16)))
 			}
 			disk("database-server-with-a-long-name", 2001, orchestrator.PhaseDone, 2*g, 2*g, 1)
 			pr.finish("web", &struct{}{}, []string{"web: backup 20260101T000000Z (incremental) done"}, nil)
-			waitOutput(screen)
-			frames = append(frames, screen.Snapshot())
+			frames = append(frames, waitFor(t, screen, "web: backup 20260101T000000Z"))
 			pr.finish("database-server-with-a-long-name", &struct{}{}, []string{"database-server-with-a-long-name: backup done"}, nil)
 			ui.Close()
 			ui = nil
-			waitOutput(screen)
 			p.Slave.Close()
 			wg.Wait()
 
@@ -115,16 +113,20 @@ func TestProgressOnTerminal(t *testing.T) {
 	}
 }
 
-// waitOutput gives the reader goroutine time to drain the pty.
-func waitOutput(s *ptytest.Screen) {
-	last := ""
-	for i := 0; i < 50; i++ {
-		time.Sleep(10 * time.Millisecond)
+// waitFor waits until the screen shows want (the reader goroutine drains
+// the pty) and returns the screen.
+func waitFor(t *testing.T, s *ptytest.Screen, want string) string {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
 		cur := s.Snapshot()
-		if cur == last && i > 2 {
-			return
+		if strings.Contains(cur, want) {
+			return cur
 		}
-		last = cur
+		if time.Now().After(deadline) {
+			t.Fatalf("the screen never showed %q:\n%s", want, cur)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 
