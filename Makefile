@@ -118,7 +118,8 @@ install: $(FRONT) $(GOLIB) $(CLI)
 	chmod 0644 $(DESTDIR)$(SYSTEMDUNITDIR)/sendense.service
 	install -D -m 0644 examples/sendense.toml $(DESTDIR)$(DOCDIR)/examples/sendense.toml
 
-# A Debian package of what make install installs, under /usr.
+# A Debian package of what make install installs, under /usr (gzip: xz
+# takes minutes for the two Go binaries on two cores).
 deb: $(DEB)
 
 $(DEB): $(FRONT) $(GOLIB) $(CLI) contrib/debian/control contrib/systemd/sendense.service examples/sendense.toml
@@ -128,7 +129,7 @@ $(DEB): $(FRONT) $(GOLIB) $(CLI) contrib/debian/control contrib/systemd/sendense
 	mkdir -p $(BUILD)/deb/DEBIAN
 	sed -e 's/@VERSION@/$(VERSION)/' -e 's/@ARCH@/$(DEB_ARCH)/' \
 	    -e "s/@SIZE@/$$(du -sk $(BUILD)/deb | cut -f1)/" contrib/debian/control > $(BUILD)/deb/DEBIAN/control
-	dpkg-deb --root-owner-group --build $(BUILD)/deb $@
+	dpkg-deb --root-owner-group -Zgzip --build $(BUILD)/deb $@
 
 clean:
 	rm -rf $(BUILD)
