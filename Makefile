@@ -5,21 +5,38 @@
 #   make test     deps + build + unit and integration tests
 #   make demo     the whole backup story against the built-in vCenter simulator
 #   make bench    side-by-side benchmarks (bench/*.sh), figures printed as ratios
+#   make install  CLI, plugin pair, man pages, completions, systemd unit
+#                 (PREFIX=/usr/local, DESTDIR for staging)
+#   make deb      build/sendense_VERSION_ARCH.deb (dpkg-deb)
 
 SHELL       := /bin/bash
 GO          ?= go
 CC          ?= gcc
 CFLAGS      ?= -O2 -g
 VERSION     := $(shell cat VERSION)
+COMMIT      := $(shell git rev-parse --short=12 HEAD 2>/dev/null)
 BUILD       := build
-GOFLAGS_LD  := -ldflags "-X github.com/sendense/capture/internal/version.Version=$(VERSION)"
+GOFLAGS_LD  := -ldflags "-X github.com/sendense/capture/internal/version.Version=$(VERSION) \
+                         -X github.com/sendense/capture/internal/version.Commit=$(COMMIT)"
 PLUGINDIR   ?= $(shell nbdkit --dump-config 2>/dev/null | sed -n 's/^plugindir=//p')
+
+# make install: where things go (DESTDIR stages them elsewhere).
+PREFIX         ?= /usr/local
+BINDIR         ?= $(PREFIX)/bin
+MANDIR         ?= $(PREFIX)/share/man
+DOCDIR         ?= $(PREFIX)/share/doc/sendense
+BASHCOMPDIR    ?= $(PREFIX)/share/bash-completion/completions
+ZSHCOMPDIR     ?= $(PREFIX)/share/zsh/vendor-completions
+FISHCOMPDIR    ?= $(PREFIX)/share/fish/vendor_completions.d
+SYSTEMDUNITDIR ?= $(PREFIX)/lib/systemd/system
+DEB_ARCH       := $(shell dpkg --print-architecture 2>/dev/null)
+DEB            := $(BUILD)/sendense_$(VERSION)_$(DEB_ARCH).deb
 
 # Debian packages: build tools, the nbdkit/libnbd headers we bind, and every
 # peer the tests run for real.
 DEB_PACKAGES := gcc make pkg-config nbdkit nbdkit-plugin-dev libnbd-bin libnbd-dev \
                 python3-libnbd qemu-utils openssh-server openssh-client bc time \
-                expect e2fsprogs fdisk systemd util-linux
+                expect e2fsprogs fdisk systemd util-linux groff-base
 
 GO_SOURCES   := $(shell find . -name '*.go' -not -path './$(BUILD)/*') go.mod go.sum
 FRONT        := $(BUILD)/nbdkit-sendense-plugin.so
@@ -27,7 +44,7 @@ GOLIB        := $(BUILD)/sendense-plugin-go.so
 CLI          := $(BUILD)/sendense
 FAKEVDDK     := $(BUILD)/fakevddk/lib64/libvixDiskLib.so.8
 
-.PHONY: all deps test unit-test integration-test vet demo bench docs install clean
+.PHONY: all deps test unit-test integration-test vet demo bench docs install deb clean
 
 all: $(FRONT) $(GOLIB) $(CLI) $(FAKEVDDK)
 
@@ -85,9 +102,36 @@ bench: deps all
 docs:
 	$(GO) test ./cmd/sendense -run TestCLIReferenceUpToDate -update -count=1
 
-install: $(FRONT) $(GOLIB)
+# The CLI, the plugin pair (into nbdkit's plugin directory, so that
+# `nbdkit sendense …` works), man pages and completions generated from the
+# command definitions, the systemd unit and the example configuration.
+install: $(FRONT) $(GOLIB) $(CLI)
+	@test -n "$(PLUGINDIR)" || { echo "nbdkit's plugin directory is unknown: install nbdkit or set PLUGINDIR"; exit 1; }
+	install -D -m 0755 $(CLI) $(DESTDIR)$(BINDIR)/sendense
 	install -D -m 0755 $(FRONT) $(DESTDIR)$(PLUGINDIR)/nbdkit-sendense-plugin.so
 	install -D -m 0755 $(GOLIB) $(DESTDIR)$(PLUGINDIR)/sendense-plugin-go.so
+	$(CLI) generate --man $(DESTDIR)$(MANDIR)/man1 \
+	  --bash-completion $(DESTDIR)$(BASHCOMPDIR)/sendense \
+	  --zsh-completion $(DESTDIR)$(ZSHCOMPDIR)/_sendense \
+	  --fish-completion $(DESTDIR)$(FISHCOMPDIR)/sendense.fish
+	install -d $(DESTDIR)$(SYSTEMDUNITDIR)
+	sed 's|/usr/bin/sendense|$(BINDIR)/sendense|' contrib/systemd/sendense.service \
+	  > $(DESTDIR)$(SYSTEMDUNITDIR)/sendense.service
+	chmod 0644 $(DESTDIR)$(SYSTEMDUNITDIR)/sendense.service
+	install -D -m 0644 examples/sendense.toml $(DESTDIR)$(DOCDIR)/examples/sendense.toml
+
+# A Debian package of what make install installs, under /usr (gzip: xz
+# takes minutes for the two Go binaries on two cores).
+deb: $(DEB)
+
+$(DEB): $(FRONT) $(GOLIB) $(CLI) contrib/debian/control contrib/systemd/sendense.service examples/sendense.toml
+	rm -rf $(BUILD)/deb
+	$(MAKE) --no-print-directory install DESTDIR=$(CURDIR)/$(BUILD)/deb PREFIX=/usr SYSTEMDUNITDIR=/lib/systemd/system
+	gzip -9n $(BUILD)/deb/usr/share/man/man1/*.1
+	mkdir -p $(BUILD)/deb/DEBIAN
+	sed -e 's/@VERSION@/$(VERSION)/' -e 's/@ARCH@/$(DEB_ARCH)/' \
+	    -e "s/@SIZE@/$$(du -sk $(BUILD)/deb | cut -f1)/" contrib/debian/control > $(BUILD)/deb/DEBIAN/control
+	dpkg-deb --root-owner-group -Zgzip --build $(BUILD)/deb $@
 
 clean:
 	rm -rf $(BUILD)

@@ -189,10 +189,10 @@ func TestFindVM(t *testing.T) {
 		t.Fatalf("ListVMs = %+v", list)
 	}
 	m := list[0]
-	if !m.CBT || m.PowerState != "poweredOff" || len(m.Disks) != 3 || m.Capacity != (32+16+48)*lab.MiB {
+	if !m.CBT.Enabled || m.PowerState != "poweredOff" || len(m.Disks) != 3 || m.Capacity != (32+16+48)*lab.MiB {
 		t.Fatalf("lab-multi: %+v", m)
 	}
-	if s := list[1]; s.CBT || s.PowerState != "poweredOn" || s.Disks[0].Key != 2000 || s.Disks[0].FileName != "[LocalDS_0] lab-small/disk1.vmdk" {
+	if s := list[1]; s.CBT.Enabled || s.PowerState != "poweredOn" || s.Disks[0].Key != 2000 || s.Disks[0].FileName != "[LocalDS_0] lab-small/disk1.vmdk" {
 		t.Fatalf("lab-small: %+v", s)
 	}
 }

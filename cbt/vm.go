@@ -35,14 +35,22 @@ func (vm *VM) String() string {
 	return fmt.Sprintf("%s (%s)", vm.Name, vm.Moref)
 }
 
-// VMInfo is one line of ListVMs.
+// VMInfo is a VM as the CLI and the API show it (docs/api.md, "Objects"):
+// one line of ListVMs, `sendense vms --json`, `sendense vm info --json`,
+// GET /api/v1/vms and /specs. Snapshots and Disks are never null.
 type VMInfo struct {
 	VM
-	PowerState string `json:"power_state"`
-	CBT        bool   `json:"cbt"`
-	Snapshots  int    `json:"snapshots"`
-	Disks      []Disk `json:"disks"`
-	Capacity   uint64 `json:"capacity"` // sum of the disks' capacities
+	PowerState string     `json:"power_state"` // poweredOn, poweredOff, suspended
+	CBT        CBTState   `json:"cbt"`
+	Snapshots  []Snapshot `json:"snapshots"`
+	Disks      []Disk     `json:"disks"`
+	Capacity   uint64     `json:"capacity"` // sum of the disks' capacities
+}
+
+// CBTState is the "cbt" object of a VM.
+type CBTState struct {
+	Enabled   bool `json:"enabled"`   // config.changeTrackingEnabled
+	Supported bool `json:"supported"` // capability.changeTrackingSupported
 }
 
 var morefRE = regexp.MustCompile(`^vm-[0-9]+$`)
@@ -207,7 +215,8 @@ func (p *pathIndex) path(ref types.ManagedObjectReference, name string) string {
 // disks (current configuration), sorted by path.
 func (c *Client) ListVMs(ctx context.Context) ([]VMInfo, error) {
 	var vms []mo.VirtualMachine
-	props := []string{"name", "parent", "runtime.powerState", "config.changeTrackingEnabled", "config.hardware.device", "snapshot"}
+	props := []string{"name", "parent", "runtime.powerState", "config.changeTrackingEnabled", "capability.changeTrackingSupported",
+		"config.hardware.device", "snapshot"}
 	if err := c.retrieveVMs(ctx, props, &vms); err != nil {
 		return nil, err
 	}
@@ -220,16 +229,21 @@ func (c *Client) ListVMs(ctx context.Context) ([]VMInfo, error) {
 		info := VMInfo{
 			VM:         VM{Moref: m.Self.Value, Name: m.Name, Path: paths.path(m.Self, m.Name)},
 			PowerState: string(m.Runtime.PowerState),
+			CBT:        CBTState{Supported: m.Capability.ChangeTrackingSupported},
+			Snapshots:  []Snapshot{},
+			Disks:      []Disk{},
 		}
 		if m.Config != nil {
-			info.CBT = m.Config.ChangeTrackingEnabled != nil && *m.Config.ChangeTrackingEnabled
-			info.Disks = disksOf(m.Config.Hardware.Device)
+			info.CBT.Enabled = m.Config.ChangeTrackingEnabled != nil && *m.Config.ChangeTrackingEnabled
+			if d := disksOf(m.Config.Hardware.Device); d != nil {
+				info.Disks = d
+			}
 			for _, d := range info.Disks {
 				info.Capacity += d.Capacity
 			}
 		}
 		if m.Snapshot != nil {
-			info.Snapshots = len(flattenSnapshots(m.Snapshot.RootSnapshotList, "", m.Snapshot.CurrentSnapshot))
+			info.Snapshots = flattenSnapshots(m.Snapshot.RootSnapshotList, "", m.Snapshot.CurrentSnapshot)
 		}
 		out = append(out, info)
 	}

@@ -4,6 +4,9 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/sendense/capture/cbt"
@@ -21,6 +24,9 @@ type BackupOptions struct {
 	// InitOnlyEmpty creates a new repository only in a missing or truly
 	// empty directory (dot-files count): API jobs.
 	InitOnlyEmpty bool
+	// ExcludeDisks are device keys not backed up (--exclude-disk), besides
+	// those of the matching [[vm]] exclude_disks of the configuration.
+	ExcludeDisks []int32
 }
 
 // BackupReport is the outcome of a backup of one VM.
@@ -132,6 +138,9 @@ func (j *backupJob) run(ctx context.Context) error {
 	if len(disks) == 0 {
 		return fmt.Errorf("VM %s has no disks to back up", j.vm)
 	}
+	if disks, err = j.excludeDisks(disks); err != nil {
+		return err
+	}
 	plans, err := j.plan(ctx, pending, prev, state, snap, disks)
 	if err != nil {
 		return err
@@ -185,6 +194,40 @@ func (j *backupJob) run(ctx context.Context) error {
 	}
 	j.report.summarise(plans)
 	return nil
+}
+
+// excludeDisks drops the disks --exclude-disk and the [[vm]] tables of
+// the configuration exclude; each is a notice, and so is an excluded key
+// the VM has no disk for (nothing is excluded by mistake silently).
+func (j *backupJob) excludeDisks(disks []cbt.Disk) ([]cbt.Disk, error) {
+	excluded := slices.Clone(j.opt.ExcludeDisks)
+	for _, k := range j.s.Config.ExcludedDisks(j.vm.Name, j.vm.Path, j.vm.Moref) {
+		if !slices.Contains(excluded, k) {
+			excluded = append(excluded, k)
+		}
+	}
+	if len(excluded) == 0 {
+		return disks, nil
+	}
+	var kept []cbt.Disk
+	var keys []string
+	for _, d := range disks {
+		keys = append(keys, strconv.Itoa(int(d.Key)))
+		if slices.Contains(excluded, d.Key) {
+			j.notice("disk %d (%s) excluded (--exclude-disk, [[vm]] exclude_disks): not backed up, and not in this restore point", d.Key, d.Label)
+			continue
+		}
+		kept = append(kept, d)
+	}
+	for _, k := range excluded {
+		if !slices.ContainsFunc(disks, func(d cbt.Disk) bool { return d.Key == k }) {
+			j.notice("disk %d is excluded, but the VM has no such disk (its disks: %s)", k, strings.Join(keys, ", "))
+		}
+	}
+	if len(kept) == 0 {
+		return nil, fmt.Errorf("every disk of VM %s is excluded (%s): nothing to back up", j.vm, strings.Join(keys, ", "))
+	}
+	return kept, nil
 }
 
 // plan decides full or incremental for every disk (CBT rules in

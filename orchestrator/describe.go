@@ -7,30 +7,40 @@ import (
 	"github.com/sendense/capture/cbt"
 )
 
-// VMDescription is what `sendense vm info` and the agent API show of a VM.
-type VMDescription struct {
-	cbt.VM
-	CBT       cbt.CBTStatus  `json:"cbt"`
-	Snapshots []cbt.Snapshot `json:"snapshots"`
-	Disks     []cbt.Disk     `json:"disks"`
-}
+// VMDescription is what `sendense vm info` and the agent API show of a
+// VM: the VM object of every listing (docs/api.md, "Objects").
+type VMDescription = cbt.VMInfo
 
-// DescribeVM finds a VM and reads its CBT state, snapshots and disks.
+// DescribeVM finds a VM and reads its power and CBT state, snapshots and
+// disks.
 func DescribeVM(ctx context.Context, c *cbt.Client, spec string) (*VMDescription, error) {
 	vm, err := c.FindVM(ctx, spec)
 	if err != nil {
 		return nil, err
 	}
-	d := &VMDescription{VM: *vm}
-	if d.CBT, err = c.CBTStatus(ctx, vm); err != nil {
+	d := &VMDescription{VM: *vm, Snapshots: []cbt.Snapshot{}, Disks: []cbt.Disk{}}
+	st, err := c.CBTStatus(ctx, vm)
+	if err != nil {
 		return nil, err
 	}
-	if d.Snapshots, err = c.Snapshots(ctx, vm); err != nil {
+	d.PowerState, d.CBT = st.PowerState, cbt.CBTState{Enabled: st.Enabled, Supported: st.Supported}
+	snaps, err := c.Snapshots(ctx, vm)
+	if err != nil {
 		return nil, err
 	}
-	MarkForeign(d.Snapshots)
-	if d.Disks, err = c.Disks(ctx, vm, ""); err != nil {
+	disks, err := c.Disks(ctx, vm, "")
+	if err != nil {
 		return nil, err
+	}
+	if snaps != nil {
+		MarkForeign(snaps)
+		d.Snapshots = snaps
+	}
+	if disks != nil {
+		d.Disks = disks
+	}
+	for _, disk := range d.Disks {
+		d.Capacity += disk.Capacity
 	}
 	return d, nil
 }

@@ -118,6 +118,7 @@ func (j *vmJob) progress(p *diskPlan, phase Phase, pr copier.Progress) {
 	if phase == PhaseDone {
 		dp.Done = d.Capacity
 	}
+	dp.Fill()
 	j.rep.Disk(dp)
 }
 
@@ -132,6 +133,7 @@ func (j *vmJob) copyOptions(p *diskPlan) copier.Options {
 		Requests:         cc.Requests,
 		RequestSize:      reqSize,
 		Rate:             j.s.Config.CopyRate(),
+		Limiter:          j.s.Limiter,
 		Incremental:      !p.full,
 		ProgressInterval: progressInterval,
 		Progress:         func(pr copier.Progress) { j.progress(p, PhaseCopying, pr) },
@@ -159,10 +161,13 @@ func (j *vmJob) copyDisk(ctx context.Context, snap string, p *diskPlan, dstURI s
 		ph.copier(res.Timing)
 	}
 	if err != nil {
-		if nerr := src.Err(time.Second); nerr != nil && ctx.Err() == nil {
-			err = fmt.Errorf("%w; the source died: %v", err, nerr)
+		if ctx.Err() != nil {
+			return nil, err
 		}
-		return nil, err
+		if exited, status := src.Exited(time.Second); exited {
+			err = fmt.Errorf("%w; the source (nbdkit) died: %v", err, status)
+		}
+		return nil, src.Explain(err)
 	}
 	return res, nil
 }

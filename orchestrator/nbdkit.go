@@ -1,15 +1,16 @@
 package orchestrator
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -39,11 +40,13 @@ type PluginSource struct {
 
 // NBDKit is a running nbdkit serving one disk on a private unix socket.
 type NBDKit struct {
-	Socket string
-	cmd    *exec.Cmd
-	stderr *tailbuf.Buffer
-	done   chan struct{}
-	err    error // exit status, valid after done is closed
+	Socket  string
+	cmd     *exec.Cmd
+	errs    *tailbuf.Lines // nbdkit's "error:" lines (the plugin's and VDDK's included)
+	last    *tailbuf.Lines // its last lines, whatever they are
+	verbose bool
+	done    chan struct{}
+	err     error // exit status, valid after done is closed
 }
 
 // args returns nbdkit's command line: everything but the password, which
@@ -84,8 +87,9 @@ func StartNBDKit(ctx context.Context, p PluginSource, dir, name string) (*NBDKit
 	socket := filepath.Join(dir, name+".sock")
 	cmd := exec.Command("nbdkit", p.args(socket)...)
 	cmd.Env = childenv.Environ("LD_LIBRARY_PATH=" + joinPath(filepath.Join(p.Libdir, "lib64"), os.Getenv("LD_LIBRARY_PATH")))
-	stderr := tailbuf.New(16 << 10)
-	cmd.Stderr = stderr
+	errs := &tailbuf.Lines{N: 4, Match: nbdkitError}
+	last := &tailbuf.Lines{N: 3}
+	cmd.Stderr = io.MultiWriter(errs, last)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
 	var pwr *os.File
 	if p.Server != "" {
@@ -116,7 +120,7 @@ func StartNBDKit(ctx context.Context, p PluginSource, dir, name string) (*NBDKit
 			return nil, fmt.Errorf("passing the password to nbdkit: %w", err)
 		}
 	}
-	n := &NBDKit{Socket: socket, cmd: cmd, stderr: stderr, done: make(chan struct{})}
+	n := &NBDKit{Socket: socket, cmd: cmd, errs: errs, last: last, verbose: p.Verbose, done: make(chan struct{})}
 	go func() { n.err = cmd.Wait(); close(n.done) }()
 	if err := n.waitReady(ctx, 60*time.Second); err != nil {
 		n.Stop()
@@ -133,7 +137,7 @@ func (n *NBDKit) waitReady(ctx context.Context, timeout time.Duration) error {
 	for {
 		select {
 		case <-n.done:
-			return fmt.Errorf("nbdkit exited (%v): %s", n.err, errorText(n.stderr))
+			return n.Explain(fmt.Errorf("nbdkit exited (%v)", n.err))
 		case <-ctx.Done():
 			return ctx.Err()
 		default:
@@ -143,21 +147,107 @@ func (n *NBDKit) waitReady(ctx context.Context, timeout time.Duration) error {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("nbdkit did not listen on %s within %v: %s", n.Socket, timeout, errorText(n.stderr))
+			return n.Explain(fmt.Errorf("nbdkit did not listen on %s within %v", n.Socket, timeout))
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 }
 
-// Err explains a failed copy from nbdkit's side: if nbdkit exits within
-// wait, its exit status and error messages, else nil.
-func (n *NBDKit) Err(wait time.Duration) error {
+// Exited says, within wait, whether nbdkit exited, and how.
+func (n *NBDKit) Exited(wait time.Duration) (bool, error) {
+	t := time.NewTimer(wait)
+	defer t.Stop()
 	select {
 	case <-n.done:
-		return fmt.Errorf("nbdkit exited (%v): %s", n.err, errorText(n.stderr))
-	case <-time.After(wait):
-		return nil
+		return true, n.err
+	case <-t.C:
+		return false, nil
 	}
+}
+
+// Explain adds nbdkit's side to err, the failure of a job reading from it
+// (or of nbdkit itself): its own error lines (the plugin's and VDDK's
+// messages), else its last lines; a hint when the problem is a known one;
+// and with --verbose its command line (which holds no secret: the
+// password goes through a pipe).
+func (n *NBDKit) Explain(err error) error {
+	said := n.errs.Lines()
+	if exited, _ := n.Exited(0); len(said) == 0 && exited {
+		said = n.last.Lines()
+	}
+	if len(said) == 0 {
+		return err
+	}
+	var b strings.Builder
+	for _, l := range said {
+		b.WriteString("\n  ")
+		b.WriteString(strings.TrimSpace(l))
+	}
+	if h := nbdkitHint(said); h != "" {
+		b.WriteString("\n  hint: " + h)
+	}
+	if n.verbose {
+		b.WriteString("\n  command: " + RedactArgs(n.cmd.Args))
+	}
+	return &ChildError{Err: err, Detail: b.String()}
+}
+
+// ChildError is a failure explained by what a child process (nbdkit and
+// the plugin) said: Detail is its lines, indented, one per line.
+type ChildError struct {
+	Err    error
+	Detail string
+}
+
+func (e *ChildError) Error() string { return e.Err.Error() + "; nbdkit said:" + e.Detail }
+func (e *ChildError) Unwrap() error { return e.Err }
+
+// nbdkitError says whether a line of nbdkit's is an error worth quoting:
+// not the broken pipes of a client that went away.
+func nbdkitError(line string) bool {
+	return strings.Contains(line, "error:") && !strings.Contains(line, "Broken pipe") && !strings.Contains(line, "Connection reset by peer")
+}
+
+// nbdkitHint recognises problems whose fix is known from nbdkit's lines.
+func nbdkitHint(lines []string) string {
+	text := strings.Join(lines, "\n")
+	switch {
+	case strings.Contains(text, "FAKEVDDK_ROOT") && os.Getenv("FAKEVDDK_ROOT") == "":
+		return "FAKEVDDK_ROOT is not set in sendense's environment: the fake VDDK (tests, the lab) reads the disks below it; " +
+			"source the lab's env file (. lab.env, see docs/lab.md)"
+	case strings.Contains(text, "libvixDiskLib") || strings.Contains(text, "cannot open shared object file"):
+		return "VDDK could not be loaded: [vddk] libdir (--vddk-libdir, $SENDENSE_VDDK_LIBDIR) must be the VDDK directory, with " +
+			"lib64/libvixDiskLib.so.N below it; sendense puts LIBDIR/lib64 on nbdkit's LD_LIBRARY_PATH for VDDK's own libraries"
+	case strings.Contains(text, "thumbprint"):
+		return "the server's certificate thumbprint differs: check [vcenter] thumbprint (--thumbprint)"
+	case strings.Contains(text, "Cannot connect to host"):
+		return "VDDK could not reach the ESXi host or vCenter from this machine (ports 443 and 902): check the network and the transports ([vddk] transports)"
+	}
+	return ""
+}
+
+// secretArg matches command-line parameters that may hold a secret, and
+// secretRef the values that only say where it is.
+var (
+	secretArg = regexp.MustCompile(`^(-{0,2}[A-Za-z_-]*(password|passwd|token|secret|cookie)[A-Za-z_-]*)=(.*)$`)
+	secretRef = regexp.MustCompile(`^(-[0-9]*|\+.*)$`)
+)
+
+// RedactArgs joins a command line for messages, with the values of
+// password=, token= and similar parameters replaced by "***" unless they
+// name where the secret is (-FD, +FILE, "-" for stdin).
+func RedactArgs(args []string) string {
+	out := make([]string, len(args))
+	for i, a := range args {
+		if m := secretArg.FindStringSubmatch(a); m != nil && !secretRef.MatchString(m[3]) {
+			a = m[1] + "=***"
+		}
+		if strings.ContainsAny(a, " '\"\t") {
+			a = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+		}
+		out[i] = a
+	}
+	return strings.Join(out, " ")
 }
 
 // Stop terminates nbdkit and waits for it.
@@ -181,19 +271,4 @@ func joinPath(a, b string) string {
 		return a
 	}
 	return a + ":" + b
-}
-
-// errorText returns the "error:" lines of the output, or its last line.
-func errorText(t *tailbuf.Buffer) string {
-	var errs []string
-	lines := bytes.Split(bytes.TrimSpace(t.Bytes()), []byte("\n"))
-	for _, l := range lines {
-		if bytes.Contains(l, []byte("error:")) {
-			errs = append(errs, string(bytes.TrimSpace(l)))
-		}
-	}
-	if len(errs) == 0 && len(lines) > 0 {
-		errs = append(errs, string(lines[len(lines)-1]))
-	}
-	return strings.Join(errs, "; ")
 }

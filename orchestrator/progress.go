@@ -1,6 +1,9 @@
 package orchestrator
 
-import "time"
+import (
+	"math"
+	"time"
+)
 
 // Phase is where a disk (or a whole job) is.
 type Phase string
@@ -15,7 +18,8 @@ const (
 	PhaseCanceled Phase = "canceled"
 )
 
-// DiskProgress is a progress report of one disk of a job.
+// DiskProgress is a progress report of one disk of a job: the fields of
+// the API's disks[] entries (docs/api.md), plus the VM.
 type DiskProgress struct {
 	VM      string  `json:"vm"`
 	Key     int32   `json:"key"`
@@ -25,9 +29,31 @@ type DiskProgress struct {
 	Done    uint64  `json:"bytes_done"`  // bytes of the disk dealt with
 	Total   uint64  `json:"bytes_total"` // disk capacity
 	Copied  uint64  `json:"bytes_copied"`
+	Percent float64 `json:"percent"` // Done of Total, one decimal
 	MiBps   float64 `json:"mib_per_sec"`
 	Seconds float64 `json:"seconds"`
+	// ETASeconds is the time left at the disk's rate so far (nil until
+	// the copy has run half a second; 0 once done).
+	ETASeconds *float64 `json:"eta_seconds"`
 }
+
+// Fill computes Percent and ETASeconds from the other fields.
+func (p *DiskProgress) Fill() {
+	if p.Total > 0 {
+		p.Percent = Round1(float64(min(p.Done, p.Total)) * 100 / float64(p.Total))
+	}
+	switch {
+	case p.Phase == PhaseDone:
+		zero := 0.0
+		p.ETASeconds = &zero
+	case p.Phase == PhaseCopying && p.Seconds > 0.5 && p.Done > 0:
+		eta := Round1(float64(p.Total-min(p.Done, p.Total)) / (float64(p.Done) / p.Seconds))
+		p.ETASeconds = &eta
+	}
+}
+
+// Round1 rounds to one decimal, as progress figures are shown.
+func Round1(f float64) float64 { return math.Round(f*10) / 10 }
 
 // Reporter receives a job's progress. Implementations must be safe for
 // concurrent use: disks are copied in parallel.

@@ -6,8 +6,12 @@ import (
 	"os/exec"
 	"strings"
 
+	"golang.org/x/time/rate"
+
 	"github.com/sendense/capture/cbt"
 	"github.com/sendense/capture/internal/config"
+	"github.com/sendense/capture/internal/copier"
+	"github.com/sendense/capture/internal/tunnel"
 	"github.com/sendense/capture/vddk"
 )
 
@@ -19,8 +23,13 @@ type Services struct {
 	Cred     Credentials
 	Plugin   string   // nbdkit-sendense-plugin.so path, or "sendense"
 	Reporter Reporter // nil: no progress
-	TempDir  string   // private sockets and files go below it ("": os.TempDir)
-	Verbose  bool     // nbdkit -v
+	// Limiter is the bandwidth limit every copy of these services shares
+	// (NewLimiter: [copy] rate or [performance] bandwidth_limit_mbps for
+	// all disks of all jobs together); nil: each copy limits itself to
+	// the configured rate.
+	Limiter *rate.Limiter
+	TempDir string // private sockets and files go below it ("": os.TempDir)
+	Verbose bool   // nbdkit -v
 
 	// AcceptNewHostKey writes unknown SSH host keys into known_hosts
 	// (--accept-new-host-key); changed ones are refused regardless.
@@ -34,6 +43,10 @@ type Services struct {
 	// LoginSeconds is how long logging in to vCenter took (reported as
 	// the jobs' first phase; 0: not measured).
 	LoginSeconds float64
+	// OnTunnelRetry, when set, is told of each failed SSH connection
+	// attempt that will be retried, and (Attempt 0) when the dialing is
+	// over; nil: they are logged.
+	OnTunnelRetry func(tunnel.Retry)
 }
 
 // Preflight checks, before any snapshot is taken, that the tools a job
@@ -53,6 +66,20 @@ func (s *Services) Preflight() error {
 		return fmt.Errorf("[vddk] libdir %s (--vddk-libdir, $SENDENSE_VDDK_LIBDIR): %w", s.Config.VDDK.Libdir, err)
 	}
 	return nil
+}
+
+// NewLimiter returns the token bucket of cfg's bandwidth limit, to share
+// among copies (Services.Limiter); nil when there is no limit.
+func NewLimiter(cfg *config.Config) *rate.Limiter {
+	r := cfg.CopyRate()
+	if r <= 0 {
+		return nil
+	}
+	burst, _ := cfg.Copy.RequestSizeBytes()
+	if burst <= 0 {
+		burst = copier.DefaultRequestSize
+	}
+	return rate.NewLimiter(rate.Limit(r), burst)
 }
 
 func (s *Services) reporter() Reporter {

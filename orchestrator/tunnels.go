@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/url"
 	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/sendense/capture/internal/tunnel"
@@ -31,24 +32,34 @@ func (s *Services) pool() *TunnelPool {
 	return s.Tunnels
 }
 
+// DefaultSSHPort is the port of ssh:// URLs that give none, unless the
+// host is [tunnel] host (then [tunnel] port, default 443).
+const DefaultSSHPort = 22
+
 // TunnelConfig is the SSH tunnel configuration to the host of u
 // (ssh://[user@]host[:port]/…): [tunnel] key, known_hosts and connections,
-// the URL's user, host and port over [tunnel] user, host and port, and
-// the copy's bandwidth limit.
+// the URL's user and port over [tunnel] user and port, and the copy's
+// bandwidth limit. As ssh URLs go, the port is 22 unless the URL gives
+// one, or the host is [tunnel] host: then it is [tunnel] port.
 func (s *Services) TunnelConfig(u *url.URL) (tunnel.Config, error) {
 	t := s.Config.Tunnel
 	c := tunnel.Config{
 		Host:             u.Hostname(),
-		Port:             t.Port,
+		Port:             DefaultSSHPort,
 		User:             t.User,
 		KeyFile:          t.Key,
 		KnownHosts:       t.KnownHosts,
 		AcceptNewHostKey: s.AcceptNewHostKey,
 		Connections:      t.Connections,
 		Rate:             s.Config.CopyRate(),
+		OnRetry:          s.OnTunnelRetry,
+		Redial:           tunnel.Backoff{Within: t.RetryFor.Duration},
 	}
 	if c.Host == "" {
 		c.Host = t.Host
+	}
+	if t.Host != "" && strings.EqualFold(c.Host, t.Host) && t.Port != 0 {
+		c.Port = t.Port
 	}
 	if p := u.Port(); p != "" {
 		n, err := strconv.Atoi(p)
@@ -87,6 +98,9 @@ func (s *Services) Tunnel(ctx context.Context, u *url.URL) (*tunnel.Tunnel, erro
 		}
 	}
 	t, err := tunnel.Redial(ctx, cfg)
+	if s.OnTunnelRetry != nil {
+		s.OnTunnelRetry(tunnel.Retry{Target: fmt.Sprintf("%s@%s:%d", cfg.User, cfg.Host, cfg.Port)}) // Attempt 0: over
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -107,7 +107,7 @@ func TestRemoteBackupChain(t *testing.T) {
 	}
 
 	out = b.mustRun("prune", "--keep", "2")
-	if !strings.Contains(out, "removed 1 backups") {
+	if !strings.Contains(out, "removed 1 backup (") {
 		t.Fatalf("prune:\n%s", out)
 	}
 	if ids := b.backupIDs("web"); len(ids) != 2 {

@@ -80,7 +80,7 @@ func (f *repoDirFlag) open(ctx context.Context) (r *repo.Repo, close func(), err
 	if cfg == nil {
 		cfg = config.Defaults()
 	}
-	s := &orchestrator.Services{Config: cfg, AcceptNewHostKey: f.tunnel.acceptNewHostKey}
+	s := &orchestrator.Services{Config: cfg, AcceptNewHostKey: f.tunnel.acceptNewHostKey, OnTunnelRetry: tunnelRetryStatus()}
 	r, err = orchestrator.OpenRepository(ctx, s, f.dir)
 	if err != nil {
 		s.CloseTunnels()

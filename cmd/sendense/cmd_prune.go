@@ -5,12 +5,15 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
 	"github.com/sendense/capture/internal/repo"
+	"github.com/sendense/capture/internal/retention"
 	"github.com/sendense/capture/internal/units"
+	"github.com/sendense/capture/orchestrator"
 )
 
 func init() {
@@ -21,26 +24,86 @@ func init() {
 type pruneOptions struct {
 	repo   repoDirFlag
 	Keep   int
+	Policy retention.Policy // --keep-last, --keep-daily…
 	DryRun bool
+
+	policySet bool // a --keep-* flag was given
 }
 
 func (o *pruneOptions) AddFlags(fs *pflag.FlagSet) {
 	o.repo.register(fs)
-	fs.IntVar(&o.Keep, "keep", 0, "keep the newest `N` backups of each VM (at least 1); required")
-	fs.BoolVar(&o.DryRun, "dry-run", false, "only say what would be removed and merged")
+	fs.IntVar(&o.Keep, "keep", 0, "keep the newest `N` backups of each VM (at least 1)")
+	fs.IntVar(&o.Policy.Last, "keep-last", 0, "keep the `N` newest backups (-1: all)")
+	fs.IntVar(&o.Policy.Hourly, "keep-hourly", 0, "keep the newest backup of each of the `N` newest hours that have one (-1: every hour)")
+	fs.IntVar(&o.Policy.Daily, "keep-daily", 0, "keep the newest backup of each of the `N` newest days that have one (-1: every day)")
+	fs.IntVar(&o.Policy.Weekly, "keep-weekly", 0, "keep the newest backup of each of the `N` newest ISO weeks that have one (-1: every week)")
+	fs.IntVar(&o.Policy.Monthly, "keep-monthly", 0, "keep the newest backup of each of the `N` newest months that have one (-1: every month)")
+	fs.IntVar(&o.Policy.Yearly, "keep-yearly", 0, "keep the newest backup of each of the `N` newest years that have one (-1: every year)")
+	fs.Var(&o.Policy.Within, "keep-within", "keep every backup less than `DURATION` (y, m, d, h: 30d, 1y6m, 12h) older than the newest")
+	fs.BoolVar(&o.DryRun, "dry-run", false, "only say what would be removed and merged, and why each backup is kept")
 }
 
-// Check validates the options.
-func (o *pruneOptions) Check() error {
-	if o.Keep < 1 {
-		return usageErrorf("--keep N is required, N at least 1 (not %d): the newest N backups of each VM are kept", o.Keep)
+// keepFlags are the retention flags of prune.
+var keepFlags = []string{"keep-last", "keep-hourly", "keep-daily", "keep-weekly", "keep-monthly", "keep-yearly", "keep-within"}
+
+// finalize takes [retention] from the configuration when no --keep*
+// flag is given.
+func (o *pruneOptions) finalize(cmd *cobra.Command) error {
+	fs := cmd.Flags()
+	o.policySet = false
+	for _, f := range keepFlags {
+		o.policySet = o.policySet || fs.Changed(f)
+	}
+	if o.policySet || fs.Changed("keep") {
+		return nil
+	}
+	cfg := o.repo.cfg
+	if cfg == nil {
+		var err error
+		if cfg, err = loadConfig(cmd); err != nil {
+			return err
+		}
+	}
+	if !cfg.Retention.Policy().Empty() {
+		o.Policy, o.policySet = cfg.Retention.Policy(), true
 	}
 	return nil
 }
 
-const pruneLong = `Remove old backups: keep the newest N backups (restore points) of each VM,
-or of VM (name, moref, instance UUID or directory), and remove the older
-ones.
+// Check validates the options.
+func (o *pruneOptions) Check() error {
+	switch {
+	case o.policySet && o.Keep != 0:
+		return usageErrorf("--keep N and the --keep-* flags do not go together: --keep N is --keep-last N")
+	case o.policySet:
+		if err := o.Policy.Check(); err != nil {
+			return usageErrorf("%v", err)
+		}
+		if o.Policy.Empty() {
+			return usageErrorf("the --keep-* flags given keep nothing: give a count (or -1) or a duration")
+		}
+	case o.Keep < 1:
+		return usageErrorf("what to keep is required: --keep N (the newest N backups of each VM, N at least 1, not %d), "+
+			"the --keep-last/hourly/daily/weekly/monthly/yearly/within flags, or [retention] in the configuration", o.Keep)
+	}
+	return nil
+}
+
+const pruneLong = `Remove old backups: keep the backups (restore points) of each VM, or of VM
+(name, moref, instance UUID or directory), that a retention policy keeps,
+and remove the others.
+
+The policy: --keep N keeps the newest N. The --keep-* flags follow
+restic's forget: --keep-last N the N newest; --keep-hourly, --keep-daily,
+--keep-weekly, --keep-monthly and --keep-yearly N the newest backup of each
+of the N newest hours, days, ISO weeks, months and years that have one
+(when there are fewer, the oldest backup is kept as well; -1 is every
+period); --keep-within DURATION every backup less than DURATION older than
+the newest. A backup is kept when any rule keeps it; --dry-run prints the
+rules that keep each. Days, weeks… are calendar periods in the local time
+zone (TZ=UTC sendense prune … counts in UTC). Without any of these flags,
+[retention] of the configuration is the policy. The newest backup of a VM
+is always kept. See docs/retention.md.
 
 Before it changes anything, prune checks every backup of the VM (each
 image of each chain, through the manifests): a VM with a corrupt manifest,
@@ -68,6 +131,11 @@ EXAMPLES
   Keep the last 7 backups of every VM:
     sendense prune --repo /backups --keep 7
 
+  Keep 7 daily, 4 weekly, 12 monthly and all yearly backups, and everything
+  of the last two days; first see what that does:
+    sendense prune --repo /backups --keep-daily 7 --keep-weekly 4 \
+        --keep-monthly 12 --keep-yearly -1 --keep-within 2d --dry-run
+
   See what keeping 2 backups of web01 would do:
     sendense prune --repo /backups --keep 2 --dry-run web01
 
@@ -85,15 +153,18 @@ EXIT STATUS
 func newPruneCommand() *cobra.Command {
 	var opts pruneOptions
 	cmd := &cobra.Command{
-		Use:   "prune [flags] --keep N [VM]",
-		Short: "Remove old backups, keeping the newest N of each VM",
+		Use:   "prune [flags] --keep N | --keep-daily N... [VM]",
+		Short: "Remove old backups by a retention policy (newest N, or daily/weekly/monthly…)",
 		Long:  pruneLong,
 		Args:  cobra.MaximumNArgs(1),
 		PreRunE: func(cmd *cobra.Command, args []string) error {
-			if err := opts.Check(); err != nil {
+			if err := opts.repo.resolve(cmd); err != nil {
 				return err
 			}
-			return opts.repo.resolve(cmd)
+			if err := opts.finalize(cmd); err != nil {
+				return err
+			}
+			return opts.Check()
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runPrune(cmd.Context(), opts, gopts, cmd.OutOrStdout(), cmd.ErrOrStderr(), args)
@@ -119,8 +190,16 @@ func runPrune(ctx context.Context, opts pruneOptions, gopts globalOptions, stdou
 	defer closeRepo()
 	var freed int64
 	var dropped, merged int
+	keep, sel := opts.Keep, (func([]repo.PrunePoint) map[string][]string)(nil)
+	if opts.policySet {
+		keep, sel = 0, orchestrator.RetentionSelect(opts.Policy)
+		if !gopts.JSON && !gopts.Quiet {
+			zone, off := time.Now().Zone()
+			fmt.Fprintf(stdout, "policy: %s (calendar periods in local time, %s, UTC%+03d:%02d)\n", opts.Policy, zone, off/3600, abs(off/60%60))
+		}
+	}
 	reports, err := r.Prune(ctx, repo.PruneOptions{
-		VM: vm, Keep: opts.Keep, DryRun: opts.DryRun,
+		VM: vm, Keep: keep, Select: sel, DryRun: opts.DryRun,
 		OnVM: func(rep repo.PruneReport) {
 			freed += rep.FreedBytes
 			dropped += len(rep.Dropped)
@@ -145,7 +224,8 @@ func runPrune(ctx context.Context, opts pruneOptions, gopts globalOptions, stdou
 	return err
 }
 
-// writePruneReport is the text form of one VM's prune.
+// writePruneReport is the text form of one VM's prune: with a retention
+// policy, every kept backup with the rules that keep it.
 func writePruneReport(w io.Writer, rep repo.PruneReport) {
 	left := "removed"
 	if rep.DryRun {
@@ -157,20 +237,17 @@ func writePruneReport(w io.Writer, rep repo.PruneReport) {
 		}
 	}()
 	if len(rep.Dropped) == 0 {
-		fmt.Fprintf(w, "%s: %d backups, nothing to remove\n", rep.VM, len(rep.Kept))
+		fmt.Fprintf(w, "%s: %d %s, nothing to remove\n", rep.VM, len(rep.Kept), plural(len(rep.Kept), "backup", "backups"))
+		writeReasons(w, rep)
 		return
 	}
-	verb, freed := "removed", "freed"
+	verb, kept, freed := "removed", "kept", "freed"
 	if rep.DryRun {
-		verb, freed = "would remove", "would free about"
+		verb, kept, freed = "would remove", "would keep", "would free about"
 	}
-	fmt.Fprintf(w, "%s: %s %d backups (%s), kept %d (%s)\n", rep.VM, verb, len(rep.Dropped), strings.Join(rep.Dropped, ", "),
-		len(rep.Kept), strings.Join(rep.Kept, ", "))
-	if rep.DryRun {
-		for _, id := range rep.Kept {
-			fmt.Fprintf(w, "  keep %s: %s\n", id, strings.Join(rep.Reasons[id], "; "))
-		}
-	}
+	fmt.Fprintf(w, "%s: %s %d %s (%s), %s %d (%s)\n", rep.VM, verb, len(rep.Dropped), plural(len(rep.Dropped), "backup", "backups"),
+		strings.Join(rep.Dropped, ", "), kept, len(rep.Kept), strings.Join(rep.Kept, ", "))
+	writeReasons(w, rep)
 	for _, m := range rep.Merged {
 		what := "merged"
 		if rep.DryRun {
@@ -180,3 +257,17 @@ func writePruneReport(w io.Writer, rep repo.PruneReport) {
 	}
 	fmt.Fprintf(w, "  %s %s\n", freed, units.FormatSize(uint64(max(rep.FreedBytes, 0))))
 }
+
+// writeReasons lists, with --dry-run, the kept backups with the rules
+// that keep them.
+func writeReasons(w io.Writer, rep repo.PruneReport) {
+	if !rep.DryRun || len(rep.Reasons) == 0 {
+		return
+	}
+	for i := len(rep.Kept) - 1; i >= 0; i-- { // newest first, as the rules count
+		id := rep.Kept[i]
+		fmt.Fprintf(w, "  keep %s: %s\n", id, strings.Join(rep.Reasons[id], ", "))
+	}
+}
+
+func abs(n int) int { return max(n, -n) }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/sendense/capture/internal/config"
 	"github.com/sendense/capture/internal/units"
+	"github.com/sendense/capture/internal/vmselect"
 	"github.com/sendense/capture/orchestrator"
 )
 
@@ -91,12 +92,17 @@ EXIT STATUS
 			fs := cmd.Flags()
 			o.vcenter.apply(fs, cfg)
 			o.vddk.apply(fs, cfg)
-			o.copy.apply(fs, cfg)
+			if err := o.copy.apply(fs, cfg); err != nil {
+				return err
+			}
 			o.tunnel.apply(fs, cfg)
 			if fs.Changed("quiesce") {
 				cfg.Backup.Quiesce = o.quiesce
 			}
 			if err := cfg.Check(); err != nil {
+				return usageErrorf("%v", err)
+			}
+			if _, err := orchestrator.ResolveVCenter(cfg); err != nil {
 				return usageErrorf("%v", err)
 			}
 			opt, err := o.options(cfg)
@@ -174,16 +180,23 @@ func runReplicate(ctx context.Context, cfg *config.Config, o replicateOptions, o
 		return err
 	}
 	s.AcceptNewHostKey = o.tunnel.acceptNewHostKey
-	report, err := orchestrator.Replicate(ctx, s, vm, opt)
+	vms, err := resolveVMs(ctx, s.Client, vmselect.Spec{Args: []string{vm}})
+	if err != nil {
+		s.CloseTunnels()
+		s.Client.Close(context.WithoutCancel(ctx))
+		return err
+	}
+	pr.startVM(vms[0].Name)
+	report, err := orchestrator.Replicate(ctx, s, "moref="+vms[0].Moref, opt)
 	if report == nil {
-		pr.finish(nil, nil, err)
+		pr.finish(vms[0].Name, nil, nil, err)
 	} else {
-		pr.finish(report, replicateSummary(report), err)
+		pr.finish(vms[0].Name, report, replicateSummary(report), err)
 	}
 	s.CloseTunnels()
 	s.Client.Close(context.WithoutCancel(ctx))
 	if ctx.Err() != nil {
-		return interrupted("replication", []jobOutcome{{vm, report, err}}, stderr)
+		return interrupted("replication", []jobOutcome{{vms[0].Name, report, err}}, stderr)
 	}
 	return err
 }
@@ -193,11 +206,11 @@ func runReplicate(ctx context.Context, cfg *config.Config, o replicateOptions, o
 func replicateSummary(r *orchestrator.ReplicateReport) []string {
 	var lines []string
 	for _, d := range r.Disks {
-		lines = append(lines, fmt.Sprintf("%s disk %d (%s) -> %s: %s, %s of %s written, %s zeroed, %.1fs, %.0f MiB/s",
-			r.VM, d.Key, d.Label, d.Target, d.Level, units.FormatSize(d.BytesCopied), units.FormatSize(d.Capacity),
-			units.FormatSize(d.BytesZeroed), d.Seconds, d.MiBps))
+		lines = append(lines, fmt.Sprintf("%s disk %d (%s) -> %s: %s, %s, %s zeroed, %s",
+			r.VM, d.Key, d.Label, d.Target, d.Level, copiedOf(d.BytesCopied, 0, d.Capacity),
+			units.FormatSize(d.BytesZeroed), timeAndRate(d.Seconds, d.MiBps)))
 	}
-	lines = append(lines, fmt.Sprintf("%s: replication (%s) done in %.1fs: %s read, %s written of %s; state in %s", r.VM, r.Level, r.Seconds,
-		units.FormatSize(r.BytesRead), units.FormatSize(r.Copied), units.FormatSize(r.Capacity), r.StateFile))
+	lines = append(lines, fmt.Sprintf("%s: replication (%s) done in %.1f s: %s read, %s; state in %s", r.VM, r.Level, r.Seconds,
+		units.FormatSize(r.BytesRead), copiedOf(r.Copied, 0, r.Capacity), r.StateFile))
 	return append(lines, phaseLines(r)...)
 }

@@ -28,7 +28,7 @@ type restoreOptions struct {
 
 func (o *restoreOptions) AddFlags(fs *pflag.FlagSet) {
 	o.repo.register(fs)
-	fs.StringVar(&o.Backup, "backup", "", "backup `ID` to restore (see 'sendense list'); default: the latest")
+	fs.StringVar(&o.Backup, "backup", "", "backup `ID` to restore (see 'sendense list'), or latest (the default)")
 	fs.StringVar(&o.To, "to", "", "write the disk images into `DIR` (created if needed); required")
 	fs.StringVar(&o.Format, "format", "raw", "output `format`: raw (sparse) or qcow2 (standalone, no backing file)")
 	fs.BoolVar(&o.Force, "force", false, "replace output files that exist")
@@ -127,6 +127,9 @@ func runRestore(ctx context.Context, opts restoreOptions, gopts globalOptions, s
 		return err
 	}
 	defer closeRepo()
+	if opts.Backup == "latest" {
+		opts.Backup = "" // the latest
+	}
 	var disks []int32
 	for _, k := range opts.Disks {
 		disks = append(disks, int32(k))

@@ -62,7 +62,9 @@ func (o *serveOptions) config(cmd *cobra.Command) (*config.Config, error) {
 	fs := cmd.Flags()
 	o.vcenter.apply(fs, cfg)
 	o.vddk.apply(fs, cfg)
-	o.copy.apply(fs, cfg)
+	if err := o.copy.apply(fs, cfg); err != nil {
+		return nil, err
+	}
 	setString(fs, "listen", &cfg.API.Listen, o.listen)
 	setString(fs, "repo", &cfg.Repository.Path, o.repo)
 	setString(fs, "state-dir", &cfg.API.StateDir, o.stateDir)
@@ -109,7 +111,10 @@ Backups run exactly as 'sendense backup' runs them, one vCenter session
 shared by all. Jobs start in order, at most [performance]
 max_concurrent_backups at a time, one per VM (a second start for a VM with
 an active job is refused with 409), and only inside [performance]
-backup_window unless the request says "force": true.
+backup_window unless the request says "force": true. The bandwidth limit
+([copy] rate, --rate, or [performance] bandwidth_limit_mbps) is for all
+running jobs together. After each succeeded backup, [retention] (if set)
+prunes that VM's backups (docs/retention.md).
 
 Every request needs 'Authorization: Bearer TOKEN', TOKEN being the content
 of [api] token_file (--token-file), a file only the agent's user may read.
@@ -158,14 +163,10 @@ EXIT STATUS
 // runServe runs the agent until ctx is cancelled (SIGTERM, SIGINT): a
 // graceful shutdown returns nil.
 func runServe(ctx context.Context, cfg *config.Config, o serveOptions, stdout, stderr io.Writer) error {
-	level := slog.LevelInfo
-	switch {
-	case gopts.Verbose:
-		level = slog.LevelDebug
-	case gopts.Quiet:
-		level = slog.LevelWarn
+	log, err := newLogger(stderr, slog.LevelInfo)
+	if err != nil {
+		return err
 	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	slog.SetDefault(log) // the orchestrator's notices too
 	srv, err := agent.New(agent.Options{
 		Config: cfg,

@@ -24,7 +24,7 @@ type verifyOptions struct {
 
 func (o *verifyOptions) AddFlags(fs *pflag.FlagSet) {
 	o.repo.register(fs)
-	fs.StringVar(&o.Backup, "backup", "", "verify only backup `ID` of VM and the images it needs (default: every backup)")
+	fs.StringVar(&o.Backup, "backup", "", "verify only backup `ID` of VM (or latest) and the images it needs (default: every backup)")
 }
 
 const verifyLong = `Verify the repository against its manifests: every VM's backups, those of
@@ -121,6 +121,16 @@ func runVerify(ctx context.Context, opts verifyOptions, gopts globalOptions, std
 		return err
 	}
 	defer closeRepo()
+	if opts.Backup == "latest" {
+		l, err := r.List(ctx, vm)
+		if err != nil {
+			return err
+		}
+		if len(l.Points) == 0 {
+			return fmt.Errorf("VM %s has no backup in %s", vm, r.Location())
+		}
+		opts.Backup = l.Points[len(l.Points)-1].ID
+	}
 	problem := func(p repo.Problem) {
 		if gopts.JSON {
 			printJSON(stdout, "problem", p)

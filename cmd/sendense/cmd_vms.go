@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -10,7 +11,10 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sendense/capture/cbt"
+	"github.com/sendense/capture/internal/agent"
+	"github.com/sendense/capture/internal/config"
 	"github.com/sendense/capture/internal/units"
+	"github.com/sendense/capture/internal/vmselect"
 	"github.com/sendense/capture/orchestrator"
 )
 
@@ -29,15 +33,32 @@ func vcenterCommand(cmd *cobra.Command, run func(ctx context.Context, c *cbt.Cli
 			return err
 		}
 		vf.apply(cmd.Flags(), cfg)
+		if _, err := orchestrator.ResolveVCenter(cfg); err != nil {
+			return usageErrorf("%v", err)
+		}
 		ctx := cmd.Context()
 		client, _, err := orchestrator.Connect(ctx, cfg)
 		if err != nil {
 			return err
 		}
 		defer client.Close(context.WithoutCancel(ctx))
-		return run(ctx, client, args, cmd.OutOrStdout())
+		err = run(ctx, client, args, cmd.OutOrStdout())
+		return withSuggestions(ctx, client, args, err)
 	}
 	return cmd
+}
+
+// withSuggestions adds the closest VM names to a "VM not found" error
+// about the command's VM argument.
+func withSuggestions(ctx context.Context, c *cbt.Client, args []string, err error) error {
+	if len(args) != 1 || !errors.Is(err, cbt.ErrNotFound) {
+		return err
+	}
+	inv, lerr := c.ListVMs(ctx)
+	if lerr != nil {
+		return err
+	}
+	return vmselect.NotFound(inv, args[0])
 }
 
 const vcenterExitStatus = `
@@ -54,9 +75,13 @@ func newVMsCommand() *cobra.Command {
 managed object id (moref), power state, whether Changed Block Tracking is
 enabled, number of disks and their total size.
 
+With --json, one "vm" line per VM: the VM object the agent API's GET
+/api/v1/vms answers with (docs/api.md, Objects): cbt is {"enabled",
+"supported"}, snapshots and disks are lists.
+
 EXAMPLES
   sendense vms
-  sendense vms --json | jq -r 'select(.cbt == false) | .path'
+  sendense vms --json | jq -r 'select(.cbt.enabled == false) | .path'
 ` + vcenterExitStatus,
 		Args: cobra.NoArgs,
 	}, func(ctx context.Context, c *cbt.Client, _ []string, w io.Writer) error {
@@ -75,7 +100,7 @@ EXAMPLES
 		t := newTable(w)
 		fmt.Fprintln(t, "PATH\tMOREF\tPOWER\tCBT\tDISKS\tSIZE")
 		for _, vm := range vms {
-			fmt.Fprintf(t, "%s\t%s\t%s\t%s\t%d\t%s\n", vm.Path, vm.Moref, vm.PowerState, onOff(vm.CBT), len(vm.Disks), units.FormatSize(vm.Capacity))
+			fmt.Fprintf(t, "%s\t%s\t%s\t%s\t%d\t%s\n", vm.Path, vm.Moref, vm.PowerState, onOff(vm.CBT.Enabled), len(vm.Disks), units.FormatSize(vm.Capacity))
 		}
 		return t.Flush()
 	})
@@ -100,7 +125,8 @@ func newVMCommand() *cobra.Command {
 disks (device key, label, capacity, backing file, UUID). A snapshot a
 sendense job took shows its job and process; one named sendense-* without
 sendense's owner marker is "foreign": a user's, never removed by a job
-(see docs/snapshots-and-locks.md).
+(see docs/snapshots-and-locks.md). With --json: the same VM object as
+'sendense vms --json' and the API (docs/api.md, Objects).
 
 VM is a managed object id (vm-42), an inventory path (/DC/vm/folder/name)
 or a unique name.
@@ -119,7 +145,7 @@ EXAMPLES
 			return printJSON(w, "vm_info", info)
 		}
 		fmt.Fprintf(w, "Name:        %s\nPath:        %s\nMoref:       %s\nPower state: %s\nCBT:         %s (supported: %v)\nSnapshots:   %d\n",
-			info.Name, info.Path, info.Moref, info.CBT.PowerState, onOff(info.CBT.Enabled), info.CBT.Supported, info.CBT.Snapshots)
+			info.Name, info.Path, info.Moref, info.PowerState, onOff(info.CBT.Enabled), info.CBT.Supported, len(info.Snapshots))
 		for _, s := range info.Snapshots {
 			fmt.Fprintf(w, "  snapshot %s  %s  %s%s\n", s.Moref, s.Name, s.Created.Format("2006-01-02 15:04:05"), snapshotNote(s))
 		}
@@ -138,40 +164,70 @@ func newCBTCommand() *cobra.Command {
 		Use:   "cbt",
 		Short: "Show, enable or reset Changed Block Tracking of a VM",
 	}
+	var statusRepo repoDirFlag
 	status := vcenterCommand(&cobra.Command{
 		Use:   "status VM",
-		Short: "Show whether CBT is enabled and each disk's current changeId",
+		Short: "Show whether CBT is enabled and the changeId each disk's next incremental starts from",
 		Long: `Show the Changed Block Tracking state of a VM: enabled, supported, power
-state, and the changeId of each disk (when the VM has snapshots), and the
-foreign snapshots: named sendense-* but not made by a sendense job.
+state, snapshots, and for each disk the changeId recorded by the VM's latest
+backup in the repository (--repo, default [repository] path): the one the
+next incremental starts from; none means the next backup of that disk is
+full. Foreign snapshots (named sendense-* but not made by a sendense job)
+are listed. With --json the object is the agent API's cbt-status answer
+(docs/api.md).
 
 EXAMPLES
   sendense cbt status lab-small
+  sendense cbt status --repo /srv/backups --json db01 | jq .disks
 ` + vcenterExitStatus,
 		Args: cobra.ExactArgs(1),
 	}, func(ctx context.Context, c *cbt.Client, args []string, w io.Writer) error {
-		info, err := orchestrator.DescribeVM(ctx, c, args[0])
+		vm, err := c.FindVM(ctx, args[0])
+		if err != nil {
+			return err
+		}
+		cfg := statusRepo.cfg
+		if cfg == nil {
+			cfg = config.Defaults()
+		}
+		svc := &orchestrator.Services{Config: cfg, Client: c, AcceptNewHostKey: statusRepo.tunnel.acceptNewHostKey,
+			OnTunnelRetry: tunnelRetryStatus()}
+		defer svc.CloseTunnels()
+		st, err := agent.ReadCBTStatus(ctx, svc, vm, statusRepo.dir)
 		if err != nil {
 			return err
 		}
 		if gopts.JSON {
-			foreign := orchestrator.ForeignSnapshots(info.Snapshots)
-			if foreign == nil {
-				foreign = []cbt.Snapshot{}
-			}
-			return printJSON(w, "cbt_status", struct {
-				VM string `json:"vm"`
-				cbt.CBTStatus
-				Foreign []cbt.Snapshot `json:"foreign_snapshots"`
-			}{info.Path, info.CBT, foreign})
+			return printJSON(w, "cbt_status", st)
 		}
 		fmt.Fprintf(w, "%s: CBT %s (supported: %v, power: %s, snapshots: %d)\n",
-			info.Path, onOff(info.CBT.Enabled), info.CBT.Supported, info.CBT.PowerState, info.CBT.Snapshots)
-		for _, s := range orchestrator.ForeignSnapshots(info.Snapshots) {
+			st.VMPath, onOff(st.Enabled), st.Supported, st.PowerState, st.Snapshots)
+		for _, s := range st.Foreign {
 			fmt.Fprintf(w, "  snapshot %s  %s%s\n", s.Moref, s.Name, snapshotNote(s))
+		}
+		if st.RepoError != "" {
+			fmt.Fprintf(w, "  repository %s: %s\n", st.Repository, st.RepoError)
+		}
+		for _, d := range st.Disks {
+			next := "none: the next backup is full"
+			if d.LastChangeID != "" {
+				next = d.LastChangeID + " (backup " + st.LastBackupID + ")"
+			}
+			if st.Repository == "" {
+				next = "unknown (no repository: --repo)"
+			}
+			fmt.Fprintf(w, "  disk %d (%s): %s, last changeId %s\n", d.Key, d.Label, units.FormatSize(d.Capacity), next)
 		}
 		return nil
 	})
+	statusRepo.register(status.Flags())
+	status.PreRunE = func(cmd *cobra.Command, args []string) error {
+		err := statusRepo.resolve(cmd)
+		if err != nil && statusRepo.dir == "" { // no repository: vCenter's fields only
+			return nil
+		}
+		return err
+	}
 	enable := vcenterCommand(&cobra.Command{
 		Use:   "enable VM",
 		Short: "Enable CBT on a VM",

@@ -16,21 +16,7 @@ import (
 func writeReference(w io.Writer, root *cobra.Command) {
 	fmt.Fprintf(w, "# sendense CLI reference\n\n")
 	fmt.Fprintf(w, "Generated from the command definitions by `make docs`; do not edit.\n\n")
-	var cmds []*cobra.Command
-	var walk func(c *cobra.Command)
-	walk = func(c *cobra.Command) {
-		if c.Hidden || c.Name() == "help" || c.Name() == "completion" {
-			return
-		}
-		// cobra adds --help when a command first runs: add it now, so
-		// the reference is the same whatever ran before.
-		c.InitDefaultHelpFlag()
-		cmds = append(cmds, c)
-		for _, s := range c.Commands() {
-			walk(s)
-		}
-	}
-	walk(root)
+	cmds := commands(root)
 	sort.SliceStable(cmds, func(i, j int) bool { return cmds[i].CommandPath() < cmds[j].CommandPath() })
 	fmt.Fprintf(w, "## Commands\n\n")
 	for _, c := range cmds {

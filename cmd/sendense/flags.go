@@ -1,6 +1,7 @@
 package main
 
 import (
+	"log/slog"
 	"os"
 
 	"github.com/spf13/cobra"
@@ -14,11 +15,13 @@ var configFile string
 
 func init() {
 	rootCmd.PersistentFlags().StringVar(&configFile, "config", "",
-		"configuration `file` (sendense.toml) [$SENDENSE_CONFIG]")
+		"configuration `file` (default: /etc/sendense/sendense.toml, else $XDG_CONFIG_HOME/sendense/sendense.toml, "+
+			"the first that exists; none: no file) [$SENDENSE_CONFIG]")
 }
 
 // vcenterFlags are the flags of commands that talk to vCenter. Each
-// overrides its configuration key, which overrides its SENDENSE_* variable.
+// overrides its SENDENSE_* variable, which overrides its configuration
+// key (docs/configuration.md).
 type vcenterFlags struct {
 	url, user, passwordFile, thumbprint, caFile string
 	insecure                                    bool
@@ -68,17 +71,26 @@ func setString(fs *pflag.FlagSet, name string, dst *string, v string) {
 	}
 }
 
-// loadConfig reads the configuration (--config or $SENDENSE_CONFIG) over
-// the environment defaults. Errors are usage errors (exit status 2).
+// loadConfig reads the configuration file (--config, else
+// $SENDENSE_CONFIG, else the first of config.SearchPaths that exists)
+// under the SENDENSE_* environment; the command's flags override both.
+// Errors are usage errors (exit status 2).
 func loadConfig(cmd *cobra.Command) (*config.Config, error) {
 	path := configFile
 	if path == "" {
 		path = os.Getenv("SENDENSE_CONFIG")
 	}
+	if path == "" {
+		var err error
+		if path, err = config.Find(os.Getenv); err != nil {
+			return nil, usageErrorf("%v", err)
+		}
+	}
 	c, err := config.Load(path, os.Getenv)
 	if err != nil {
 		return nil, usageErrorf("%v", err)
 	}
+	slog.Debug("configuration", "file", c.File)
 	return c, nil
 }
 

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"strings"
 
@@ -40,9 +39,11 @@ func usageErrorf(format string, a ...any) error {
 
 // globalOptions are the flags every subcommand accepts.
 type globalOptions struct {
-	JSON    bool
-	Verbose bool
-	Quiet   bool
+	JSON      bool
+	Verbose   bool
+	Quiet     bool
+	LogLevel  string
+	LogFormat string
 }
 
 var gopts globalOptions
@@ -54,16 +55,16 @@ var rootCmd = &cobra.Command{
 
 It reads snapshot disks through nbdkit and the sendense plugin (VDDK for the
 data, Changed Block Tracking for what changed) and copies them, extent by
-extent, into a QCOW2 backup repository or an NBD replication target.`,
+extent, into a QCOW2 backup repository or an NBD replication target.
+
+Settings come from flags, then SENDENSE_* variables, then the configuration
+file: --config FILE, $SENDENSE_CONFIG, else /etc/sendense/sendense.toml or
+~/.config/sendense/sendense.toml (docs/configuration.md).`,
 	SilenceUsage:      true,
 	SilenceErrors:     true,
 	DisableAutoGenTag: true,
-	PersistentPreRun: func(cmd *cobra.Command, args []string) {
-		level := slog.LevelWarn
-		if gopts.Verbose {
-			level = slog.LevelDebug
-		}
-		slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})))
+	PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
+		return setupOutput(cmd.ErrOrStderr())
 	},
 }
 
@@ -72,6 +73,8 @@ func init() {
 	f.BoolVar(&gopts.JSON, "json", false, "write machine-readable JSON lines on stdout")
 	f.BoolVarP(&gopts.Verbose, "verbose", "v", false, "log debug messages on stderr")
 	f.BoolVarP(&gopts.Quiet, "quiet", "q", false, "print only errors")
+	f.StringVar(&gopts.LogLevel, "log-level", "", "log `level` on stderr: debug, info, warn or error (default warn; debug with --verbose)")
+	f.StringVar(&gopts.LogFormat, "log-format", "text", "log `format`: text or json (one JSON object per line)")
 	rootCmd.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
 		return &codedError{exitUsage, fmt.Errorf("%w (see '%s --help')", err, cmd.CommandPath())}
 	})
@@ -90,6 +93,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	rootCmd.SetOut(stdout)
 	rootCmd.SetErr(stderr)
 	err := rootCmd.ExecuteContext(ctx)
+	ui.Close()
 	if err == nil {
 		return exitOK
 	}
@@ -111,6 +115,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}{"exit_error", code, err.Error()})
 	}
 	fmt.Fprintf(stderr, "sendense: %v\n", err)
+	if gopts.Verbose {
+		if c := childCommand(err); c != "" {
+			fmt.Fprintf(stderr, "  command: %s\n", c)
+		}
+	}
 	return code
 }
 

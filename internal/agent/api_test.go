@@ -64,7 +64,7 @@ func TestAPIRequests(t *testing.T) {
 		paths[v.Path] = v
 	}
 	web, db := paths["/DC0/vm/web"], paths["/DC0/vm/prod/db"]
-	if web.Moref == "" || db.Moref == "" || len(db.Disks) != 2 || !db.CBT || web.CBT {
+	if web.Moref == "" || db.Moref == "" || len(db.Disks) != 2 || !db.CBT.Enabled || web.CBT.Enabled {
 		t.Fatalf("vms: %+v", vms)
 	}
 

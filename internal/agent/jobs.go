@@ -82,6 +82,8 @@ type DiskStatus struct {
 	Percent float64 `json:"percent"`
 	MiBps   float64 `json:"mib_per_sec"`
 	Seconds float64 `json:"seconds"`
+	// ETASeconds: time left at the disk's rate so far (null until known).
+	ETASeconds *float64 `json:"eta_seconds"`
 }
 
 // Job is a job's record: what the API shows and the store keeps.
@@ -266,10 +268,8 @@ func (r jobReporter) Disk(p orchestrator.DiskProgress) {
 	d := &r.j.Disks[i]
 	r.s.metrics.addProgress(p.Done-min(d.Done, p.Done), p.Copied-min(d.Copied, p.Copied))
 	*d = DiskStatus{Key: p.Key, Label: p.Label, Level: p.Level, Phase: string(p.Phase),
-		Done: p.Done, Total: p.Total, Copied: p.Copied, MiBps: round1(p.MiBps), Seconds: round1(p.Seconds)}
-	if p.Total > 0 {
-		d.Percent = round1(float64(p.Done) * 100 / float64(p.Total))
-	}
+		Done: p.Done, Total: p.Total, Copied: p.Copied, Percent: p.Percent, MiBps: round1(p.MiBps), Seconds: round1(p.Seconds),
+		ETASeconds: p.ETASeconds}
 	if r.j.CopyStarted == nil { // the disks are announced (queued) as the copy phase starts
 		t := now
 		r.j.CopyStarted = &t

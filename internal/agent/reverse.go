@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
@@ -23,6 +24,10 @@ type reverse struct {
 	up  atomic.Bool
 }
 
+// reverseWarnEvery is how often a reverse forward that stays down with
+// the same error is logged as a warning.
+const reverseWarnEvery = 10 * time.Minute
+
 // tunnelURL is the SSH server of [tunnel] as a URL for Services.Tunnel.
 func (s *Server) tunnelURL() *url.URL {
 	t := s.cfg.Tunnel
@@ -41,13 +46,21 @@ func (s *Server) serveReverse(ctx context.Context, hs *http.Server) {
 		return
 	}
 	delay := time.Second
+	var lastMsg string
+	var lastWarn time.Time
 	for ctx.Err() == nil {
 		err := s.serveReverseOnce(ctx, hs, addr)
 		s.rev.up.Store(false)
 		if errors.Is(err, http.ErrServerClosed) || ctx.Err() != nil {
 			return
 		}
-		s.log.Warn("the API's reverse forward through the SSH tunnel is down; retrying", "forward", addr, "retry_in", delay, "err", err)
+		// Warn when the cause changes and every 10 minutes, not at every
+		// retry: a tunnel that cannot come up must not flood the log.
+		level := slog.LevelDebug
+		if msg := err.Error(); msg != lastMsg || time.Since(lastWarn) >= reverseWarnEvery {
+			level, lastMsg, lastWarn = slog.LevelWarn, msg, time.Now()
+		}
+		s.log.Log(ctx, level, "the API's reverse forward through the SSH tunnel is down; retrying with backoff (up to 30s)", "forward", addr, "retry_in", delay, "err", err)
 		select {
 		case <-ctx.Done():
 			return

@@ -141,7 +141,10 @@ func (q *scheduler) dispatch() time.Time {
 		switch {
 		case !open && !force:
 			waiting = true
-			q.setPending(j, StateWaiting, phaseWaiting)
+			if q.setPending(j, StateWaiting, phaseWaiting) {
+				q.s.log.Info("job waits for the backup window", "job", j.ID, "window", q.s.window.String(),
+					"opens", q.s.window.nextOpen(now).Format(time.RFC3339), "hint", `"force": true starts it now`)
+			}
 		case q.running < q.max && connected && !q.cleaning[j.VM.Moref]:
 			q.start(j)
 		default:
@@ -154,17 +157,18 @@ func (q *scheduler) dispatch() time.Time {
 	return time.Time{}
 }
 
-// setPending records a change between queued and waiting_for_window;
-// q.mu held.
-func (q *scheduler) setPending(j *job, st State, phase string) {
+// setPending records a change between queued and waiting_for_window and
+// says whether it was one; q.mu held.
+func (q *scheduler) setPending(j *job, st State, phase string) bool {
 	j.mu.Lock()
 	if j.State == st {
 		j.mu.Unlock()
-		return
+		return false
 	}
 	j.State, j.Phase = st, phase
 	j.mu.Unlock()
 	q.s.save(j)
+	return true
 }
 
 // add queues a new job (already recorded by the caller's validation).
@@ -250,7 +254,7 @@ func (q *scheduler) finish(ctx context.Context, j *job, report *orchestrator.Bac
 	if j.State != StateSucceeded { // disks left mid-copy end with the job
 		for i := range j.Disks {
 			if d := &j.Disks[i]; d.Phase != string(orchestrator.PhaseDone) {
-				d.Phase, d.MiBps = j.Phase, 0
+				d.Phase, d.MiBps, d.ETASeconds = j.Phase, 0, nil
 			}
 		}
 	}

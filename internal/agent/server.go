@@ -14,6 +14,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/time/rate"
+
 	"github.com/sendense/capture/internal/config"
 	"github.com/sendense/capture/orchestrator"
 )
@@ -82,6 +84,7 @@ type Server struct {
 	sched   *scheduler
 	metrics *metrics
 	runners map[string]func(context.Context, *job) (*orchestrator.BackupReport, error)
+	limiter *rate.Limiter // [copy] rate / bandwidth_limit_mbps, shared by every job
 
 	interrupted int // jobs found running at start
 	handler     http.Handler
@@ -135,6 +138,7 @@ func New(opts Options) (*Server, error) {
 	if s.store, err = openStore(s.stateDir); err != nil {
 		return nil, err
 	}
+	s.limiter = orchestrator.NewLimiter(cfg)
 	s.vc = newVCenter(opts.Connect, s.log, s.now)
 	s.rev.tun = &orchestrator.Services{Config: cfg, Tunnels: orchestrator.NewTunnelPool()}
 	s.sched = newScheduler(s, cfg.Performance.MaxConcurrentBackups)
@@ -212,7 +216,11 @@ func (s *Server) runBackup(ctx context.Context, j *job) (*orchestrator.BackupRep
 			return nil, aerr
 		}
 	}
-	return orchestrator.Backup(ctx, svc, vm, opt)
+	report, err := orchestrator.Backup(ctx, svc, vm, opt)
+	if err == nil {
+		s.applyRetention(ctx, svc, opt.Repo, vm)
+	}
+	return report, err
 }
 
 // jobServices are the shared services with the job's progress reporter.
@@ -223,7 +231,10 @@ func (s *Server) jobServices(j *job) (*orchestrator.Services, error) {
 	}
 	svc := *base
 	svc.Reporter = jobReporter{s: s, j: j}
-	svc.JobID = j.ID                // in the owner marker of the job's snapshot
+	svc.JobID = j.ID // in the owner marker of the job's snapshot
+	if svc.Limiter == nil { // one bandwidth limit for all running jobs
+		svc.Limiter = s.limiter
+	}
 	svc.Tunnels = s.rev.tun.Tunnels // one SSH connection for the API and the jobs
 	return &svc, nil
 }

@@ -148,12 +148,11 @@ type Hardware struct {
 	ConnectionState string `json:"connection_state,omitempty"`
 }
 
-// VMSpecs is the answer of GET /api/v1/vms/{vm_path}/specs.
+// VMSpecs is the answer of GET /api/v1/vms/{vm_path}/specs: the VM
+// object, with its hardware.
 type VMSpecs struct {
 	*orchestrator.VMDescription
-	PowerState string   `json:"power_state"`
-	Hardware   Hardware `json:"hardware"`
-	Capacity   uint64   `json:"capacity"` // sum of the disks' capacities
+	Hardware Hardware `json:"hardware"`
 }
 
 func (s *Server) vmSpecs(ctx context.Context, svc *orchestrator.Services, vm *cbt.VM) (*VMSpecs, error) {
@@ -164,16 +163,7 @@ func (s *Server) vmSpecs(ctx context.Context, svc *orchestrator.Services, vm *cb
 	if d.Path == "" {
 		d.Path = vm.Path
 	}
-	if d.Snapshots == nil {
-		d.Snapshots = []cbt.Snapshot{}
-	}
-	if d.Disks == nil {
-		d.Disks = []cbt.Disk{}
-	}
-	out := &VMSpecs{VMDescription: d, PowerState: d.CBT.PowerState}
-	for _, disk := range d.Disks {
-		out.Capacity += disk.Capacity
-	}
+	out := &VMSpecs{VMDescription: d}
 	var m mo.VirtualMachine
 	props := []string{"config.hardware.numCPU", "config.hardware.numCoresPerSocket", "config.hardware.memoryMB", "config.guestFullName",
 		"config.guestId", "config.version", "config.firmware", "config.uuid", "config.instanceUuid", "guest.toolsStatus",
@@ -257,17 +247,30 @@ func (s *Server) cbtStatus(ctx context.Context, svc *orchestrator.Services, vm *
 	} else if aerr := s.authz.repository(s.cfg, repoDir, `invalid parameter "repository"`); aerr != nil {
 		return nil, aerr
 	}
-	st, err := svc.Client.CBTStatus(ctx, vm)
+	out, err := ReadCBTStatus(ctx, svc, vm, repoDir)
 	if err != nil {
 		return nil, vcenterError(vm.Moref, err)
+	}
+	return out, nil
+}
+
+// ReadCBTStatus is vm's CBT status as GET /api/v1/vms/{vm_path}/cbt-status
+// and `sendense cbt status --json` show it, with the changeIds of its
+// latest backup in the repository at repoDir ("": none) and the foreign
+// snapshots. A repository that cannot be read is a field of the answer
+// (repository_error); errors are vCenter's.
+func ReadCBTStatus(ctx context.Context, svc *orchestrator.Services, vm *cbt.VM, repoDir string) (*CBTStatus, error) {
+	st, err := svc.Client.CBTStatus(ctx, vm)
+	if err != nil {
+		return nil, err
 	}
 	disks, err := svc.Client.Disks(ctx, vm, "")
 	if err != nil {
-		return nil, vcenterError(vm.Moref, err)
+		return nil, err
 	}
 	snaps, err := svc.Client.Snapshots(ctx, vm)
 	if err != nil {
-		return nil, vcenterError(vm.Moref, err)
+		return nil, err
 	}
 	orchestrator.MarkForeign(snaps)
 	out := &CBTStatus{Enabled: st.Enabled, Supported: st.Supported, VMName: vm.Name, VMPath: vm.Path, Moref: vm.Moref,

@@ -1,20 +1,27 @@
 // Package config reads sendense.toml and the SENDENSE_* environment.
 //
-// Precedence, lowest first: built-in defaults, SENDENSE_* environment
-// variables, the configuration file, command-line flags (applied by the
-// CLI). Unknown keys in the file are errors naming the key and its line.
+// Precedence, lowest first: built-in defaults, the configuration file,
+// SENDENSE_* environment variables, command-line flags (applied by the
+// CLI): flag > environment > file, as govc and restic. Unknown keys in the
+// file are errors naming the key and its line. Without --config (or
+// $SENDENSE_CONFIG) the first file of SearchPaths that exists is read.
 package config
 
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
+	pathpkg "path"
+	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/BurntSushi/toml"
 
 	"github.com/sendense/capture/internal/childenv"
+	"github.com/sendense/capture/internal/retention"
 	"github.com/sendense/capture/internal/units"
 )
 
@@ -31,9 +38,13 @@ type Config struct {
 	API         API         `toml:"api"`
 	Performance Performance `toml:"performance"`
 	State       State       `toml:"state"`
+	Retention   Retention   `toml:"retention"`
+	VMs         []VM        `toml:"vm"`
 
 	// File is the configuration file read, if any.
 	File string `toml:"-"`
+	// vmsSet: the file sets the deprecated [backup] max_concurrent_vms.
+	vmsSet bool
 }
 
 // VCenter says how to reach vCenter or ESXi.
@@ -66,7 +77,9 @@ type CBT struct {
 type Backup struct {
 	Quiesce            bool `toml:"quiesce"`              // quiesced snapshots through VMware Tools
 	MaxConcurrentDisks int  `toml:"max_concurrent_disks"` // disks of one VM copied at once
-	MaxConcurrentVMs   int  `toml:"max_concurrent_vms"`   // VMs backed up at once
+	// MaxConcurrentVMs is the old name of [performance]
+	// max_concurrent_backups for `sendense backup` (still read).
+	MaxConcurrentVMs int `toml:"max_concurrent_vms"`
 }
 
 // Copy configures the copy engine.
@@ -93,7 +106,26 @@ type Tunnel struct {
 	// APIForward is the address on the control plane where `sendense
 	// serve` exposes its API through the tunnel (an SSH reverse forward).
 	APIForward string `toml:"api_forward"`
+	// RetryFor is how long connecting to an SSH server may take, failed
+	// attempts retried with backoff, before sendense gives up ("1m").
+	RetryFor Duration `toml:"retry_for"`
 }
+
+// Duration is a time.Duration read from a string ("30s", "1m").
+type Duration struct{ time.Duration }
+
+// UnmarshalText parses the duration.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil || v < 0 {
+		return fmt.Errorf("invalid duration %q: use e.g. 30s, 2m", b)
+	}
+	d.Duration = v
+	return nil
+}
+
+// MarshalText writes the duration.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
 
 // API configures `sendense serve`, the capture agent's HTTP API.
 type API struct {
@@ -143,7 +175,75 @@ func (s State) Lease() (time.Duration, error) {
 type Performance struct {
 	MaxConcurrentBackups int    `toml:"max_concurrent_backups"` // backup jobs running at once (sendense serve)
 	BackupWindow         string `toml:"backup_window"`          // "22:00-06:00": jobs start only inside it unless forced
-	BandwidthLimitMbps   int    `toml:"bandwidth_limit_mbps"`   // megabits per second per copy; [copy] rate wins when set
+	BandwidthLimitMbps   int    `toml:"bandwidth_limit_mbps"`   // megabits per second for everything copied at once; [copy] rate wins when set
+}
+
+// Retention is the retention policy `sendense prune` applies without
+// --keep-* flags and the agent applies after every succeeded backup
+// (docs/retention.md). Counts: 0 = rule off, -1 = unlimited.
+type Retention struct {
+	KeepLast    int                `toml:"keep_last"`
+	KeepHourly  int                `toml:"keep_hourly"`
+	KeepDaily   int                `toml:"keep_daily"`
+	KeepWeekly  int                `toml:"keep_weekly"`
+	KeepMonthly int                `toml:"keep_monthly"`
+	KeepYearly  int                `toml:"keep_yearly"`
+	KeepWithin  retention.Duration `toml:"keep_within"` // e.g. "30d", "1y6m"
+}
+
+// Policy is the retention policy (calendar periods in local time).
+func (r Retention) Policy() retention.Policy {
+	return retention.Policy{Last: r.KeepLast, Hourly: r.KeepHourly, Daily: r.KeepDaily, Weekly: r.KeepWeekly,
+		Monthly: r.KeepMonthly, Yearly: r.KeepYearly, Within: r.KeepWithin}
+}
+
+// VM is a [[vm]] table: settings of the VMs it matches. Name, Path and
+// Moref are exact values or glob patterns (path.Match); every one given
+// must match.
+type VM struct {
+	Name  string `toml:"name"`
+	Path  string `toml:"path"`
+	Moref string `toml:"moref"`
+	// ExcludeDisks are device keys (2001) never backed up.
+	ExcludeDisks []int32 `toml:"exclude_disks"`
+}
+
+// Matches says whether the [[vm]] table applies to the VM.
+func (v VM) Matches(name, path, moref string) bool {
+	match := func(pattern, s string) bool {
+		if pattern == "" {
+			return true
+		}
+		ok, err := pathpkg.Match(pattern, s)
+		return ok && err == nil
+	}
+	return match(v.Name, name) && match(v.Path, path) && match(v.Moref, moref)
+}
+
+// ExcludedDisks is the union of exclude_disks of the [[vm]] tables that
+// match the VM.
+func (c *Config) ExcludedDisks(name, path, moref string) []int32 {
+	var out []int32
+	for _, v := range c.VMs {
+		if v.Matches(name, path, moref) {
+			for _, k := range v.ExcludeDisks {
+				if !slices.Contains(out, k) {
+					out = append(out, k)
+				}
+			}
+		}
+	}
+	return out
+}
+
+// ParallelBackups is how many VMs `sendense backup` backs up at once by
+// default: [performance] max_concurrent_backups, or the older [backup]
+// max_concurrent_vms when the file sets that.
+func (c *Config) ParallelBackups() int {
+	if c.vmsSet {
+		return c.Backup.MaxConcurrentVMs
+	}
+	return c.Performance.MaxConcurrentBackups
 }
 
 // Defaults returns the built-in defaults.
@@ -151,7 +251,7 @@ func Defaults() *Config {
 	return &Config{
 		VDDK:        VDDK{Libdir: "/usr/lib/vmware-vix-disklib"},
 		Backup:      Backup{MaxConcurrentDisks: 4, MaxConcurrentVMs: 1},
-		Tunnel:      Tunnel{Port: 443, Connections: 1, APIForward: "127.0.0.1:10808"},
+		Tunnel:      Tunnel{Port: 443, Connections: 1, APIForward: "127.0.0.1:10808", RetryFor: Duration{time.Minute}},
 		API:         API{Listen: "127.0.0.1:8081"},
 		Performance: Performance{MaxConcurrentBackups: 1},
 		CBT:         CBT{Fault: "full"},
@@ -159,26 +259,78 @@ func Defaults() *Config {
 	}
 }
 
-// Env lists the SENDENSE_* variables read as defaults below the file.
+// Env lists the SENDENSE_* variables: each overrides its key of the file
+// (and is overridden by its flag).
 var Env = []struct {
 	Name string
+	Key  string // the configuration key it sets
 	Doc  string
 	set  func(c *Config, v string) error
 }{
-	{"SENDENSE_VCENTER_URL", "vCenter/ESXi URL ([vcenter] url)", func(c *Config, v string) error { c.VCenter.URL = v; return nil }},
-	{"SENDENSE_VCENTER_USER", "vCenter user ([vcenter] user)", func(c *Config, v string) error { c.VCenter.User = v; return nil }},
-	{"SENDENSE_VCENTER_PASSWORD_FILE", "file holding the vCenter password ([vcenter] password_file)", func(c *Config, v string) error { c.VCenter.PasswordFile = v; return nil }},
-	{"SENDENSE_VCENTER_THUMBPRINT", "SHA-1 thumbprint of the vCenter certificate ([vcenter] thumbprint)", func(c *Config, v string) error { c.VCenter.Thumbprint = v; return nil }},
-	{"SENDENSE_VCENTER_CA_FILE", "CA bundle for the vCenter certificate ([vcenter] ca_file)", func(c *Config, v string) error { c.VCenter.CAFile = v; return nil }},
-	{"SENDENSE_VDDK_LIBDIR", "VDDK directory ([vddk] libdir)", func(c *Config, v string) error { c.VDDK.Libdir = v; return nil }},
-	{"SENDENSE_REPOSITORY", "backup repository ([repository] path)", func(c *Config, v string) error { c.Repository.Path = v; return nil }},
-	{"SENDENSE_STATE_DIR", "directory of the VM locks shared by the CLI and the agent ([state] dir)", func(c *Config, v string) error { c.State.Dir = v; return nil }},
+	{"SENDENSE_VCENTER_URL", "[vcenter] url", "vCenter/ESXi URL", func(c *Config, v string) error { c.VCenter.URL = v; return nil }},
+	{"SENDENSE_VCENTER_USER", "[vcenter] user", "vCenter user", func(c *Config, v string) error { c.VCenter.User = v; return nil }},
+	{"SENDENSE_VCENTER_PASSWORD_FILE", "[vcenter] password_file", "file holding the vCenter password", func(c *Config, v string) error {
+		c.VCenter.PasswordFile, c.VCenter.PasswordEnv = v, ""
+		return nil
+	}},
+	{"SENDENSE_VCENTER_THUMBPRINT", "[vcenter] thumbprint", "SHA-1 thumbprint of the vCenter certificate", func(c *Config, v string) error { c.VCenter.Thumbprint = v; return nil }},
+	{"SENDENSE_VCENTER_CA_FILE", "[vcenter] ca_file", "CA bundle for the vCenter certificate", func(c *Config, v string) error { c.VCenter.CAFile = v; return nil }},
+	{"SENDENSE_VDDK_LIBDIR", "[vddk] libdir", "VDDK directory", func(c *Config, v string) error { c.VDDK.Libdir = v; return nil }},
+	{"SENDENSE_REPOSITORY", "[repository] path", "backup repository", func(c *Config, v string) error { c.Repository.Path = v; return nil }},
+	{"SENDENSE_STATE_DIR", "[state] dir", "directory of the VM locks shared by the CLI and the agent", func(c *Config, v string) error { c.State.Dir = v; return nil }},
 }
 
-// Load returns the configuration from the defaults, the environment (read
-// through getenv) and, if path is not empty, the TOML file at path.
+// NoFile as the configuration path reads no file (--config none).
+const NoFile = "none"
+
+// SearchPaths are the configuration files read when none is given, in
+// order (the first that exists wins): /etc/sendense/sendense.toml, then
+// $XDG_CONFIG_HOME/sendense/sendense.toml (default
+// ~/.config/sendense/sendense.toml).
+func SearchPaths(getenv func(string) string) []string {
+	paths := []string{"/etc/sendense/sendense.toml"}
+	dir := getenv("XDG_CONFIG_HOME")
+	if dir == "" {
+		if home := getenv("HOME"); home != "" {
+			dir = filepath.Join(home, ".config")
+		}
+	}
+	if dir != "" {
+		paths = append(paths, filepath.Join(dir, "sendense", "sendense.toml"))
+	}
+	return paths
+}
+
+// Find returns the configuration file to read when none is given: the
+// first of SearchPaths that exists ("" when none does). One that exists
+// but cannot be read is skipped when a later one can be read, else it is
+// the error.
+func Find(getenv func(string) string) (string, error) {
+	var firstErr error
+	for _, p := range SearchPaths(getenv) {
+		f, err := os.Open(p)
+		if err == nil {
+			f.Close()
+			return p, nil
+		}
+		if !errors.Is(err, fs.ErrNotExist) && firstErr == nil {
+			firstErr = fmt.Errorf("config: %w (give another file with --config FILE, or --config none)", err)
+		}
+	}
+	return "", firstErr
+}
+
+// Load returns the configuration from the defaults, the TOML file at path
+// (none when path is "" or NoFile) and the environment (read through
+// getenv), which overrides the file.
 func Load(path string, getenv func(string) string) (*Config, error) {
 	c := Defaults()
+	if path != "" && path != NoFile {
+		if err := c.decodeFile(path); err != nil {
+			return nil, err
+		}
+		c.File = path
+	}
 	for _, e := range Env {
 		if v := getenv(e.Name); v != "" {
 			if err := e.set(c, v); err != nil {
@@ -186,28 +338,29 @@ func Load(path string, getenv func(string) string) (*Config, error) {
 			}
 		}
 	}
-	if path == "" {
-		return c, nil
-	}
+	childenv.Hide(c.VCenter.PasswordEnv) // its value is a secret
+	return c, c.Check()
+}
+
+func (c *Config) decodeFile(path string) error {
 	text, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("config: %w", err)
+		return fmt.Errorf("config: %w", err)
 	}
 	md, err := toml.Decode(string(text), c)
 	if err != nil {
 		var pe toml.ParseError
 		if errors.As(err, &pe) {
-			return nil, fmt.Errorf("config %s line %d: %s", path, pe.Position.Line, pe.Message)
+			return fmt.Errorf("config %s line %d: %s", path, pe.Position.Line, pe.Message)
 		}
-		return nil, fmt.Errorf("config %s: %w", path, err)
+		return fmt.Errorf("config %s: %w", path, err)
 	}
 	if u := md.Undecoded(); len(u) > 0 {
 		key := u[0].String()
-		return nil, fmt.Errorf("config %s line %d: unknown key %q (see examples/sendense.toml for the keys)", path, keyLine(string(text), u[0]), key)
+		return fmt.Errorf("config %s line %d: unknown key %q (see examples/sendense.toml for the keys)", path, keyLine(string(text), u[0]), key)
 	}
-	c.File = path
-	childenv.Hide(c.VCenter.PasswordEnv) // its value is a secret
-	return c, c.Check()
+	c.vmsSet = md.IsDefined("backup", "max_concurrent_vms")
+	return nil
 }
 
 // Check validates values that do not depend on the command run.
@@ -246,6 +399,19 @@ func (c *Config) Check() error {
 	if _, err := c.State.Lease(); err != nil {
 		return fmt.Errorf("%s: [state] snapshot_lease: %w", where, err)
 	}
+	if err := c.Retention.Policy().Check(); err != nil {
+		return fmt.Errorf("%s: [retention]: %s", where, strings.NewReplacer("--keep-", "keep_").Replace(err.Error()))
+	}
+	for i, v := range c.VMs {
+		if v.Name == "" && v.Path == "" && v.Moref == "" {
+			return fmt.Errorf("%s: [[vm]] table %d matches every VM: give name, path or moref", where, i+1)
+		}
+		for _, p := range []string{v.Name, v.Path, v.Moref} {
+			if _, err := pathpkg.Match(p, ""); err != nil {
+				return fmt.Errorf("%s: [[vm]] table %d: bad pattern %q: %v", where, i+1, p, err)
+			}
+		}
+	}
 	return nil
 }
 
@@ -266,8 +432,9 @@ func (c Copy) RateBytes() (int64, error) {
 	return units.ParseSize(c.Rate)
 }
 
-// CopyRate is the bandwidth limit of a copy in bytes per second: [copy]
-// rate, else [performance] bandwidth_limit_mbps; 0 means unlimited.
+// CopyRate is the bandwidth limit in bytes per second of everything a
+// process copies at once (every disk of every job): [copy] rate, else
+// [performance] bandwidth_limit_mbps; 0 means unlimited.
 func (c *Config) CopyRate() int64 {
 	if r, err := c.Copy.RateBytes(); err == nil && r > 0 {
 		return r

@@ -236,7 +236,10 @@ func run(ctx context.Context, srcs []Source, dsts []Destination, size uint64, wo
 		}
 		e.plan.zeroes = e.zeroes
 	}
-	if opts.Rate > 0 {
+	switch {
+	case opts.Limiter != nil:
+		e.lim = opts.Limiter
+	case opts.Rate > 0:
 		e.lim = rate.NewLimiter(rate.Limit(opts.Rate), opts.RequestSize)
 	}
 

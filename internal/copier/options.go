@@ -6,6 +6,8 @@ import (
 	"runtime"
 	"time"
 
+	"golang.org/x/time/rate"
+
 	"github.com/sendense/capture/internal/extent"
 )
 
@@ -60,6 +62,10 @@ type Options struct {
 
 	// Rate limits data read from the source, in bytes per second (0: none).
 	Rate int64
+	// Limiter, when set, is the token bucket (bytes) the copy shares with
+	// other copies (every disk of a job, every job of the agent): it
+	// replaces Rate. Reads larger than its burst take a burst's worth.
+	Limiter *rate.Limiter
 
 	// Checksum computes the SHA-256 of the destination's logical content
 	// (the source's size): while copying for a full copy, else by reading

@@ -240,7 +240,7 @@ func (w *worker) nextOp(l *lane) (op, bool, error) {
 	}
 	if o.act == actCopy && w.e.lim != nil {
 		now := time.Now()
-		if d := w.e.lim.ReserveN(now, int(o.n)).DelayFrom(now); d > 0 {
+		if d := w.e.lim.ReserveN(now, min(int(o.n), w.e.lim.Burst())).DelayFrom(now); d > 0 {
 			w.held, w.hasHeld, w.heldUntil = o, true, now.Add(d)
 			w.wait = min(w.wait, d)
 			return op{}, false, nil

@@ -23,3 +23,19 @@ func TestKeepsTheEnd(t *testing.T) {
 		t.Fatalf("Max 0 kept %d bytes", len(all.Bytes()))
 	}
 }
+
+func TestLines(t *testing.T) {
+	l := &Lines{N: 2, Match: func(s string) bool { return strings.Contains(s, "error:") }}
+	for _, chunk := range []string{"debug: a\nnbdkit: error: one\n", "nbdkit: err", "or: two\nnbdkit: error: two\n", "x\nnbdkit: error: three\nnbdkit: error: four"} {
+		l.Write([]byte(chunk))
+	}
+	got := strings.Join(l.Lines(), "|")
+	if got != "nbdkit: error: two|nbdkit: error: three|nbdkit: error: four" {
+		t.Fatalf("lines %q", got)
+	}
+	all := &Lines{N: 3}
+	all.Write([]byte("a\nb\nc\nd\n"))
+	if got := strings.Join(all.Lines(), "|"); got != "b|c|d" {
+		t.Fatalf("last lines %q", got)
+	}
+}

@@ -76,6 +76,10 @@ type Config struct {
 	Ciphers []string
 	// Redial is the backoff of Redial and Reconnect.
 	Redial Backoff
+	// OnRetry, when set, is told of every failed attempt of Redial that
+	// will be retried, instead of a log line (the CLI shows it as one
+	// updating status line).
+	OnRetry func(Retry)
 
 	// Logger receives the tunnel's log (default slog.Default()).
 	Logger *slog.Logger
@@ -91,11 +95,25 @@ type KeepAlive struct {
 
 // Backoff is a bounded exponential backoff: attempts wait Initial (default
 // 1 s), then twice as long each time up to Max (default 30 s), for at most
-// Attempts attempts (default 8).
+// Attempts attempts (default 8) and at most Within (default 1 minute) from
+// the first attempt's start to the last attempt's end.
 type Backoff struct {
 	Initial  time.Duration
 	Max      time.Duration
 	Attempts int
+	Within   time.Duration
+}
+
+// DefaultRedialWithin is how long Redial tries by default.
+const DefaultRedialWithin = time.Minute
+
+// Retry is a failed attempt of Redial that will be retried.
+type Retry struct {
+	Target  string        // user@host:port
+	Attempt int           // the attempt that failed, from 1
+	Err     error         // why
+	Wait    time.Duration // until the next attempt
+	Left    time.Duration // until Redial gives up
 }
 
 // withDefaults returns c with defaults filled in, or an error naming the
@@ -168,6 +186,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.Redial.Attempts <= 0 {
 		c.Redial.Attempts = 8
+	}
+	if c.Redial.Within <= 0 {
+		c.Redial.Within = DefaultRedialWithin
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()

@@ -293,8 +293,13 @@ func Redial(ctx context.Context, cfg Config) (*Tunnel, error) {
 	}
 	b := full.Redial
 	delay := b.Initial
+	start := time.Now()
+	deadline := start.Add(b.Within)
 	for attempt := 1; ; attempt++ {
-		t, err := Dial(ctx, cfg)
+		// No attempt runs past the deadline: its dial timeout is cut.
+		actx, cancel := context.WithDeadline(ctx, deadline)
+		t, err := Dial(actx, cfg)
+		cancel()
 		if err == nil {
 			if attempt > 1 {
 				full.Logger.Info("ssh: connected again", "ssh", full.target(), "attempt", attempt)
@@ -304,15 +309,22 @@ func Redial(ctx context.Context, cfg Config) (*Tunnel, error) {
 		if Permanent(err) || ctx.Err() != nil {
 			return nil, err
 		}
-		if attempt >= b.Attempts {
-			return nil, fmt.Errorf("%w (gave up after %d attempts)", err, attempt)
+		// The last attempt comes just before the deadline.
+		left := time.Until(deadline)
+		wait := min(delay, left-100*time.Millisecond)
+		if attempt >= b.Attempts || wait <= 0 {
+			return nil, fmt.Errorf("%w (gave up after %d attempts in %v)", err, attempt, time.Since(start).Round(time.Second))
 		}
-		full.Logger.Warn("ssh: connection failed, retrying", "ssh", full.target(),
-			"attempt", attempt, "of", b.Attempts, "retry_in", delay, "err", err)
+		if full.OnRetry != nil {
+			full.OnRetry(Retry{Target: full.target(), Attempt: attempt, Err: err, Wait: wait, Left: left})
+		} else {
+			full.Logger.Warn("ssh: connection failed, retrying", "ssh", full.target(),
+				"attempt", attempt, "of", b.Attempts, "retry_in", wait, "give_up_in", left.Round(time.Second), "err", err)
+		}
 		select {
 		case <-ctx.Done():
 			return nil, fmt.Errorf("%w (retry cancelled: %w)", err, ctx.Err())
-		case <-time.After(delay):
+		case <-time.After(wait):
 		}
 		delay = min(delay*2, b.Max)
 	}

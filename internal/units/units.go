@@ -85,3 +85,26 @@ func FormatSize(n uint64) string {
 	}
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
+
+// FormatRate formats a throughput given in MiB/s for people: "850 KiB/s",
+// "7.5 MiB/s", "120 MiB/s" (never "0 MiB/s" for a slow but moving copy).
+func FormatRate(mibps float64) string {
+	switch {
+	case mibps <= 0:
+		return "0 B/s"
+	case mibps < 1:
+		return fmt.Sprintf("%.0f KiB/s", mibps*1024)
+	case mibps < 10:
+		return fmt.Sprintf("%.1f MiB/s", mibps)
+	}
+	return fmt.Sprintf("%.0f MiB/s", mibps)
+}
+
+// FormatDuration formats seconds as a clock: "0:07", "12:30", "1:02:03".
+func FormatDuration(seconds float64) string {
+	s := int64(math.Round(max(seconds, 0)))
+	if s >= 3600 {
+		return fmt.Sprintf("%d:%02d:%02d", s/3600, s/60%60, s%60)
+	}
+	return fmt.Sprintf("%d:%02d", s/60, s%60)
+}

@@ -60,3 +60,22 @@ func TestFormatSize(t *testing.T) {
 		}
 	}
 }
+
+func TestFormatRateAndDuration(t *testing.T) {
+	for _, tc := range []struct {
+		mibps float64
+		want  string
+	}{{0, "0 B/s"}, {0.3, "307 KiB/s"}, {2, "2.0 MiB/s"}, {7.46, "7.5 MiB/s"}, {120.4, "120 MiB/s"}} {
+		if got := FormatRate(tc.mibps); got != tc.want {
+			t.Errorf("FormatRate(%v) = %q, want %q", tc.mibps, got, tc.want)
+		}
+	}
+	for _, tc := range []struct {
+		s    float64
+		want string
+	}{{0, "0:00"}, {7.4, "0:07"}, {750, "12:30"}, {3723, "1:02:03"}, {-1, "0:00"}} {
+		if got := FormatDuration(tc.s); got != tc.want {
+			t.Errorf("FormatDuration(%v) = %q, want %q", tc.s, got, tc.want)
+		}
+	}
+}
