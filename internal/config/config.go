@@ -28,6 +28,7 @@ type Config struct {
 	Tunnel      Tunnel      `toml:"tunnel"`
 	API         API         `toml:"api"`
 	Performance Performance `toml:"performance"`
+	Offsite     []Offsite   `toml:"offsite"` // [[offsite]] S3 targets (offsite.go)
 
 	// File is the configuration file read, if any.
 	File string `toml:"-"`
@@ -193,7 +194,7 @@ func (c *Config) Check() error {
 	if c.Performance.BandwidthLimitMbps < 0 {
 		return fmt.Errorf("%s: [performance] bandwidth_limit_mbps must not be negative", where)
 	}
-	return nil
+	return c.checkOffsite(where)
 }
 
 // RequestSizeBytes parses request_size (0 if unset).
