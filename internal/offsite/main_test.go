@@ -20,8 +20,9 @@ func TestMain(m *testing.M) {
 func testTarget(t *testing.T, srv *s3test.Server, bucket string) *config.Offsite {
 	t.Helper()
 	access, secret := s3test.Credentials(t, t.TempDir())
-	c := &config.Config{Offsite: []config.Offsite{{Name: "dr", Endpoint: srv.Endpoint, Bucket: bucket, Prefix: "site-a", PathStyle: true,
-		AccessKeyFile: access, SecretKeyFile: secret, ObjectLockMode: "COMPLIANCE", RetentionDays: 1, PartSize: "5M"}}}
+	c := config.Defaults()
+	c.Offsite = []config.Offsite{{Name: "dr", Endpoint: srv.Endpoint, Bucket: bucket, Prefix: "site-a", PathStyle: true,
+		AccessKeyFile: access, SecretKeyFile: secret, ObjectLockMode: "COMPLIANCE", RetentionDays: 1, PartSize: "5M"}}
 	if err := c.Check(); err != nil {
 		t.Fatal(err)
 	}

@@ -132,12 +132,12 @@ func Open(ctx context.Context, o *config.Offsite, getenv func(string) string) (*
 
 // check asks the bucket whether it exists and is locked as configured.
 func (t *Target) check(ctx context.Context) error {
-	ok, err := t.c.BucketExists(ctx, t.Bucket)
-	if err != nil {
+	// A listing (not HEAD, whose errors have no code) of one key.
+	if _, err := t.c.ListObjectsV2(t.Bucket, t.Prefix, "", "", "/", 1); err != nil {
+		if code(err) == "NoSuchBucket" {
+			return fmt.Errorf("offsite target %s: bucket %s does not exist at the endpoint: create it with Object Lock enabled (docs/offsite.md), or fix bucket", t.Name, t.Bucket)
+		}
 		return t.wrap(err, "checking bucket "+t.Bucket)
-	}
-	if !ok {
-		return fmt.Errorf("offsite target %s: bucket %s does not exist at the endpoint: create it with Object Lock enabled (docs/offsite.md), or fix bucket", t.Name, t.Bucket)
 	}
 	if t.Mode == "" {
 		return nil
@@ -188,6 +188,9 @@ func (t *Target) key(name string) string { return t.Prefix + name }
 
 // vmKey is the key of file in VM directory dir.
 func (t *Target) vmKey(dir, file string) string { return t.Prefix + path.Join(dir, file) }
+
+// dirKey is the key prefix of VM directory dir ("PREFIX/dir/").
+func (t *Target) dirKey(dir string) string { return t.Prefix + dir + "/" }
 
 // lockUntil is the retention date of objects uploaded now ("" mode: none).
 func (t *Target) lockUntil() time.Time {
