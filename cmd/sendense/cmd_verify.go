@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/sendense/capture/internal/offsite"
 	"github.com/sendense/capture/internal/repo"
 	"github.com/sendense/capture/internal/units"
 )
@@ -108,12 +109,13 @@ func runVerify(ctx context.Context, opts verifyOptions, gopts globalOptions, std
 	if opts.Backup != "" && vm == "" {
 		return usageErrorf("--backup needs the VM it belongs to")
 	}
-	r, closeRepo, err := opts.repo.open(ctx)
+	r, staged, closeRepo, err := opts.repo.openFor(ctx, offsite.StageOptions{VM: vm, Backup: opts.Backup, Images: true})
 	if err != nil {
 		return err
 	}
 	defer closeRepo()
 	problem := func(p repo.Problem) {
+		p.File = display(staged, p.File)
 		if gopts.JSON {
 			printJSON(stdout, "problem", p)
 		} else {
@@ -124,6 +126,7 @@ func runVerify(ctx context.Context, opts verifyOptions, gopts globalOptions, std
 		VM:     vm,
 		Backup: opts.Backup,
 		OnImage: func(im repo.ImageReport) {
+			im.File = display(staged, im.File)
 			if gopts.JSON {
 				printJSON(stdout, "image", verifiedImage{im.VM, im.Backup, im.Disk, im.File, im.Level, im.Chunks,
 					im.BytesRead, im.Seconds, im.OK(), len(im.Problems) + im.More})
@@ -157,6 +160,17 @@ func runVerify(ctx context.Context, opts verifyOptions, gopts globalOptions, std
 	if err != nil {
 		return err
 	}
+	location := r.Location()
+	if staged != nil { // objects whose content differs from their seal
+		location = opts.repo.dir
+		for _, p := range staged.Problems {
+			if !gopts.JSON {
+				fmt.Fprintf(stdout, "FAIL  %s %s\n", p.VM, p.Backup)
+			}
+			problem(p)
+		}
+		res.Problems = append(res.Problems, staged.Problems...)
+	}
 	n := res.ProblemCount()
 	if gopts.JSON {
 		printJSON(stdout, "summary", struct {
@@ -168,7 +182,7 @@ func runVerify(ctx context.Context, opts verifyOptions, gopts globalOptions, std
 		fmt.Fprintf(stdout, "verified %d images: %s\n", len(res.Images), verifyPlural(n, "problem"))
 	}
 	if !res.OK() {
-		return &codedError{exitVerify, fmt.Errorf("verify found %s in repository %s", verifyPlural(n, "problem"), r.Location())}
+		return &codedError{exitVerify, fmt.Errorf("verify found %s in repository %s", verifyPlural(n, "problem"), location)}
 	}
 	if len(res.Images) == 0 && vm != "" {
 		return fmt.Errorf("VM %s has no backups to verify", vm)

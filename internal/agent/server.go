@@ -195,7 +195,11 @@ func (s *Server) runBackup(ctx context.Context, j *job) (*orchestrator.BackupRep
 	}
 	vm := j.VM.Moref
 	j.mu.Unlock()
-	return orchestrator.Backup(ctx, svc, vm, opt)
+	rep, err := orchestrator.Backup(ctx, svc, vm, opt)
+	if err == nil {
+		s.offsiteAfterBackup(ctx, j, rep) // [[offsite]] sync_after_backup
+	}
+	return rep, err
 }
 
 // jobServices are the shared services with the job's progress reporter.

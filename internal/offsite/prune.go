@@ -56,7 +56,7 @@ type PrunedPoint struct {
 
 // PruneReport sums up a Prune.
 type PruneReport struct {
-	Points  []PrunedPoint `json:"points"`
+	Points  []PrunedPoint `json:"-"` // as OnPoint saw them
 	Kept    int           `json:"kept"`
 	Removed int           `json:"removed"`
 	Locked  int           `json:"locked"`

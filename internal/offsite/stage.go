@@ -71,7 +71,7 @@ func (s *Staged) Display(path string) string {
 // manifests of the selected points and, with Images, their images and
 // those of the points they need, each checked against the SHA-256 and
 // size its seal records.
-func (t *Target) Stage(ctx context.Context, opts StageOptions) (st *Staged, err error) {
+func (t *Target) Stage(ctx context.Context, opts StageOptions) (_ *Staged, err error) {
 	ix, err := t.Index(ctx, "")
 	if err != nil {
 		return nil, err
@@ -83,12 +83,11 @@ func (t *Target) Stage(ctx context.Context, opts StageOptions) (st *Staged, err 
 	if err != nil {
 		return nil, fmt.Errorf("staging directory: %w", err)
 	}
-	st = &Staged{Dir: filepath.Join(root, "repo"), Errors: ix.Errors, root: root, t: t, sizes: map[string]int64{},
+	st := &Staged{Dir: filepath.Join(root, "repo"), Errors: ix.Errors, root: root, t: t, sizes: map[string]int64{},
 		prefix: "s3://" + t.Name + "/"}
 	defer func() {
 		if err != nil {
 			st.Close()
-			st = nil
 		}
 	}()
 	if _, err := repo.Init(st.Dir); err != nil {
@@ -166,7 +165,10 @@ func (t *Target) Stage(ctx context.Context, opts StageOptions) (st *Staged, err 
 			}
 		}
 	}
-	return st, st.download(ctx, todo, opts.Progress)
+	if err := st.download(ctx, todo, opts.Progress); err != nil {
+		return nil, err
+	}
+	return st, nil
 }
 
 // chain returns s and every point it needs, recursively.

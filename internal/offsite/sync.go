@@ -40,7 +40,7 @@ type PointResult struct {
 
 // SyncReport sums up a Sync.
 type SyncReport struct {
-	Points   []PointResult `json:"points"`
+	Points   []PointResult `json:"-"` // as OnPoint saw them
 	Uploaded int           `json:"uploaded"`
 	Present  int           `json:"present"`
 	Stats    UploadStats   `json:"stats"`
