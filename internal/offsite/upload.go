@@ -164,7 +164,8 @@ func (t *Target) uploadFile(ctx context.Context, key, path string, until time.Ti
 			return
 		}
 		op, err := t.c.PutObjectPart(ctx, t.Bucket, key, uploadID, i+1, io.NewSectionReader(f, off, length), length,
-			minio.PutObjectPartOptions{Md5Base64: base64.StdEncoding.EncodeToString(sum)})
+			// Content-MD5 protects the part: no SHA-256 of it for the signature.
+			minio.PutObjectPartOptions{Md5Base64: base64.StdEncoding.EncodeToString(sum), DisableContentSha256: true})
 		if err == nil {
 			if e := cleanETag(op.ETag); md5ETag.MatchString(e) && e != hex.EncodeToString(sum) {
 				err = fmt.Errorf("the endpoint stored other bytes than sent (part %d: ETag %s, MD5 %x)", i+1, e, sum)

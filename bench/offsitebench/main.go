@@ -1,0 +1,158 @@
+// Command offsitebench measures bench/offsite.sh's figures: the upload of
+// one restore point to a real S3 server (SeaweedFS, build/weed) by
+// 'sendense offsite sync', against minio-go's own uploader (FPutObject)
+// sending the same files one stream at a time, as `aws s3 cp` of each
+// file would, and with its default 4 threads. Runs alternate; each run
+// has its own fresh server. It prints one line per run, the medians and
+// "ratio R": the single-stream time over ours (throughput ratio).
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/minio/minio-go/v7"
+
+	"github.com/sendense/capture/internal/s3test"
+)
+
+func main() {
+	weed := flag.String("weed", "build/weed", "weed binary")
+	sendense := flag.String("sendense", "build/sendense", "sendense binary")
+	repo := flag.String("repo", "", "repository holding the point (one VM, one backup)")
+	runs := flag.Int("runs", 3, "runs")
+	flag.Parse()
+	files, total := pointFiles(*repo)
+	fmt.Printf("point: %d files, %.0f MiB (%s)\n", len(files), mib(total), strings.Join(names(files), ", "))
+	var ours, single, threads []float64
+	for r := 1; r <= *runs; r++ {
+		srv, err := s3test.Start(*weed)
+		if err != nil {
+			log.Fatal(err)
+		}
+		measure := map[string]func() float64{
+			"ours":   func() float64 { return sync(srv, *sendense, *repo) },
+			"single": func() float64 { return putObjects(srv, files, 1) },
+			"4":      func() float64 { return putObjects(srv, files, 4) },
+		}
+		order := []string{"ours", "single", "4"}
+		if r%2 == 0 {
+			slices.Reverse(order)
+		}
+		got := map[string]float64{}
+		for _, k := range order {
+			got[k] = measure[k]()
+		}
+		srv.Stop()
+		ours, single, threads = append(ours, got["ours"]), append(single, got["single"]), append(threads, got["4"])
+		fmt.Printf("run %d: sendense offsite sync %.2f s (%.0f MiB/s) | minio-go FPutObject 1 stream %.2f s (%.0f MiB/s) | 4 threads %.2f s (%.0f MiB/s)\n",
+			r, got["ours"], mib(total)/got["ours"], got["single"], mib(total)/got["single"], got["4"], mib(total)/got["4"])
+	}
+	mo, ms, m4 := median(ours), median(single), median(threads)
+	fmt.Printf("median sendense offsite sync:        %.2f s, %.0f MiB/s\n", mo, mib(total)/mo)
+	fmt.Printf("median minio-go FPutObject 1 stream: %.2f s, %.0f MiB/s\n", ms, mib(total)/ms)
+	fmt.Printf("median minio-go FPutObject 4 threads: %.2f s, %.0f MiB/s (ratio %.2f)\n", m4, mib(total)/m4, m4/mo)
+	fmt.Printf("ratio %.2f\n", ms/mo)
+}
+
+func mib(n int64) float64 { return float64(n) / (1 << 20) }
+
+func median(v []float64) float64 {
+	s := slices.Clone(v)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// pointFiles are the images and the manifest in the repository's VM
+// directory.
+func pointFiles(repo string) ([]string, int64) {
+	dirs, _ := filepath.Glob(filepath.Join(repo, "*", "*.qcow2"))
+	mans, _ := filepath.Glob(filepath.Join(repo, "*", "*Z.json"))
+	files := append(dirs, mans...)
+	if len(files) < 2 {
+		log.Fatalf("no point in %s", repo)
+	}
+	var total int64
+	for _, f := range files {
+		fi, err := os.Stat(f)
+		if err != nil {
+			log.Fatal(err)
+		}
+		total += fi.Size()
+	}
+	return files, total
+}
+
+func names(files []string) []string {
+	var out []string
+	for _, f := range files {
+		out = append(out, filepath.Base(f))
+	}
+	return out
+}
+
+func bucket(srv *s3test.Server) string {
+	name := fmt.Sprintf("bench-%d", time.Now().UnixNano())
+	if err := srv.Client().MakeBucket(context.Background(), name, minio.MakeBucketOptions{ObjectLocking: true}); err != nil {
+		log.Fatal(err)
+	}
+	return name
+}
+
+// sync times 'sendense offsite sync' of the repository to a new bucket.
+func sync(srv *s3test.Server, sendense, repo string) float64 {
+	dir, err := os.MkdirTemp("", "offsitebench-")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	access, secret := filepath.Join(dir, "access"), filepath.Join(dir, "secret")
+	os.WriteFile(access, []byte(s3test.AccessKey), 0o600)
+	os.WriteFile(secret, []byte(s3test.SecretKey), 0o600)
+	cfg := filepath.Join(dir, "sendense.toml")
+	os.WriteFile(cfg, fmt.Appendf(nil, `[[offsite]]
+name = "bench"
+endpoint = %q
+bucket = %q
+path_style = true
+access_key_file = %q
+secret_key_file = %q
+object_lock_mode = "COMPLIANCE"
+retention_days = 1
+`, srv.Endpoint, bucket(srv), access, secret), 0o600)
+	cmd := exec.Command(sendense, "--config", cfg, "offsite", "sync", "--target", "bench", "--repo", repo, "--quiet")
+	cmd.Stderr = os.Stderr
+	t0 := time.Now()
+	if err := cmd.Run(); err != nil {
+		log.Fatalf("sendense offsite sync: %v", err)
+	}
+	return time.Since(t0).Seconds()
+}
+
+// putObjects times minio-go's FPutObject of each file, one after the
+// other, with threads parts in flight, locked as sendense locks them.
+func putObjects(srv *s3test.Server, files []string, threads uint) float64 {
+	c := srv.Client()
+	b := bucket(srv)
+	t0 := time.Now()
+	for _, f := range files {
+		_, err := c.FPutObject(context.Background(), b, "site/"+filepath.Base(f), f, minio.PutObjectOptions{
+			NumThreads: threads, Mode: minio.Compliance, RetainUntilDate: time.Now().Add(24 * time.Hour),
+			ContentType: "application/octet-stream"})
+		if err != nil {
+			log.Fatalf("FPutObject %s: %v", f, err)
+		}
+	}
+	return time.Since(t0).Seconds()
+}
