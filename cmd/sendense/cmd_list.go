@@ -31,8 +31,12 @@ type repoDirFlag struct {
 
 func (f *repoDirFlag) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.dir, "repo", "", "repository `directory`, ssh://[user@]host[:port]/path on the control plane, or s3://NAME/ for the bucket of [[offsite]] target NAME (default: [repository] path of the --config file, else $SENDENSE_REPOSITORY)")
-	fs.StringVar(&f.staging, "staging-dir", "", "s3:// repositories: `directory` the objects needed are downloaded into, in a private subdirectory removed afterwards (default: $TMPDIR; restore: inside --to)")
 	f.tunnel.register(fs)
+}
+
+// registerStaging adds --staging-dir (commands that read s3:// repositories).
+func (f *repoDirFlag) registerStaging(fs *pflag.FlagSet) {
+	fs.StringVar(&f.staging, "staging-dir", "", "s3:// repositories: `directory` the objects needed are downloaded into, in a private subdirectory removed afterwards (default: $TMPDIR; restore: inside --to)")
 }
 
 // resolve fills in a --repo not given from the configuration file or
@@ -78,6 +82,9 @@ func (f *repoDirFlag) open(ctx context.Context) (r *repo.Repo, close func(), err
 	if err := f.check(); err != nil {
 		return nil, nil, err
 	}
+	if offsite.IsURL(f.dir) {
+		return nil, nil, usageErrorf("--repo %s: an offsite target's bucket is read by list, verify and restore; its points are removed by 'sendense offsite prune --target NAME'", f.dir)
+	}
 	if !orchestrator.IsRemoteRepository(f.dir) {
 		r, err := repo.OpenContext(ctx, f.dir)
 		return r, func() {}, err
@@ -100,7 +107,7 @@ type listOptions struct {
 	repo repoDirFlag
 }
 
-func (o *listOptions) AddFlags(fs *pflag.FlagSet) { o.repo.register(fs) }
+func (o *listOptions) AddFlags(fs *pflag.FlagSet) { o.repo.register(fs); o.repo.registerStaging(fs) }
 
 const listLong = `List the restore points (backups) in the repository: every VM's, or
 those of VM (its name, moref, instance UUID or directory in the repository),

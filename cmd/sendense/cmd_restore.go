@@ -30,6 +30,7 @@ type restoreOptions struct {
 
 func (o *restoreOptions) AddFlags(fs *pflag.FlagSet) {
 	o.repo.register(fs)
+	o.repo.registerStaging(fs)
 	fs.StringVar(&o.Backup, "backup", "", "backup `ID` to restore (see 'sendense list'); default: the latest")
 	fs.StringVar(&o.To, "to", "", "write the disk images into `DIR` (created if needed); required")
 	fs.StringVar(&o.Format, "format", "raw", "output `format`: raw (sparse) or qcow2 (standalone, no backing file)")

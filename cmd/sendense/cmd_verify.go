@@ -25,6 +25,7 @@ type verifyOptions struct {
 
 func (o *verifyOptions) AddFlags(fs *pflag.FlagSet) {
 	o.repo.register(fs)
+	o.repo.registerStaging(fs)
 	fs.StringVar(&o.Backup, "backup", "", "verify only backup `ID` of VM and the images it needs (default: every backup)")
 }
 
