@@ -1,11 +1,14 @@
 package offsite
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -377,4 +380,65 @@ func TestErrors(t *testing.T) {
 	o.Endpoint = "http://127.0.0.1:1"
 	check(o, "cannot reach the endpoint")
 	_ = errors.New
+}
+
+// TestCraftedBucket: a point added by someone holding the keys whose
+// image backs onto a file outside the bucket is refused before qemu opens
+// it; an object whose bytes differ from its seal is a verify problem and
+// is never staged.
+func TestCraftedBucket(t *testing.T) {
+	srv := s3test.Shared(t)
+	ctx := context.Background()
+	r, b := newRepo(t, full(4*mib, repotest.Write{Off: 0, Len: 1 * mib}))
+	bucket := srv.Bucket(t, true)
+	tg := open(t, testTarget(t, srv, bucket))
+	if _, err := Sync(ctx, r, tg, SyncOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	c := srv.Client()
+	put := func(name string, data []byte) Object {
+		t.Helper()
+		info, err := c.PutObject(ctx, bucket, "site-a/db_01/"+name, bytes.NewReader(data), int64(len(data)), minio.PutObjectOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sum := sha256.Sum256(data)
+		return Object{Name: name, Size: int64(len(data)), SHA256: hex.EncodeToString(sum[:]), VersionID: info.VersionID}
+	}
+	forge := func(id string, img []byte, damage bool) {
+		t.Helper()
+		m, _ := os.ReadFile(filepath.Join(r.Dir, "db_01", b.Points[0].ID+".json"))
+		m = bytes.ReplaceAll(m, []byte(b.Points[0].ID), []byte(id))
+		s := Seal{Format: SealFormat, Version: SealVersion, VMDir: "db_01", ID: id,
+			Objects: []Object{put(id+"-disk2000.qcow2", img), put(id+".json", m)}}
+		if damage {
+			s.Objects[0].SHA256 = strings.Repeat("0", 64)
+		}
+		sb, _ := json.Marshal(s)
+		put(sealName(id), sb)
+	}
+	evil := filepath.Join(t.TempDir(), "evil.qcow2")
+	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", "-b", "/etc/hostname", "-F", "raw", evil, "4M").CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	img, _ := os.ReadFile(evil)
+	forge("20990101T000000Z", img, false)
+	_, err := tg.Stage(ctx, StageOptions{VM: "db_01", Latest: true, Images: true, In: t.TempDir()})
+	if err == nil || !strings.Contains(err.Error(), `backing file "/etc/hostname" is not an image of that VM`) {
+		t.Fatalf("a forged backing file: %v", err)
+	}
+
+	good, _ := os.ReadFile(filepath.Join(r.Dir, "db_01", b.Points[0].ID+"-disk2000.qcow2"))
+	forge("20990102T000000Z", good, true)
+	st, err := tg.Stage(ctx, StageOptions{VM: "db_01", Backup: "20990102T000000Z", Images: true, In: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if len(st.Problems) != 1 || st.Problems[0].Kind != ProblemObjectSHA256 || !strings.HasSuffix(st.Problems[0].File, "20990102T000000Z-disk2000.qcow2") {
+		t.Fatalf("damaged object: %+v", st.Problems)
+	}
+	if _, err := os.Stat(filepath.Join(st.Dir, "db_01", "20990102T000000Z-disk2000.qcow2")); !os.IsNotExist(err) {
+		t.Fatalf("the damaged object was staged: %v", err)
+	}
 }

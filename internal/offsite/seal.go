@@ -3,12 +3,10 @@ package offsite
 import (
 	"bytes"
 	"context"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"path"
 	"regexp"
 	"slices"
 	"strconv"
@@ -268,6 +266,9 @@ func (t *Target) Index(ctx context.Context, vmDir string) (*Index, error) {
 		seals[i], errs[i] = t.readSeal(ctx, refs[i].dir, refs[i].id, refs[i].version)
 	})
 	for i, s := range seals {
+		if errs[i] == nil {
+			errs[i] = t.checkObjects(s, keys)
+		}
 		if errs[i] != nil {
 			ix.Errors = append(ix.Errors, errs[i])
 			continue
@@ -290,6 +291,32 @@ func (t *Target) Index(ctx context.Context, vmDir string) (*Index, error) {
 	slices.Sort(ix.Unsealed)
 	slices.SortFunc(ix.Errors, func(a, b error) int { return strings.Compare(a.Error(), b.Error()) })
 	return ix, nil
+}
+
+// checkObjects checks that the objects a seal lists are in the bucket,
+// in the version and with the size it records.
+func (t *Target) checkObjects(s *Seal, keys map[string]*keyVersions) error {
+	for _, o := range s.Objects {
+		key := t.vmKey(s.VMDir, o.Name)
+		var found *minio.ObjectInfo
+		if kv := keys[key]; kv != nil {
+			for i, v := range kv.versions {
+				if !v.IsDeleteMarker && (v.VersionID == o.VersionID || o.VersionID == "" && found == nil) {
+					found = &kv.versions[i]
+					if v.VersionID == o.VersionID {
+						break
+					}
+				}
+			}
+		}
+		switch {
+		case found == nil:
+			return fmt.Errorf("point %s/%s: its object %s (version %q) is not in the bucket: that point cannot be read from there", s.VMDir, s.ID, key, o.VersionID)
+		case found.Size != o.Size:
+			return fmt.Errorf("point %s/%s: its object %s has %d bytes, its seal says %d: that point cannot be read from there", s.VMDir, s.ID, key, found.Size, o.Size)
+		}
+	}
+	return nil
 }
 
 // readSeal reads and checks one seal (version "" = the current one).
@@ -331,7 +358,3 @@ func (t *Target) getSmall(ctx context.Context, key, version string, limit int64)
 
 // sealKey is the key of a point's seal.
 func (t *Target) sealKey(dir, id string) string { return t.vmKey(dir, sealName(id)) }
-
-func hexOK(s string) bool { _, err := hex.DecodeString(s); return err == nil && len(s) == 64 }
-
-var _ = path.Join

@@ -168,6 +168,27 @@ func (t *Target) Stage(ctx context.Context, opts StageOptions) (_ *Staged, err e
 	if err := st.download(ctx, todo, opts.Progress); err != nil {
 		return nil, err
 	}
+	// The images' headers: their backing files must be images of the
+	// same VM directory in the bucket, named plainly.
+	for _, fe := range todo {
+		if _, ok := imageID(fe.obj.Name); !ok {
+			continue
+		}
+		backing, err := checkImage(filepath.Join(st.Dir, fe.dir, fe.obj.Name))
+		if errors.Is(err, os.ErrNotExist) {
+			continue // damaged: in Problems
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%s%s/%s: %v: the object cannot be restored", st.prefix, fe.dir, fe.obj.Name, err)
+		}
+		if backing == "" {
+			continue
+		}
+		bid, ok := imageID(backing)
+		if bs := ix.Find(fe.dir, bid); !ok || bs == nil || bs.Object(backing) == nil {
+			return nil, fmt.Errorf("%s%s/%s: its backing file %q is not an image of that VM in the bucket: the object cannot be restored", st.prefix, fe.dir, fe.obj.Name, backing)
+		}
+	}
 	return st, nil
 }
 
@@ -295,6 +316,11 @@ func (st *Staged) download(ctx context.Context, todo []fetch, progress func(int6
 			st.Problems = append(st.Problems, repo.Problem{VM: fe.dir, Backup: fe.seal.ID, File: st.prefix + fe.dir + "/" + fe.obj.Name,
 				Kind: ProblemObjectSHA256, Expected: fe.obj.SHA256, Actual: sums[i],
 				Message: "the object's SHA-256 differs from the one its seal recorded at upload"})
+			// Not staged: nothing reads bytes that are not what was sent.
+			if err := os.Remove(files[i].Name()); err != nil {
+				return err
+			}
+			continue
 		}
 		if err := files[i].Sync(); err != nil {
 			return err

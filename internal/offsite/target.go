@@ -21,7 +21,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"net/url"
 	"os"
 	"path"
@@ -215,5 +214,3 @@ func (t *Target) putOptions(until time.Time, sha string) minio.PutObjectOptions 
 
 // httpStatus is the HTTP status of an S3 error (0 for others).
 func httpStatus(err error) int { return minio.ToErrorResponse(err).StatusCode }
-
-var _ = http.StatusOK

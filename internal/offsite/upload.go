@@ -8,7 +8,6 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"fmt"
-	"hash"
 	"io"
 	"os"
 	"regexp"
@@ -16,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/minio/minio-go/v7"
@@ -87,7 +87,8 @@ func (t *Target) putSmall(ctx context.Context, key string, data []byte, until ti
 // sent or kept.
 func (t *Target) uploadFile(ctx context.Context, key, path string, until time.Time, progress func(int64)) (Object, UploadStats, error) {
 	var st UploadStats
-	f, err := os.Open(path)
+	// The repository's own file, never what a symbolic link points to.
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
 	if err != nil {
 		return Object{}, st, err
 	}
@@ -95,6 +96,9 @@ func (t *Target) uploadFile(ctx context.Context, key, path string, until time.Ti
 	fi, err := f.Stat()
 	if err != nil {
 		return Object{}, st, err
+	}
+	if !fi.Mode().IsRegular() {
+		return Object{}, st, fmt.Errorf("%s is not a regular file", path)
 	}
 	size := fi.Size()
 	n, ps := t.partPlan(size)
@@ -324,5 +328,3 @@ func copyRange(ctx context.Context, w io.Writer, f io.ReaderAt, off, length int6
 	}
 	return nil
 }
-
-var _ hash.Hash
