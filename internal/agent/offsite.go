@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/sendense/capture/internal/config"
 	"github.com/sendense/capture/internal/offsite"
 	"github.com/sendense/capture/internal/repo"
 	"github.com/sendense/capture/orchestrator"
@@ -24,20 +25,21 @@ func (s *Server) offsiteAfterBackup(ctx context.Context, j *job, rep *orchestrat
 		if !o.SyncAfterBackup || ctx.Err() != nil {
 			continue
 		}
-		msg, err := syncAfterBackup(ctx, o.Name, func(ctx context.Context) (*offsite.Target, error) { return offsite.Open(ctx, o, os.Getenv) }, rep)
+		msg, err := syncAfterBackup(ctx, o, rep)
 		if err != nil {
-			s.log.Warn("offsite sync after the backup failed", "job", rep.Moref, "target", o.Name, "err", err)
+			s.log.Warn("offsite sync after the backup failed", "vm", rep.Moref, "target", o.Name, "err", err)
 			msg = fmt.Sprintf("offsite sync to %s failed (the backup itself succeeded; the next sync copies what is missing): %v", o.Name, err)
 		}
 		jobReporter{s: s, j: j}.Notice("", msg)
 	}
 }
 
-func syncAfterBackup(ctx context.Context, name string, open func(context.Context) (*offsite.Target, error), rep *orchestrator.BackupReport) (string, error) {
+// syncAfterBackup syncs the points of the report's VM to target o.
+func syncAfterBackup(ctx context.Context, o *config.Offsite, rep *orchestrator.BackupReport) (string, error) {
 	if orchestrator.IsRemoteRepository(rep.Repo) {
 		return "", fmt.Errorf("the repository %s is not on this machine: run 'sendense offsite sync' where it is", rep.Repo)
 	}
-	t, err := open(ctx)
+	t, err := offsite.Open(ctx, o, os.Getenv)
 	if err != nil {
 		return "", err
 	}
@@ -50,5 +52,5 @@ func syncAfterBackup(ctx context.Context, name string, open func(context.Context
 	if err != nil {
 		return "", err
 	}
-	return fmt.Sprintf("offsite sync to %s: %d uploaded, %d already there", name, res.Uploaded, res.Present), nil
+	return fmt.Sprintf("offsite sync to %s: %d uploaded, %d already there", o.Name, res.Uploaded, res.Present), nil
 }
