@@ -29,6 +29,7 @@ func main() {
 	sendense := flag.String("sendense", "build/sendense", "sendense binary")
 	repo := flag.String("repo", "", "repository holding the point (one VM, one backup)")
 	runs := flag.Int("runs", 3, "runs")
+	restore := flag.Bool("restore", false, "also compare restore by download with streaming range reads")
 	flag.Parse()
 	files, total := pointFiles(*repo)
 	fmt.Printf("point: %d files, %.0f MiB (%s)\n", len(files), mib(total), strings.Join(names(files), ", "))
@@ -60,7 +61,66 @@ func main() {
 	fmt.Printf("median sendense offsite sync:        %.2f s, %.0f MiB/s\n", mo, mib(total)/mo)
 	fmt.Printf("median minio-go FPutObject 1 stream: %.2f s, %.0f MiB/s\n", ms, mib(total)/ms)
 	fmt.Printf("median minio-go FPutObject 4 threads: %.2f s, %.0f MiB/s (ratio %.2f)\n", m4, mib(total)/m4, m4/mo)
+	if *restore {
+		restoreCompare(*weed, *sendense, *repo)
+	}
 	fmt.Printf("ratio %.2f\n", ms/mo)
+}
+
+// restoreCompare restores the point from the bucket as sendense does
+// (download the chain with ranged GETs in parallel, then qemu-img convert
+// locally) and by streaming: qemu-img convert reading the qcow2 through
+// nbdkit's curl plugin, one range GET per read, with 0 and 20 ms added
+// to each (what a real S3's first-byte latency adds).
+func restoreCompare(weed, sendense, repo string) {
+	srv, err := s3test.Start(weed)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer srv.Stop()
+	dir, err := os.MkdirTemp("", "offsitebench-")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	b := bucket(srv)
+	cfg := writeConfig(srv, dir, b)
+	run := func(args ...string) {
+		cmd := exec.Command(sendense, append([]string{"--config", cfg}, args...)...)
+		cmd.Stderr = os.Stderr
+		if err := cmd.Run(); err != nil {
+			log.Fatalf("sendense %v: %v", args, err)
+		}
+	}
+	run("offsite", "sync", "--target", "bench", "--repo", repo, "--quiet")
+	images, _ := filepath.Glob(filepath.Join(repo, "*", "*.qcow2"))
+	vmDir := filepath.Base(filepath.Dir(images[0]))
+	t0 := time.Now()
+	run("restore", "--repo", "s3://bench/", vmDir, "--to", filepath.Join(dir, "r1"), "--quiet")
+	td := time.Since(t0).Seconds()
+	fmt.Printf("restore from the bucket, download then convert (sendense): %.2f s\n", td)
+	os.RemoveAll(filepath.Join(dir, "r1"))
+	u, err := srv.Client().PresignedGetObject(context.Background(), b, vmDir+"/"+filepath.Base(images[0]), time.Hour, nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	for _, delay := range []string{"0", "20ms"} {
+		args := []string{"-U", "-"}
+		if delay != "0" {
+			args = append(args, "--filter=delay", "rdelay="+delay)
+		}
+		out := filepath.Join(dir, "stream.raw")
+		args = append(args, "curl", "url="+u.String(), "--run", "qemu-img convert -f qcow2 -O raw \"$uri\" "+out)
+		t0 := time.Now()
+		cmd := exec.Command("nbdkit", args...)
+		cmd.Stderr = os.Stderr
+		if err := cmd.Run(); err != nil {
+			fmt.Printf("streaming restore (nbdkit curl, delay %s): failed: %v\n", delay, err)
+			continue
+		}
+		fmt.Printf("restore streaming range reads (qemu-img convert over nbdkit curl, %s added per read): %.2f s\n", delay, time.Since(t0).Seconds())
+		os.Remove(out)
+	}
 }
 
 func mib(n int64) float64 { return float64(n) / (1 << 20) }
@@ -117,6 +177,19 @@ func sync(srv *s3test.Server, sendense, repo string) float64 {
 		log.Fatal(err)
 	}
 	defer os.RemoveAll(dir)
+	cfg := writeConfig(srv, dir, bucket(srv))
+	cmd := exec.Command(sendense, "--config", cfg, "offsite", "sync", "--target", "bench", "--repo", repo, "--quiet")
+	cmd.Stderr = os.Stderr
+	t0 := time.Now()
+	if err := cmd.Run(); err != nil {
+		log.Fatalf("sendense offsite sync: %v", err)
+	}
+	return time.Since(t0).Seconds()
+}
+
+// writeConfig writes credentials and a configuration with target "bench"
+// on bucket b into dir.
+func writeConfig(srv *s3test.Server, dir, b string) string {
 	access, secret := filepath.Join(dir, "access"), filepath.Join(dir, "secret")
 	os.WriteFile(access, []byte(s3test.AccessKey), 0o600)
 	os.WriteFile(secret, []byte(s3test.SecretKey), 0o600)
@@ -130,14 +203,8 @@ access_key_file = %q
 secret_key_file = %q
 object_lock_mode = "COMPLIANCE"
 retention_days = 1
-`, srv.Endpoint, bucket(srv), access, secret), 0o600)
-	cmd := exec.Command(sendense, "--config", cfg, "offsite", "sync", "--target", "bench", "--repo", repo, "--quiet")
-	cmd.Stderr = os.Stderr
-	t0 := time.Now()
-	if err := cmd.Run(); err != nil {
-		log.Fatalf("sendense offsite sync: %v", err)
-	}
-	return time.Since(t0).Seconds()
+`, srv.Endpoint, b, access, secret), 0o600)
+	return cfg
 }
 
 // putObjects times minio-go's FPutObject of each file, one after the

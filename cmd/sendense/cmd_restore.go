@@ -139,6 +139,9 @@ func runRestore(ctx context.Context, opts restoreOptions, gopts globalOptions, s
 				staged.Problems[0].File, staged.Problems[0].Message, staged.Problems[0].Expected, staged.Problems[0].Actual, opts.repo.dir)
 		}
 		backup = staged.Backup
+		for _, e := range staged.Errors { // points left out: the latest may be older than expected
+			fmt.Fprintf(stderr, "sendense: warning: %v\n", e)
+		}
 	}
 	var disks []int32
 	for _, k := range opts.Disks {

@@ -171,6 +171,14 @@ func runVerify(ctx context.Context, opts verifyOptions, gopts globalOptions, std
 			problem(p)
 		}
 		res.Problems = append(res.Problems, staged.Problems...)
+		for _, e := range staged.Errors { // seals that cannot be read: points not verified
+			p := repo.Problem{File: opts.repo.dir, Kind: "seal", Message: e.Error()}
+			if !gopts.JSON {
+				fmt.Fprintf(stdout, "FAIL  seal\n")
+			}
+			problem(p)
+			res.Problems = append(res.Problems, p)
+		}
 	}
 	n := res.ProblemCount()
 	if gopts.JSON {
