@@ -245,32 +245,17 @@ func (t *Target) uploadPoint(ctx context.Context, p repo.Point, ix *Index, progr
 // extendChain makes every object of seal's point and of the points it
 // needs (recursively) retained at least until until.
 func (t *Target) extendChain(ctx context.Context, ix *Index, seal *Seal, until time.Time) (int, error) {
+	chain, err := ix.chain(seal)
+	if err != nil {
+		return 0, err
+	}
 	type obj struct{ key, version string }
 	var objs []obj
-	seen := map[string]bool{}
-	var walk func(s *Seal) error
-	walk = func(s *Seal) error {
-		if seen[s.ID] {
-			return nil
-		}
-		seen[s.ID] = true
+	for _, s := range chain {
 		for _, o := range s.Objects {
 			objs = append(objs, obj{t.vmKey(s.VMDir, o.Name), o.VersionID})
 		}
 		objs = append(objs, obj{t.sealKey(s.VMDir, s.ID), s.SealVersionID})
-		for _, n := range s.Needs {
-			ns := ix.Find(s.VMDir, n)
-			if ns == nil {
-				return fmt.Errorf("backup %s needs backup %s, which is not in the bucket", s.ID, n)
-			}
-			if err := walk(ns); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
-	if err := walk(seal); err != nil {
-		return 0, err
 	}
 	errs := make([]error, len(objs))
 	extended := make([]bool, len(objs))

@@ -8,6 +8,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"fmt"
+	"hash"
 	"io"
 	"os"
 	"regexp"
@@ -152,27 +153,33 @@ func (t *Target) uploadFile(ctx context.Context, key, path string, until time.Ti
 	parallel(ctx, t.Conns, n, func(i int) {
 		off := int64(i) * ps
 		length := min(ps, size-off)
-		h := md5.New()
-		if err := copyRange(ctx, h, f, off, length); err != nil {
-			cancel(err)
-			return
-		}
-		sum := h.Sum(nil)
-		md5s[i] = sum
-		if p, ok := have[i+1]; ok && p.Size == length && cleanETag(p.ETag) == hex.EncodeToString(sum) {
-			resumed.Add(1)
-			kept.Add(length)
-			if progress != nil {
-				progress(length)
+		if p, ok := have[i+1]; ok && p.Size == length {
+			// A part of the cut upload: kept if it holds the file's bytes.
+			h := md5.New()
+			if err := copyRange(ctx, h, f, off, length); err != nil {
+				cancel(err)
+				return
 			}
-			return
+			if sum := h.Sum(nil); cleanETag(p.ETag) == hex.EncodeToString(sum) {
+				md5s[i] = sum
+				resumed.Add(1)
+				kept.Add(length)
+				if progress != nil {
+					progress(length)
+				}
+				return
+			}
 		}
-		op, err := t.c.PutObjectPart(ctx, t.Bucket, key, uploadID, i+1, io.NewSectionReader(f, off, length), length,
-			// Content-MD5 protects the part: no SHA-256 of it for the signature.
-			minio.PutObjectPartOptions{Md5Base64: base64.StdEncoding.EncodeToString(sum), DisableContentSha256: true})
+		// The part is read once: its MD5 is computed as it is sent and
+		// compared with the ETag the server computed from what it got.
+		// (Content-MD5 would need a pass over the part before sending.)
+		body := &md5Reader{sr: io.NewSectionReader(f, off, length), h: md5.New()}
+		op, err := t.c.PutObjectPart(ctx, t.Bucket, key, uploadID, i+1, body, length,
+			minio.PutObjectPartOptions{DisableContentSha256: true})
 		if err == nil {
-			if e := cleanETag(op.ETag); md5ETag.MatchString(e) && e != hex.EncodeToString(sum) {
-				err = fmt.Errorf("the endpoint stored other bytes than sent (part %d: ETag %s, MD5 %x)", i+1, e, sum)
+			md5s[i] = body.h.Sum(nil)
+			if e := cleanETag(op.ETag); md5ETag.MatchString(e) && e != hex.EncodeToString(md5s[i]) {
+				err = fmt.Errorf("the endpoint stored other bytes than sent (part %d: ETag %s, MD5 %x); run the sync again", i+1, e, md5s[i])
 			}
 		}
 		if err != nil {
@@ -301,6 +308,27 @@ func (t *Target) listParts(ctx context.Context, key, uploadID string) (map[int]m
 		}
 		marker = res.NextPartNumberMarker
 	}
+}
+
+// md5Reader hashes what is read from a part; the client rewinds it
+// (Seek to 0) to send the part again, which starts the hash again.
+type md5Reader struct {
+	sr *io.SectionReader
+	h  hash.Hash
+}
+
+func (r *md5Reader) Read(p []byte) (int, error) {
+	n, err := r.sr.Read(p)
+	r.h.Write(p[:n])
+	return n, err
+}
+
+func (r *md5Reader) Seek(off int64, whence int) (int64, error) {
+	if off != 0 || whence != io.SeekStart {
+		return 0, fmt.Errorf("md5Reader: seek to %d (%d): only rewinds", off, whence)
+	}
+	r.h.Reset()
+	return r.sr.Seek(0, io.SeekStart)
 }
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 1<<20); return &b }}
