@@ -32,6 +32,7 @@ const (
 type Server struct {
 	Endpoint string // http://127.0.0.1:PORT, the S3 gateway
 	Addr     string // 127.0.0.1:PORT
+	Filer    string // http://127.0.0.1:PORT, the filer (buckets under /buckets/)
 	cmd      *exec.Cmd
 	dir      string
 	done     chan struct{}
@@ -107,6 +108,7 @@ func Start(bin string) (*Server, error) {
 	}
 	go func() { s.cmd.Wait(); close(s.done) }()
 	s.Addr = fmt.Sprintf("127.0.0.1:%d", p[6])
+	s.Filer = fmt.Sprintf("http://127.0.0.1:%d", p[4])
 	s.Endpoint = "http://" + s.Addr
 	deadline := time.Now().Add(120 * time.Second)
 	for {
