@@ -379,6 +379,23 @@ func TestErrors(t *testing.T) {
 	o = testTarget(t, srv, locked)
 	o.Endpoint = "http://127.0.0.1:1"
 	check(o, "cannot reach the endpoint")
+
+	// One sync or prune of a target at a time on a machine.
+	t.Setenv("XDG_RUNTIME_DIR", t.TempDir())
+	os.Chmod(os.Getenv("XDG_RUNTIME_DIR"), 0o700)
+	tg := open(t, testTarget(t, srv, locked))
+	l, err := tg.lockLocal("sendense offsite sync")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Unlock()
+	if _, err := Prune(ctx, tg, PruneOptions{Keep: 1}); err == nil || !strings.Contains(err.Error(), "offsite target dr is busy: a sendense offsite sync (pid ") {
+		t.Fatalf("a second operation: %v", err)
+	}
+	os.Chmod(os.Getenv("XDG_RUNTIME_DIR"), 0o777)
+	if _, err := tg.lockLocal("x"); err == nil || !strings.Contains(err.Error(), "others cannot write to") {
+		t.Fatalf("a lock in a shared directory: %v", err)
+	}
 	_ = errors.New
 }
 

@@ -73,7 +73,7 @@ func Prune(ctx context.Context, t *Target, opts PruneOptions) (*PruneReport, err
 	if opts.Keep < 1 {
 		return nil, errors.New("--keep must be at least 1: the newest point of a VM is never removed")
 	}
-	l, err := t.lockLocal("offsite prune")
+	l, err := t.lockLocal("sendense offsite prune")
 	if err != nil {
 		return nil, err
 	}

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"syscall"
 	"time"
 
 	"github.com/minio/minio-go/v7"
@@ -59,7 +60,7 @@ func Sync(ctx context.Context, r *repo.Repo, t *Target, opts SyncOptions) (*Sync
 	if !r.Local() {
 		return nil, fmt.Errorf("offsite sync reads the repository's files directly: run it on the machine that holds %s (with --repo DIR)", r.Location())
 	}
-	l, err := t.lockLocal("offsite sync")
+	l, err := t.lockLocal("sendense offsite sync")
 	if err != nil {
 		return nil, err
 	}
@@ -92,14 +93,16 @@ func Sync(ctx context.Context, r *repo.Repo, t *Target, opts SyncOptions) (*Sync
 }
 
 // lockLocal makes syncs and prunes of one target on this machine run one
-// at a time (they would abort each other's unfinished uploads).
+// at a time (they would abort each other's unfinished uploads). The lock
+// file is in a directory of this user only ($XDG_RUNTIME_DIR, else
+// ~/.cache/sendense), never in a shared one such as /tmp.
 func (t *Target) lockLocal(op string) (*lockfile.Lock, error) {
-	dir := os.Getenv("XDG_RUNTIME_DIR")
-	if dir == "" {
-		dir = os.TempDir()
+	dir, err := privateDir()
+	if err != nil {
+		return nil, fmt.Errorf("offsite target %s: no directory for its lock file: %w", t.Name, err)
 	}
 	path := filepath.Join(dir, fmt.Sprintf("sendense-offsite-%s.lock", t.Name))
-	l, holder, err := lockfile.TryExclusive(path, op+" to "+t.Name)
+	l, holder, err := lockfile.TryExclusive(path, op)
 	if err != nil {
 		return nil, fmt.Errorf("offsite target %s: lock %s: %w", t.Name, path, err)
 	}
@@ -107,6 +110,30 @@ func (t *Target) lockLocal(op string) (*lockfile.Lock, error) {
 		return nil, fmt.Errorf("offsite target %s is busy: %s is running (lock %s); retry when it has finished", t.Name, holder, path)
 	}
 	return l, nil
+}
+
+// privateDir is a directory only this user can write to.
+func privateDir() (string, error) {
+	dir := os.Getenv("XDG_RUNTIME_DIR")
+	if dir == "" {
+		cache, err := os.UserCacheDir()
+		if err != nil {
+			return "", err
+		}
+		dir = filepath.Join(cache, "sendense")
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return "", err
+		}
+	}
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return "", err
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !fi.IsDir() || !ok || int(st.Uid) != os.Geteuid() || fi.Mode().Perm()&0o022 != 0 {
+		return "", fmt.Errorf("%s is not a directory of this user that others cannot write to", dir)
+	}
+	return dir, nil
 }
 
 // putMarker copies the repository marker, so that the bucket says what it
