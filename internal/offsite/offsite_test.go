@@ -434,6 +434,12 @@ func TestCraftedBucket(t *testing.T) {
 		sb, _ := json.Marshal(s)
 		put(sealName(id), sb)
 	}
+	// A seal written over: the first valid version still counts.
+	put(sealName(b.Points[0].ID), []byte("{not a seal"))
+	if ix, err := tg.Index(ctx, ""); err != nil || len(ix.Errors) > 0 || ix.Find("db_01", b.Points[0].ID) == nil {
+		t.Fatalf("index after a seal was overwritten: %+v %v", ix, err)
+	}
+
 	evil := filepath.Join(t.TempDir(), "evil.qcow2")
 	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", "-b", "/etc/hostname", "-F", "raw", evil, "4M").CombinedOutput(); err != nil {
 		t.Fatalf("%v: %s", err, out)

@@ -270,14 +270,18 @@ func boolCmp(a, b bool) int {
 // one.
 func (t *Target) removeVersions(ctx context.Context, key string, versions []minio.ObjectInfo, bypass bool, p *PrunedPoint) (locked bool, err error) {
 	for _, v := range versions {
-		err := t.c.RemoveObject(ctx, t.Bucket, key, minio.RemoveObjectOptions{VersionID: v.VersionID, GovernanceBypass: bypass})
+		version := v.VersionID
+		if version == "null" { // a bucket without versioning
+			version = ""
+		}
+		err := t.c.RemoveObject(ctx, t.Bucket, key, minio.RemoveObjectOptions{VersionID: version, GovernanceBypass: bypass})
 		if err == nil {
 			continue
 		}
 		if code(err) != "AccessDenied" && code(err) != "InvalidRequest" && httpStatus(err) != 403 {
 			return locked, t.wrap(err, "removing "+key)
 		}
-		mode, until, rerr := t.c.GetObjectRetention(ctx, t.Bucket, key, v.VersionID)
+		mode, until, rerr := t.c.GetObjectRetention(ctx, t.Bucket, key, version)
 		if rerr != nil || until == nil || !until.After(t.now()) {
 			// Not a lock that refused it: permissions.
 			return locked, t.wrap(err, "removing "+key)

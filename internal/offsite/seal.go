@@ -244,7 +244,8 @@ func (t *Target) Index(ctx context.Context, vmDir string) (*Index, error) {
 		_, ix.Marker = keys[t.key(repoMarker)]
 	}
 	type sealRef struct {
-		dir, id, key, version string
+		dir, id  string
+		versions []string // oldest first
 	}
 	var refs []sealRef
 	listed := map[string]bool{}
@@ -255,21 +256,39 @@ func (t *Target) Index(ctx context.Context, vmDir string) (*Index, error) {
 			continue
 		}
 		if id, ok := strings.CutSuffix(name, SealSuffix); ok && validID(id) {
-			if live := kv.live(); len(live) > 0 {
-				refs = append(refs, sealRef{dir, id, k, live[len(live)-1].VersionID})
+			ref := sealRef{dir: dir, id: id}
+			for _, v := range slices.Backward(kv.live()) {
+				ref.versions = append(ref.versions, v.VersionID)
+			}
+			if len(ref.versions) > 0 {
+				refs = append(refs, ref)
 			}
 		}
 	}
 	seals := make([]*Seal, len(refs))
 	errs := make([]error, len(refs))
 	parallel(ctx, t.Conns, len(refs), func(i int) {
-		seals[i], errs[i] = t.readSeal(ctx, refs[i].dir, refs[i].id, refs[i].version)
-	})
-	for i, s := range seals {
-		if errs[i] == nil {
-			errs[i] = t.checkObjects(s, keys)
+		// The oldest version that is a valid seal of objects in the
+		// bucket: the one sync wrote, whatever was written over it later.
+		for _, v := range refs[i].versions {
+			s, err := t.readSeal(ctx, refs[i].dir, refs[i].id, v)
+			if err == nil {
+				err = t.checkObjects(s, keys)
+			}
+			if err == nil {
+				seals[i], errs[i] = s, nil
+				return
+			}
+			if errs[i] == nil {
+				errs[i] = err
+			}
 		}
-		if errs[i] != nil {
+	})
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	for i, s := range seals {
+		if s == nil {
 			ix.Errors = append(ix.Errors, errs[i])
 			continue
 		}
