@@ -151,7 +151,11 @@ func runOffsiteSync(ctx context.Context, opts offsiteSyncOptions, gopts globalOp
 				*offsite.SyncReport
 			}{t.Name, rep})
 		} else if !gopts.Quiet {
-			fmt.Fprintf(stdout, "%s: %d uploaded, %d already there; %s sent, %s kept from cut uploads, in %.1f s\n", t.Location(), rep.Uploaded, rep.Present,
+			older := ""
+			if rep.Older > 0 {
+				older = fmt.Sprintf(", %d older than the bucket's oldest (pruned there, not uploaded again)", rep.Older)
+			}
+			fmt.Fprintf(stdout, "%s: %d uploaded, %d already there%s; %s sent, %s kept from cut uploads, in %.1f s\n", t.Location(), rep.Uploaded, rep.Present, older,
 				units.FormatSize(uint64(rep.Stats.Bytes)), units.FormatSize(uint64(rep.Stats.BytesResumed)), rep.Seconds)
 		}
 	}

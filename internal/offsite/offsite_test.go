@@ -326,6 +326,10 @@ func TestPrune(t *testing.T) {
 	if err != nil || len(ix.Seals("db_01")) != 2 || len(ix.Unsealed) != 0 {
 		t.Fatalf("after prune: %+v %v", ix, err)
 	}
+	// The next sync does not upload the pruned points again.
+	if rep, err := Sync(ctx, r, tg, SyncOptions{}); err != nil || rep.Uploaded != 0 || rep.Older != 2 || rep.Present != 2 {
+		t.Fatalf("sync after prune: %+v %v", rep, err)
+	}
 	// No version of the removed points is left.
 	for oi := range srv.Client().ListObjects(ctx, bucket, minio.ListObjectsOptions{Prefix: "site-a/db_01/" + ids[0], WithVersions: true, Recursive: true}) {
 		if strings.HasPrefix(oi.Key, "site-a/db_01/"+ids[0]+"-disk") || strings.HasPrefix(oi.Key, "site-a/db_01/"+ids[0]+".") {

@@ -44,12 +44,16 @@ type SyncReport struct {
 	Points   []PointResult `json:"-"` // as OnPoint saw them
 	Uploaded int           `json:"uploaded"`
 	Present  int           `json:"present"`
-	Stats    UploadStats   `json:"stats"`
-	Seconds  float64       `json:"seconds"`
+	// Older counts local points older than the VM's oldest point in the
+	// bucket and not in it: pruned there, they are not uploaded again.
+	Older   int         `json:"older"`
+	Stats   UploadStats `json:"stats"`
+	Seconds float64     `json:"seconds"`
 }
 
 // Sync uploads every restore point of the repository (or of opts.VMs)
-// that the bucket does not hold yet, oldest first per VM: its images,
+// that the bucket does not hold yet (except those older than the VM's
+// oldest point there: offsite prune removed them), oldest first per VM: its images,
 // then its manifest, then its seal, each locked until now +
 // retention_days; the retention of the older points the new ones back
 // onto is extended to the same date. An interrupted upload is resumed.
@@ -164,9 +168,19 @@ func (t *Target) syncVM(ctx context.Context, r *repo.Repo, vm string, opts SyncO
 	for _, e := range ix.Errors {
 		slog.Warn("offsite: a seal cannot be read; its point is uploaded again", "err", e)
 	}
+	oldest := ""
+	if seals := ix.Seals(dir); len(seals) > 0 {
+		oldest = seals[0].ID
+	}
 	for _, p := range points {
 		if err := ctx.Err(); err != nil {
 			return err
+		}
+		if oldest != "" && compareIDs(p.ID, oldest) < 0 && ix.Find(dir, p.ID) == nil {
+			// Removed from the bucket by offsite prune (it removes only
+			// points older than those it keeps): not uploaded again.
+			rep.Older++
+			continue
 		}
 		if s := ix.Find(dir, p.ID); s != nil {
 			res := PointResult{VMDir: dir, ID: p.ID, RetainUntil: s.RetainUntil}
