@@ -2,6 +2,7 @@ package offsite
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -105,7 +106,10 @@ func (t *Target) lockLocal(op string) (*lockfile.Lock, error) {
 	if err != nil {
 		return nil, fmt.Errorf("offsite target %s: no directory for its lock file: %w", t.Name, err)
 	}
-	path := filepath.Join(dir, fmt.Sprintf("sendense-offsite-%s.lock", t.Name))
+	// One lock per bucket and prefix (targets of two configurations may
+	// share a name).
+	where := sha256.Sum256([]byte(t.endpoint + "\x00" + t.Bucket + "\x00" + t.Prefix))
+	path := filepath.Join(dir, fmt.Sprintf("sendense-offsite-%s-%x.lock", t.Name, where[:6]))
 	l, holder, err := lockfile.TryExclusive(path, op)
 	if err != nil {
 		return nil, fmt.Errorf("offsite target %s: lock %s: %w", t.Name, path, err)

@@ -44,8 +44,9 @@ type Target struct {
 	Conns    int
 	PartSize int64
 
-	c   *minio.Core
-	now func() time.Time
+	endpoint string
+	c        *minio.Core
+	now      func() time.Time
 	// afterPart, in tests, runs after each part uploaded (cut simulation).
 	afterPart func(key string, part int)
 }
@@ -119,7 +120,7 @@ func Open(ctx context.Context, o *config.Offsite, getenv func(string) string) (*
 		return nil, err
 	}
 	t := &Target{Name: o.Name, Bucket: o.Bucket, Mode: minio.RetentionMode(o.ObjectLockMode), Days: o.RetentionDays,
-		Conns: o.Connections, PartSize: ps, c: c, now: time.Now}
+		Conns: o.Connections, PartSize: ps, endpoint: o.Endpoint, c: c, now: time.Now}
 	if o.Prefix != "" {
 		t.Prefix = strings.Trim(o.Prefix, "/") + "/"
 	}
