@@ -34,15 +34,15 @@ func main() {
 	files, total := pointFiles(*repo)
 	fmt.Printf("point: %d files, %.0f MiB (%s)\n", len(files), mib(total), strings.Join(names(files), ", "))
 	var ours, single, threads []float64
-	for r := 1; r <= *runs; r++ {
+	for r, tries := 1, 0; r <= *runs; r++ {
 		srv, err := s3test.Start(*weed)
 		if err != nil {
 			log.Fatal(err)
 		}
-		measure := map[string]func() float64{
-			"ours":   func() float64 { return sync(srv, *sendense, *repo) },
-			"single": func() float64 { return putObjects(srv, files, 1) },
-			"4":      func() float64 { return putObjects(srv, files, 4) },
+		measure := map[string]func() (float64, error){
+			"ours":   func() (float64, error) { return sync(srv, *sendense, *repo) },
+			"single": func() (float64, error) { return putObjects(srv, files, 1) },
+			"4":      func() (float64, error) { return putObjects(srv, files, 4) },
 		}
 		order := []string{"ours", "single", "4"}
 		if r%2 == 0 {
@@ -50,9 +50,21 @@ func main() {
 		}
 		got := map[string]float64{}
 		for _, k := range order {
-			got[k] = measure[k]()
+			if got[k], err = measure[k](); err != nil {
+				break
+			}
 		}
 		srv.Stop()
+		if err != nil {
+			// The server failed a request (it happens under load): the
+			// run does not count; try it again, twice at most.
+			if tries++; tries > 2 {
+				log.Fatal(err)
+			}
+			fmt.Printf("run %d: %v: running it again\n", r, err)
+			r--
+			continue
+		}
 		ours, single, threads = append(ours, got["ours"]), append(single, got["single"]), append(threads, got["4"])
 		fmt.Printf("run %d: sendense offsite sync %.2f s (%.0f MiB/s) | minio-go FPutObject 1 stream %.2f s (%.0f MiB/s) | 4 threads %.2f s (%.0f MiB/s)\n",
 			r, got["ours"], mib(total)/got["ours"], got["single"], mib(total)/got["single"], got["4"], mib(total)/got["4"])
@@ -181,7 +193,7 @@ func bucket(srv *s3test.Server) string {
 }
 
 // sync times 'sendense offsite sync' of the repository to a new bucket.
-func sync(srv *s3test.Server, sendense, repo string) float64 {
+func sync(srv *s3test.Server, sendense, repo string) (float64, error) {
 	dir, err := os.MkdirTemp("", "offsitebench-")
 	if err != nil {
 		log.Fatal(err)
@@ -192,9 +204,9 @@ func sync(srv *s3test.Server, sendense, repo string) float64 {
 	cmd.Stderr = os.Stderr
 	t0 := time.Now()
 	if err := cmd.Run(); err != nil {
-		log.Fatalf("sendense offsite sync: %v", err)
+		return 0, fmt.Errorf("sendense offsite sync: %v", err)
 	}
-	return time.Since(t0).Seconds()
+	return time.Since(t0).Seconds(), nil
 }
 
 // writeConfig writes credentials and a configuration with target "bench"
@@ -219,7 +231,7 @@ retention_days = 1
 
 // putObjects times minio-go's FPutObject of each file, one after the
 // other, with threads parts in flight, locked as sendense locks them.
-func putObjects(srv *s3test.Server, files []string, threads uint) float64 {
+func putObjects(srv *s3test.Server, files []string, threads uint) (float64, error) {
 	c := srv.Client()
 	b := bucket(srv)
 	t0 := time.Now()
@@ -228,8 +240,8 @@ func putObjects(srv *s3test.Server, files []string, threads uint) float64 {
 			NumThreads: threads, Mode: minio.Compliance, RetainUntilDate: time.Now().Add(24 * time.Hour),
 			ContentType: "application/octet-stream"})
 		if err != nil {
-			log.Fatalf("FPutObject %s: %v", f, err)
+			return 0, fmt.Errorf("FPutObject %s: %v", f, err)
 		}
 	}
-	return time.Since(t0).Seconds()
+	return time.Since(t0).Seconds(), nil
 }
