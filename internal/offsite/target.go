@@ -110,7 +110,7 @@ func Open(ctx context.Context, o *config.Offsite, getenv func(string) string) (*
 		Region:       o.Region,
 		BucketLookup: lookup,
 		Transport:    tr,
-		MaxRetries:   3,
+		MaxRetries:   5, // 5xx and network errors, backing off up to 1 s
 	})
 	if err != nil {
 		return nil, fmt.Errorf("offsite target %s: %w", o.Name, err)
