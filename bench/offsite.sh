@@ -16,4 +16,4 @@ export SENDENSE_REPOSITORY=$benchdir/repo
 "$sendense" backup --quiet bench
 ob=$benchdir/offsitebench
 (cd "$top_srcdir" && go build -o "$ob" ./bench/offsitebench)
-"$ob" -weed "$builddir/weed" -sendense "$sendense" -repo "$SENDENSE_REPOSITORY" -runs "$runs" ${RESTORE:+-restore}
+"$ob" -weed "$builddir/weed" -sendense "$sendense" -repo "$SENDENSE_REPOSITORY" -runs "$runs" ${RESTORE:+-restore} ${PART_SIZE:+-part-size $PART_SIZE}

@@ -30,6 +30,7 @@ func main() {
 	repo := flag.String("repo", "", "repository holding the point (one VM, one backup)")
 	runs := flag.Int("runs", 3, "runs")
 	restore := flag.Bool("restore", false, "also compare restore by download with streaming range reads")
+	flag.StringVar(&partSize, "part-size", "", "part_size of the target (default: sendense's)")
 	flag.Parse()
 	files, total := pointFiles(*repo)
 	fmt.Printf("point: %d files, %.0f MiB (%s)\n", len(files), mib(total), strings.Join(names(files), ", "))
@@ -145,6 +146,8 @@ func restoreCompare(weed, sendense, repo string) {
 	}
 }
 
+var partSize string
+
 func mib(n int64) float64 { return float64(n) / (1 << 20) }
 
 func median(v []float64) float64 {
@@ -225,8 +228,15 @@ access_key_file = %q
 secret_key_file = %q
 object_lock_mode = "COMPLIANCE"
 retention_days = 1
-`, srv.Endpoint, b, access, secret), 0o600)
+%s`, srv.Endpoint, b, access, secret, partSizeKey()), 0o600)
 	return cfg
+}
+
+func partSizeKey() string {
+	if partSize == "" {
+		return ""
+	}
+	return fmt.Sprintf("part_size = %q\n", partSize)
 }
 
 // putObjects times minio-go's FPutObject of each file, one after the

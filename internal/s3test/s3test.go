@@ -93,7 +93,7 @@ func Start(bin string) (*Server, error) {
 		fmt.Sprint("-filer.port=", p[4]), fmt.Sprint("-filer.port.grpc=", p[5]),
 		"-s3", fmt.Sprint("-s3.port=", p[6]), fmt.Sprint("-s3.port.grpc=", p[7]),
 		"-s3.port.iceberg=0", "-s3.port.lance=0", "-s3.config=" + filepath.Join(dir, "s3.json"),
-		"-master.volumeSizeLimitMB=1024", "-volume.max=0"}
+		"-master.volumeSizeLimitMB=256", "-volume.max=300"}
 	log, err := os.Create(filepath.Join(dir, "weed.log"))
 	if err != nil {
 		return nil, err
