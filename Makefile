@@ -43,8 +43,12 @@ FRONT        := $(BUILD)/nbdkit-sendense-plugin.so
 GOLIB        := $(BUILD)/sendense-plugin-go.so
 CLI          := $(BUILD)/sendense
 FAKEVDDK     := $(BUILD)/fakevddk/lib64/libvixDiskLib.so.8
+# SeaweedFS, the S3 server (with Object Lock) of the offsite tests and
+# bench/offsite.sh: built once per machine by tests/build-weed.sh.
+WEED_VERSION := v0.0.0-20261109003541-7506e5f91cd6
+WEED         := $(BUILD)/weed
 
-.PHONY: all deps test unit-test integration-test vet demo bench docs install deb clean
+.PHONY: all deps weed test unit-test integration-test vet demo bench docs install deb clean
 
 all: $(FRONT) $(GOLIB) $(CLI) $(FAKEVDDK)
 
@@ -80,6 +84,11 @@ $(FAKEVDDK): $(wildcard tests/fakevddk/*.c tests/fakevddk/*.h)
 $(BUILD):
 	mkdir -p $@
 
+weed: $(WEED)
+
+$(WEED): tests/build-weed.sh | $(BUILD)
+	tests/build-weed.sh $(WEED_VERSION) $@
+
 vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { gofmt -l .; echo "gofmt: files above need formatting"; exit 1; }
 	$(GO) vet ./...
@@ -90,12 +99,12 @@ unit-test:
 integration-test: all
 	tests/run.sh
 
-test: deps all vet unit-test integration-test
+test: deps all $(WEED) vet unit-test integration-test
 
 demo: deps all
 	tests/demo.sh
 
-bench: deps all
+bench: deps all $(WEED)
 	@for b in bench/*.sh; do echo "== $$b"; $$b || exit 1; done
 
 # docs/cli.md is generated from the command definitions (a test checks it).

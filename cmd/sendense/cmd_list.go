@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/sendense/capture/internal/config"
+	"github.com/sendense/capture/internal/offsite"
 	"github.com/sendense/capture/internal/repo"
 	"github.com/sendense/capture/internal/units"
 	"github.com/sendense/capture/orchestrator"
@@ -22,21 +23,27 @@ func init() {
 // repoDirFlag is the --repo flag of list, restore, verify and prune, with
 // the SSH flags of ssh:// repositories.
 type repoDirFlag struct {
-	dir    string
-	tunnel tunnelFlags
-	cfg    *config.Config // the configuration, loaded when needed
+	dir     string
+	staging string // s3:// repositories: where objects are downloaded
+	tunnel  tunnelFlags
+	cfg     *config.Config // the configuration, loaded when needed
 }
 
 func (f *repoDirFlag) register(fs *pflag.FlagSet) {
-	fs.StringVar(&f.dir, "repo", "", "repository `directory`, or ssh://[user@]host[:port]/path on the control plane (default: [repository] path of the --config file, else $SENDENSE_REPOSITORY)")
+	fs.StringVar(&f.dir, "repo", "", "repository `directory`, ssh://[user@]host[:port]/path on the control plane, or s3://NAME/ for the bucket of [[offsite]] target NAME (default: [repository] path of the --config file, else $SENDENSE_REPOSITORY)")
 	f.tunnel.register(fs)
+}
+
+// registerStaging adds --staging-dir (commands that read s3:// repositories).
+func (f *repoDirFlag) registerStaging(fs *pflag.FlagSet) {
+	fs.StringVar(&f.staging, "staging-dir", "", "s3:// repositories: `directory` the objects needed are downloaded into, in a private subdirectory removed afterwards (default: $TMPDIR; restore: inside --to)")
 }
 
 // resolve fills in a --repo not given from the configuration file or
 // $SENDENSE_REPOSITORY, and reads the [tunnel] settings (under the SSH
 // flags) for an ssh:// repository.
 func (f *repoDirFlag) resolve(cmd *cobra.Command) error {
-	if f.dir != "" && !orchestrator.IsRemoteRepository(f.dir) {
+	if f.dir != "" && !orchestrator.IsRemoteRepository(f.dir) && !offsite.IsURL(f.dir) {
 		return nil
 	}
 	cfg, err := loadConfig(cmd) // the file, over $SENDENSE_REPOSITORY
@@ -50,6 +57,9 @@ func (f *repoDirFlag) resolve(cmd *cobra.Command) error {
 	f.cfg = cfg
 	if err := f.check(); err != nil {
 		return err
+	}
+	if offsite.IsURL(f.dir) {
+		return f.checkOffsiteRepo()
 	}
 	if orchestrator.IsRemoteRepository(f.dir) {
 		if _, err := orchestrator.ParseRepositoryURL(f.dir); err != nil {
@@ -71,6 +81,9 @@ func (f *repoDirFlag) check() error {
 func (f *repoDirFlag) open(ctx context.Context) (r *repo.Repo, close func(), err error) {
 	if err := f.check(); err != nil {
 		return nil, nil, err
+	}
+	if offsite.IsURL(f.dir) {
+		return nil, nil, usageErrorf("--repo %s: an offsite target's bucket is read by list, verify and restore; its points are removed by 'sendense offsite prune --target NAME'", f.dir)
 	}
 	if !orchestrator.IsRemoteRepository(f.dir) {
 		r, err := repo.OpenContext(ctx, f.dir)
@@ -94,7 +107,7 @@ type listOptions struct {
 	repo repoDirFlag
 }
 
-func (o *listOptions) AddFlags(fs *pflag.FlagSet) { o.repo.register(fs) }
+func (o *listOptions) AddFlags(fs *pflag.FlagSet) { o.repo.register(fs); o.repo.registerStaging(fs) }
 
 const listLong = `List the restore points (backups) in the repository: every VM's, or
 those of VM (its name, moref, instance UUID or directory in the repository),
@@ -187,7 +200,7 @@ func runList(ctx context.Context, opts listOptions, gopts globalOptions, stdout,
 	if len(args) > 0 {
 		vm = args[0]
 	}
-	r, closeRepo, err := opts.repo.open(ctx)
+	r, staged, closeRepo, err := opts.repo.openFor(ctx, offsite.StageOptions{VM: vm})
 	if err != nil {
 		return err
 	}
@@ -195,6 +208,15 @@ func runList(ctx context.Context, opts listOptions, gopts globalOptions, stdout,
 	res, err := r.List(ctx, vm)
 	if err != nil {
 		return err
+	}
+	location := r.Location()
+	if staged != nil { // sizes and names in the bucket
+		location = opts.repo.dir
+		for i := range res.Points {
+			p := &res.Points[i]
+			p.StoredBytes, p.Path = staged.StoredBytes(p.VMDir, p.ID), display(staged, p.Path)
+		}
+		res.Errors = append(res.Errors, staged.Errors...)
 	}
 	vms := map[string]bool{}
 	if gopts.JSON {
@@ -224,7 +246,7 @@ func runList(ctx context.Context, opts listOptions, gopts globalOptions, stdout,
 	} else {
 		if len(res.Points) == 0 && len(res.Errors) == 0 {
 			if !gopts.Quiet {
-				fmt.Fprintf(stdout, "no backups in repository %s\n", r.Location())
+				fmt.Fprintf(stdout, "no backups in repository %s\n", location)
 			}
 			return nil
 		}

@@ -4,10 +4,12 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/sendense/capture/internal/offsite"
 	"github.com/sendense/capture/internal/repo"
 	"github.com/sendense/capture/internal/units"
 )
@@ -28,6 +30,7 @@ type restoreOptions struct {
 
 func (o *restoreOptions) AddFlags(fs *pflag.FlagSet) {
 	o.repo.register(fs)
+	o.repo.registerStaging(fs)
 	fs.StringVar(&o.Backup, "backup", "", "backup `ID` to restore (see 'sendense list'), or latest (the default)")
 	fs.StringVar(&o.To, "to", "", "write the disk images into `DIR` (created if needed); required")
 	fs.StringVar(&o.Format, "format", "raw", "output `format`: raw (sparse) or qcow2 (standalone, no backing file)")
@@ -122,21 +125,44 @@ func runRestore(ctx context.Context, opts restoreOptions, gopts globalOptions, s
 	if err := opts.Check(); err != nil {
 		return err
 	}
-	r, closeRepo, err := opts.repo.open(ctx)
+	if opts.Backup == "latest" {
+		opts.Backup = "" // the latest
+	}
+	so := offsite.StageOptions{VM: args[0], Backup: opts.Backup, Latest: opts.Backup == "", Images: true}
+	if offsite.IsURL(opts.repo.dir) && opts.repo.staging == "" {
+		// Next to the output: the chain may be as large as the disks.
+		if _, err := os.Stat(opts.To); os.IsNotExist(err) {
+			defer os.Remove(opts.To) // only if nothing was restored into it
+		}
+		if err := os.MkdirAll(opts.To, 0o700); err != nil {
+			return fmt.Errorf("creating the output directory (--to): %w", err)
+		}
+		so.In = opts.To
+	}
+	r, staged, closeRepo, err := opts.repo.openFor(ctx, so)
 	if err != nil {
 		return err
 	}
 	defer closeRepo()
-	if opts.Backup == "latest" {
-		opts.Backup = "" // the latest
+	backup := opts.Backup
+	if staged != nil {
+		if len(staged.Problems) > 0 {
+			return fmt.Errorf("%s: %s: expected %s, actual %s; nothing was restored (sendense verify --repo %s shows every damaged object)",
+				staged.Problems[0].File, staged.Problems[0].Message, staged.Problems[0].Expected, staged.Problems[0].Actual, opts.repo.dir)
+		}
+		backup = staged.Backup
+		for _, e := range staged.Errors { // points left out: the latest may be older than expected
+			fmt.Fprintf(stderr, "sendense: warning: %v\n", e)
+		}
 	}
 	var disks []int32
 	for _, k := range opts.Disks {
 		disks = append(disks, int32(k))
 	}
 	out, err := r.Restore(ctx, repo.RestoreOptions{
-		VM: args[0], Backup: opts.Backup, To: opts.To, Format: opts.Format, Force: opts.Force, Disks: disks,
+		VM: args[0], Backup: backup, To: opts.To, Format: opts.Format, Force: opts.Force, Disks: disks,
 		OnDisk: func(d repo.RestoredDisk) {
+			d.Image = display(staged, d.Image)
 			switch {
 			case gopts.JSON:
 				printJSON(stdout, "restored", d)

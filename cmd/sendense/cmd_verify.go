@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/sendense/capture/internal/offsite"
 	"github.com/sendense/capture/internal/repo"
 	"github.com/sendense/capture/internal/units"
 )
@@ -24,6 +25,7 @@ type verifyOptions struct {
 
 func (o *verifyOptions) AddFlags(fs *pflag.FlagSet) {
 	o.repo.register(fs)
+	o.repo.registerStaging(fs)
 	fs.StringVar(&o.Backup, "backup", "", "verify only backup `ID` of VM (or latest) and the images it needs (default: every backup)")
 }
 
@@ -116,7 +118,11 @@ func runVerify(ctx context.Context, opts verifyOptions, gopts globalOptions, std
 	if opts.Backup != "" && vm == "" {
 		return usageErrorf("--backup needs the VM it belongs to")
 	}
-	r, closeRepo, err := opts.repo.open(ctx)
+	so := offsite.StageOptions{VM: vm, Backup: opts.Backup, Images: true}
+	if opts.Backup == "latest" {
+		so.Backup, so.Latest = "", true
+	}
+	r, staged, closeRepo, err := opts.repo.openFor(ctx, so)
 	if err != nil {
 		return err
 	}
@@ -132,6 +138,7 @@ func runVerify(ctx context.Context, opts verifyOptions, gopts globalOptions, std
 		opts.Backup = l.Points[len(l.Points)-1].ID
 	}
 	problem := func(p repo.Problem) {
+		p.File = display(staged, p.File)
 		if gopts.JSON {
 			printJSON(stdout, "problem", p)
 		} else {
@@ -142,6 +149,7 @@ func runVerify(ctx context.Context, opts verifyOptions, gopts globalOptions, std
 		VM:     vm,
 		Backup: opts.Backup,
 		OnImage: func(im repo.ImageReport) {
+			im.File = display(staged, im.File)
 			if gopts.JSON {
 				printJSON(stdout, "image", verifiedImage{im.VM, im.Backup, im.Disk, im.File, im.Level, im.Chunks,
 					im.BytesRead, im.Seconds, im.OK(), len(im.Problems) + im.More})
@@ -183,6 +191,25 @@ func runVerify(ctx context.Context, opts verifyOptions, gopts globalOptions, std
 	if err != nil {
 		return err
 	}
+	location := r.Location()
+	if staged != nil { // objects whose content differs from their seal
+		location = opts.repo.dir
+		for _, p := range staged.Problems {
+			if !gopts.JSON {
+				fmt.Fprintf(stdout, "FAIL  %s %s\n", p.VM, p.Backup)
+			}
+			problem(p)
+		}
+		res.Problems = append(res.Problems, staged.Problems...)
+		for _, e := range staged.Errors { // seals that cannot be read: points not verified
+			p := repo.Problem{File: opts.repo.dir, Kind: "seal", Message: e.Error()}
+			if !gopts.JSON {
+				fmt.Fprintf(stdout, "FAIL  seal\n")
+			}
+			problem(p)
+			res.Problems = append(res.Problems, p)
+		}
+	}
 	n := res.ProblemCount()
 	if gopts.JSON {
 		printJSON(stdout, "summary", struct {
@@ -199,7 +226,7 @@ func runVerify(ctx context.Context, opts verifyOptions, gopts globalOptions, std
 		fmt.Fprintf(stdout, "verified %d images: %s%s\n", len(res.Images), verifyPlural(n, "problem"), left)
 	}
 	if !res.OK() {
-		return &codedError{exitVerify, fmt.Errorf("verify found %s in repository %s", verifyPlural(n, "problem"), r.Location())}
+		return &codedError{exitVerify, fmt.Errorf("verify found %s in repository %s", verifyPlural(n, "problem"), location)}
 	}
 	if len(res.Images) == 0 && vm != "" {
 		return fmt.Errorf("VM %s has no backups to verify", vm)

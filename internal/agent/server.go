@@ -216,11 +216,12 @@ func (s *Server) runBackup(ctx context.Context, j *job) (*orchestrator.BackupRep
 			return nil, aerr
 		}
 	}
-	report, err := orchestrator.Backup(ctx, svc, vm, opt)
+	rep, err := orchestrator.Backup(ctx, svc, vm, opt)
 	if err == nil {
 		s.applyRetention(ctx, svc, opt.Repo, vm)
+		s.offsiteAfterBackup(ctx, j, rep) // [[offsite]] sync_after_backup
 	}
-	return report, err
+	return rep, err
 }
 
 // jobServices are the shared services with the job's progress reporter.

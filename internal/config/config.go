@@ -40,6 +40,7 @@ type Config struct {
 	State       State       `toml:"state"`
 	Retention   Retention   `toml:"retention"`
 	VMs         []VM        `toml:"vm"`
+	Offsite     []Offsite   `toml:"offsite"` // [[offsite]] S3 targets (offsite.go)
 
 	// File is the configuration file read, if any.
 	File string `toml:"-"`
@@ -412,7 +413,7 @@ func (c *Config) Check() error {
 			}
 		}
 	}
-	return nil
+	return c.checkOffsite(where)
 }
 
 // RequestSizeBytes parses request_size (0 if unset).
