@@ -215,6 +215,9 @@ func runList(ctx context.Context, opts listOptions, gopts globalOptions, stdout,
 		for i := range res.Points {
 			p := &res.Points[i]
 			p.StoredBytes, p.Path = staged.StoredBytes(p.VMDir, p.ID), display(staged, p.Path)
+			if ok, why, known := staged.PointStatus(p.VMDir, p.ID); known { // images are not downloaded to list
+				p.Restorable, p.Damage = ok, why
+			}
 		}
 		res.Errors = append(res.Errors, staged.Errors...)
 	}

@@ -50,10 +50,31 @@ type Staged struct {
 	t      *Target
 	sizes  map[string]int64
 	prefix string
+	ix     *Index
+	images bool // the images were staged too
 }
 
 // Close removes the staging directory.
 func (s *Staged) Close() error { return os.RemoveAll(s.root) }
+
+// PointStatus says, when only manifests were staged, whether a point can
+// be restored from the bucket as far as its seals tell: its objects and
+// those of every point it needs are listed with the sizes sealed (their
+// content is checked when read). With the images staged, the staged
+// repository's own check decides (ok and why empty, known false).
+func (s *Staged) PointStatus(vmDir, id string) (ok bool, why string, known bool) {
+	if s.images {
+		return false, "", false
+	}
+	seal := s.ix.Find(vmDir, id)
+	if seal == nil {
+		return false, "its seal cannot be read", true
+	}
+	if _, err := s.ix.chain(seal); err != nil {
+		return false, err.Error(), true
+	}
+	return true, "", true
+}
 
 // StoredBytes is the size in the bucket of a point's objects.
 func (s *Staged) StoredBytes(vmDir, id string) int64 { return s.sizes[vmDir+"/"+id] }
@@ -84,7 +105,7 @@ func (t *Target) Stage(ctx context.Context, opts StageOptions) (_ *Staged, err e
 		return nil, fmt.Errorf("staging directory: %w", err)
 	}
 	st := &Staged{Dir: filepath.Join(root, "repo"), Errors: ix.Errors, root: root, t: t, sizes: map[string]int64{},
-		prefix: "s3://" + t.Name + "/"}
+		prefix: "s3://" + t.Name + "/", ix: ix, images: opts.Images}
 	defer func() {
 		if err != nil {
 			st.Close()
