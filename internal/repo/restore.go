@@ -10,8 +10,11 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/sendense/capture/internal/atomicfile"
 	"github.com/sendense/capture/internal/nbd"
@@ -221,7 +224,13 @@ type partialOutput struct {
 	format string
 	srv    *qemu.Server
 	hs     []*nbd.Handle
+	mu     sync.Mutex // serializes raw writes
+	dirty  uint64     // bytes written since the last write-back started
 }
+
+// writebackEvery is how many bytes of a raw output are written between
+// two starts of its write-back.
+const writebackEvery = 32 << 20
 
 // createPartial creates dst's temporary output (0600).
 func createPartial(ctx context.Context, dst, format string, capacity uint64) (*partialOutput, error) {
@@ -275,8 +284,21 @@ func (o *partialOutput) connect(n int) error {
 // write writes data at off (reading goroutine worker).
 func (o *partialOutput) write(worker int, off uint64, data []byte) error {
 	if o.srv == nil {
-		_, err := o.f.WriteAt(data, int64(off))
-		return err
+		// One writer at a time: parallel writes to one file only spin on
+		// its inode lock (the readers and hashing stay parallel).
+		o.mu.Lock()
+		defer o.mu.Unlock()
+		if _, err := o.f.WriteAt(data, int64(off)); err != nil {
+			return err
+		}
+		// Start the write-back as the data comes, so that the fsync at
+		// the end waits for little (the kernel would wait for its dirty
+		// limits otherwise).
+		if o.dirty += uint64(len(data)); o.dirty >= writebackEvery {
+			o.dirty = 0
+			unix.SyncFileRange(int(o.f.Fd()), 0, 0, unix.SYNC_FILE_RANGE_WRITE)
+		}
+		return nil
 	}
 	return o.hs[worker].Pwrite(data, off, 0)
 }
