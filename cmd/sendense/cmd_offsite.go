@@ -171,17 +171,23 @@ func lockedUntil(until time.Time, mode any) string {
 
 // offsitePruneOptions are the flags of "sendense offsite prune".
 type offsitePruneOptions struct {
-	target           offsiteTargetFlag
-	keep             int
+	target offsiteTargetFlag
+	keepFlags
 	dryRun           bool
 	bypassGovernance bool
 }
 
 const offsitePruneLong = `Remove old restore points from the bucket of an [[offsite]] target: keep
-the newest N points of each VM (or of the VMs named: directory in the
-bucket, name, moref or instance UUID) and every older point they back
-onto; remove the others, newest first, each point's seal first, every
-version of each object.
+the points of each VM (or of the VMs named: directory in the bucket, name,
+moref or instance UUID) that a retention policy keeps, and every older
+point they back onto; remove the others, newest first, each point's seal
+first, every version of each object.
+
+The policy: --keep N keeps the newest N points; the --keep-* flags are
+those of 'sendense prune' (restic's forget rules, docs/retention.md), a
+point's time being its backup id's. One of them is required: the
+repository's [retention] does not apply to the bucket, whose points
+usually live longer. The newest point of a VM is always kept.
 
 Objects still under Object Lock retention are refused by the server:
 those points are reported as locked, with the date their lock ends, and
@@ -197,6 +203,9 @@ EXAMPLES
   What would keeping 7 remove?
     sendense offsite prune --target dr --keep 7 --dry-run
 
+  Keep a point a month for a year, and every point of the last 30 days:
+    sendense offsite prune --target dr --keep-monthly 12 --keep-within 30d
+
 EXIT STATUS
   0    done: everything retention allowed was removed (locked points are
        reported, not errors)
@@ -208,12 +217,13 @@ EXIT STATUS
 func newOffsitePruneCommand() *cobra.Command {
 	var opts offsitePruneOptions
 	cmd := &cobra.Command{
-		Use:   "prune [flags] --target NAME --keep N [VM...]",
+		Use:   "prune [flags] --target NAME (--keep N | --keep-*...) [VM...]",
 		Short: "Remove old restore points from an offsite target, reporting those still locked",
 		Long:  offsitePruneLong,
 		PreRunE: func(cmd *cobra.Command, args []string) error {
-			if opts.keep < 1 {
-				return usageErrorf("--keep N is required, N at least 1 (not %d): the newest N points of each VM are kept", opts.keep)
+			opts.given(cmd.Flags())
+			if err := opts.keepFlags.Check(); err != nil {
+				return err
 			}
 			return opts.target.resolve(cmd)
 		},
@@ -223,7 +233,7 @@ func newOffsitePruneCommand() *cobra.Command {
 	}
 	fs := cmd.Flags()
 	opts.target.register(fs)
-	fs.IntVar(&opts.keep, "keep", 0, "keep the newest `N` points of each VM (at least 1); required")
+	opts.keepFlags.register(fs, "points", "point")
 	fs.BoolVar(&opts.dryRun, "dry-run", false, "only say what would be removed")
 	fs.BoolVar(&opts.bypassGovernance, "bypass-governance", false, "remove objects under a GOVERNANCE lock (needs s3:BypassGovernanceRetention); COMPLIANCE locks are never bypassed")
 	return cmd
@@ -234,24 +244,27 @@ func runOffsitePrune(ctx context.Context, opts offsitePruneOptions, gopts global
 	if err != nil {
 		return err
 	}
-	rep, err := offsite.Prune(ctx, t, offsite.PruneOptions{
-		VMs: args, Keep: opts.keep, DryRun: opts.dryRun, BypassGovernance: opts.bypassGovernance,
-		OnPoint: func(p offsite.PrunedPoint) {
-			switch {
-			case gopts.JSON:
-				printJSON(stdout, "point", p)
-			case gopts.Quiet && p.Action != offsite.PruneLocked && p.Action != offsite.PrunePartly:
-			case p.Action == offsite.PruneKept:
-				fmt.Fprintf(stdout, "kept          %s %s (%s)\n", p.VMDir, p.ID, strings.Join(p.Reasons, ", "))
-			case p.Action == offsite.PruneLocked:
-				fmt.Fprintf(stdout, "locked        %s %s: retention (%s) until %s; left whole\n", p.VMDir, p.ID, p.LockMode, p.LockedUntil.UTC().Format(time.RFC3339))
-			case p.Action == offsite.PrunePartly:
-				fmt.Fprintf(stdout, "partly        %s %s: removed from the listing; %s locked (%s) until %s\n", p.VMDir, p.ID, strings.Join(p.Locked, ", "), p.LockMode, p.LockedUntil.UTC().Format(time.RFC3339))
-			default:
-				fmt.Fprintf(stdout, "%-13s %s %s (%s)\n", p.Action, p.VMDir, p.ID, units.FormatSize(uint64(p.Bytes)))
-			}
-		},
-	})
+	po := offsite.PruneOptions{VMs: args, Keep: opts.Keep, DryRun: opts.dryRun, BypassGovernance: opts.bypassGovernance}
+	if opts.policySet {
+		po.Keep, po.Select = 0, opts.Policy.Apply
+	}
+	opts.printPolicy(stdout)
+	po.OnPoint = func(p offsite.PrunedPoint) {
+		switch {
+		case gopts.JSON:
+			printJSON(stdout, "point", p)
+		case gopts.Quiet && p.Action != offsite.PruneLocked && p.Action != offsite.PrunePartly:
+		case p.Action == offsite.PruneKept:
+			fmt.Fprintf(stdout, "kept          %s %s (%s)\n", p.VMDir, p.ID, strings.Join(p.Reasons, ", "))
+		case p.Action == offsite.PruneLocked:
+			fmt.Fprintf(stdout, "locked        %s %s: retention (%s) until %s; left whole\n", p.VMDir, p.ID, p.LockMode, p.LockedUntil.UTC().Format(time.RFC3339))
+		case p.Action == offsite.PrunePartly:
+			fmt.Fprintf(stdout, "partly        %s %s: removed from the listing; %s locked (%s) until %s\n", p.VMDir, p.ID, strings.Join(p.Locked, ", "), p.LockMode, p.LockedUntil.UTC().Format(time.RFC3339))
+		default:
+			fmt.Fprintf(stdout, "%-13s %s %s (%s)\n", p.Action, p.VMDir, p.ID, units.FormatSize(uint64(p.Bytes)))
+		}
+	}
+	rep, err := offsite.Prune(ctx, t, po)
 	if rep != nil {
 		if gopts.JSON {
 			printJSON(stdout, "summary", struct {

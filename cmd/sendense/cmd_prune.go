@@ -22,39 +22,55 @@ func init() {
 
 // pruneOptions are the flags of "sendense prune".
 type pruneOptions struct {
-	repo   repoDirFlag
-	Keep   int
-	Policy retention.Policy // --keep-last, --keep-daily…
+	repo repoDirFlag
+	keepFlags
 	DryRun bool
-
-	policySet bool // a --keep-* flag was given
 }
 
 func (o *pruneOptions) AddFlags(fs *pflag.FlagSet) {
 	o.repo.register(fs)
-	fs.IntVar(&o.Keep, "keep", 0, "keep the newest `N` backups of each VM (at least 1)")
-	fs.IntVar(&o.Policy.Last, "keep-last", 0, "keep the `N` newest backups (-1: all)")
-	fs.IntVar(&o.Policy.Hourly, "keep-hourly", 0, "keep the newest backup of each of the `N` newest hours that have one (-1: every hour)")
-	fs.IntVar(&o.Policy.Daily, "keep-daily", 0, "keep the newest backup of each of the `N` newest days that have one (-1: every day)")
-	fs.IntVar(&o.Policy.Weekly, "keep-weekly", 0, "keep the newest backup of each of the `N` newest ISO weeks that have one (-1: every week)")
-	fs.IntVar(&o.Policy.Monthly, "keep-monthly", 0, "keep the newest backup of each of the `N` newest months that have one (-1: every month)")
-	fs.IntVar(&o.Policy.Yearly, "keep-yearly", 0, "keep the newest backup of each of the `N` newest years that have one (-1: every year)")
-	fs.Var(&o.Policy.Within, "keep-within", "keep every backup less than `DURATION` (y, m, d, h: 30d, 1y6m, 12h) older than the newest")
+	o.keepFlags.register(fs, "backups", "backup")
 	fs.BoolVar(&o.DryRun, "dry-run", false, "only say what would be removed and merged, and why each backup is kept")
 }
 
-// keepFlags are the retention flags of prune.
-var keepFlags = []string{"keep-last", "keep-hourly", "keep-daily", "keep-weekly", "keep-monthly", "keep-yearly", "keep-within"}
+// keepFlags are the retention flags of prune and offsite prune: --keep N
+// or a policy of --keep-* flags (restic's forget rules).
+type keepFlags struct {
+	Keep   int
+	Policy retention.Policy // --keep-last, --keep-daily…
+
+	policySet bool // a --keep-* flag was given (or [retention] applies)
+}
+
+// keepPolicyFlags are the --keep-* flags.
+var keepPolicyFlags = []string{"keep-last", "keep-hourly", "keep-daily", "keep-weekly", "keep-monthly", "keep-yearly", "keep-within"}
+
+// register adds the flags; what is kept is named points ("backups") and
+// point ("backup").
+func (o *keepFlags) register(fs *pflag.FlagSet, points, point string) {
+	fs.IntVar(&o.Keep, "keep", 0, "keep the newest `N` "+points+" of each VM (at least 1)")
+	fs.IntVar(&o.Policy.Last, "keep-last", 0, "keep the `N` newest "+points+" (-1: all)")
+	fs.IntVar(&o.Policy.Hourly, "keep-hourly", 0, "keep the newest "+point+" of each of the `N` newest hours that have one (-1: every hour)")
+	fs.IntVar(&o.Policy.Daily, "keep-daily", 0, "keep the newest "+point+" of each of the `N` newest days that have one (-1: every day)")
+	fs.IntVar(&o.Policy.Weekly, "keep-weekly", 0, "keep the newest "+point+" of each of the `N` newest ISO weeks that have one (-1: every week)")
+	fs.IntVar(&o.Policy.Monthly, "keep-monthly", 0, "keep the newest "+point+" of each of the `N` newest months that have one (-1: every month)")
+	fs.IntVar(&o.Policy.Yearly, "keep-yearly", 0, "keep the newest "+point+" of each of the `N` newest years that have one (-1: every year)")
+	fs.Var(&o.Policy.Within, "keep-within", "keep every "+point+" less than `DURATION` (y, m, d, h: 30d, 1y6m, 12h) older than the newest")
+}
+
+// given notes which flags were given; it says whether any was.
+func (o *keepFlags) given(fs *pflag.FlagSet) bool {
+	o.policySet = false
+	for _, f := range keepPolicyFlags {
+		o.policySet = o.policySet || fs.Changed(f)
+	}
+	return o.policySet || fs.Changed("keep")
+}
 
 // finalize takes [retention] from the configuration when no --keep*
 // flag is given.
 func (o *pruneOptions) finalize(cmd *cobra.Command) error {
-	fs := cmd.Flags()
-	o.policySet = false
-	for _, f := range keepFlags {
-		o.policySet = o.policySet || fs.Changed(f)
-	}
-	if o.policySet || fs.Changed("keep") {
+	if o.given(cmd.Flags()) {
 		return nil
 	}
 	cfg := o.repo.cfg
@@ -71,7 +87,7 @@ func (o *pruneOptions) finalize(cmd *cobra.Command) error {
 }
 
 // Check validates the options.
-func (o *pruneOptions) Check() error {
+func (o *keepFlags) Check() error {
 	switch {
 	case o.policySet && o.Keep != 0:
 		return usageErrorf("--keep N and the --keep-* flags do not go together: --keep N is --keep-last N")
@@ -83,10 +99,18 @@ func (o *pruneOptions) Check() error {
 			return usageErrorf("the --keep-* flags given keep nothing: give a count (or -1) or a duration")
 		}
 	case o.Keep < 1:
-		return usageErrorf("what to keep is required: --keep N (the newest N backups of each VM, N at least 1, not %d), "+
+		return usageErrorf("what to keep is required: --keep N (the newest N of each VM, N at least 1, not %d), "+
 			"the --keep-last/hourly/daily/weekly/monthly/yearly/within flags, or [retention] in the configuration", o.Keep)
 	}
 	return nil
+}
+
+// printPolicy says, in text output, which policy applies.
+func (o *keepFlags) printPolicy(w io.Writer) {
+	if o.policySet && !gopts.JSON && !gopts.Quiet {
+		zone, off := time.Now().Zone()
+		fmt.Fprintf(w, "policy: %s (calendar periods in local time, %s, UTC%+03d:%02d)\n", o.Policy, zone, off/3600, abs(off/60%60))
+	}
 }
 
 const pruneLong = `Remove old backups: keep the backups (restore points) of each VM, or of VM
@@ -193,11 +217,8 @@ func runPrune(ctx context.Context, opts pruneOptions, gopts globalOptions, stdou
 	keep, sel := opts.Keep, (func([]repo.PrunePoint) map[string][]string)(nil)
 	if opts.policySet {
 		keep, sel = 0, orchestrator.RetentionSelect(opts.Policy)
-		if !gopts.JSON && !gopts.Quiet {
-			zone, off := time.Now().Zone()
-			fmt.Fprintf(stdout, "policy: %s (calendar periods in local time, %s, UTC%+03d:%02d)\n", opts.Policy, zone, off/3600, abs(off/60%60))
-		}
 	}
+	opts.printPolicy(stdout)
 	reports, err := r.Prune(ctx, repo.PruneOptions{
 		VM: vm, Keep: keep, Select: sel, DryRun: opts.DryRun,
 		OnVM: func(rep repo.PruneReport) {

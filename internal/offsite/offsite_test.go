@@ -19,6 +19,7 @@ import (
 	"github.com/sendense/capture/internal/config"
 	"github.com/sendense/capture/internal/repo"
 	"github.com/sendense/capture/internal/repo/repotest"
+	"github.com/sendense/capture/internal/retention"
 	"github.com/sendense/capture/internal/s3test"
 	"github.com/sendense/capture/internal/sshtest"
 )
@@ -317,6 +318,18 @@ func TestPrune(t *testing.T) {
 	rep, err = Prune(ctx, tg, PruneOptions{Keep: 1, DryRun: true, BypassGovernance: true})
 	if a := actions(rep); err != nil || a[ids[0]] != PruneWouldRemove || a[ids[1]] != PruneWouldRemove {
 		t.Fatalf("dry run: %+v %v", rep, err)
+	}
+	// A policy (Select) keeps the oldest point; the newest and what it
+	// needs stay anyway.
+	sel := func(points []retention.Point) map[string][]string {
+		if len(points) != 4 || points[0].ID != ids[3] || points[3].ID != ids[0] || points[3].Time.IsZero() {
+			t.Errorf("Select got %+v", points)
+		}
+		return map[string][]string{ids[0]: {"the policy"}, "20200101T000000Z": {"not a point"}}
+	}
+	rep, err = Prune(ctx, tg, PruneOptions{Select: sel, DryRun: true, BypassGovernance: true})
+	if a := actions(rep); err != nil || a[ids[0]] != PruneKept || a[ids[1]] != PruneWouldRemove || a[ids[2]] != PruneKept || a[ids[3]] != PruneKept || rep.Kept != 3 {
+		t.Fatalf("dry run with a policy: %+v %v", rep.Points, err)
 	}
 	rep, err = Prune(ctx, tg, PruneOptions{Keep: 1, BypassGovernance: true})
 	if a := actions(rep); err != nil || a[ids[0]] != PruneRemoved || a[ids[1]] != PruneRemoved || rep.Removed != 2 {

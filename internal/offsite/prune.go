@@ -12,6 +12,7 @@ import (
 	"github.com/minio/minio-go/v7"
 
 	"github.com/sendense/capture/internal/repo"
+	"github.com/sendense/capture/internal/retention"
 )
 
 // PruneOptions control Prune.
@@ -19,9 +20,15 @@ type PruneOptions struct {
 	// VMs selects VMs (directory in the bucket, name, moref or instance
 	// UUID); nil: every VM in the bucket.
 	VMs []string
-	// Keep is how many of each VM's newest points to keep (at least 1);
-	// the points they need are kept too.
-	Keep   int
+	// Keep is how many of each VM's newest points to keep (at least 1)
+	// when Select is nil; the points they need are kept too.
+	Keep int
+	// Select, when set, decides which points of a VM to keep: given the
+	// VM's points in the bucket, newest first (their time: the backup id's),
+	// it returns the kept ids with the reasons (a retention policy,
+	// internal/retention). The newest point is always kept, and the points
+	// the kept ones need.
+	Select func(points []retention.Point) map[string][]string
 	DryRun bool
 	// BypassGovernance removes objects under a GOVERNANCE lock (the
 	// credentials need s3:BypassGovernanceRetention). COMPLIANCE locks are
@@ -63,14 +70,14 @@ type PruneReport struct {
 	Bytes   int64         `json:"bytes"`
 }
 
-// Prune removes from the bucket the points beyond the newest Keep of each
-// VM that no kept point needs, newest first, each seal first (so a point
+// Prune removes from the bucket the points of each VM that opts does not
+// keep (the newest Keep, or Select's) and no kept point needs, newest first, each seal first (so a point
 // is either listed and whole, or gone). A version still under retention
 // is refused by the server: Prune reports the point as locked, with the
 // date, and goes on; that is not an error. Objects of uploads that never
 // finished (older than the VM's newest point) are removed too.
 func Prune(ctx context.Context, t *Target, opts PruneOptions) (*PruneReport, error) {
-	if opts.Keep < 1 {
+	if opts.Select == nil && opts.Keep < 1 {
 		return nil, errors.New("--keep must be at least 1: the newest point of a VM is never removed")
 	}
 	l, err := t.lockLocal("sendense offsite prune")
@@ -146,8 +153,24 @@ func (t *Target) selectDirs(ctx context.Context, ix *Index, vms []string) ([]str
 func (t *Target) pruneVM(ctx context.Context, ix *Index, dir string, opts PruneOptions, rep *PruneReport) error {
 	seals := ix.VMs[dir]
 	reasons := map[string][]string{}
-	for i := max(0, len(seals)-opts.Keep); i < len(seals); i++ {
-		reasons[seals[i].ID] = append(reasons[seals[i].ID], fmt.Sprintf("one of the %d newest", opts.Keep))
+	if opts.Select != nil {
+		points := make([]retention.Point, 0, len(seals))
+		for i := len(seals) - 1; i >= 0; i-- {
+			t, _ := repo.IDTime(seals[i].ID)
+			points = append(points, retention.Point{ID: seals[i].ID, Time: t})
+		}
+		for id, r := range opts.Select(points) {
+			if ix.Find(dir, id) != nil {
+				reasons[id] = slices.Clone(r)
+			}
+		}
+	} else {
+		for i := max(0, len(seals)-opts.Keep); i < len(seals); i++ {
+			reasons[seals[i].ID] = append(reasons[seals[i].ID], fmt.Sprintf("one of the %d newest", opts.Keep))
+		}
+	}
+	if newest := seals[len(seals)-1].ID; reasons[newest] == nil {
+		reasons[newest] = []string{"the newest point: never removed"}
 	}
 	for i := len(seals) - 1; i >= 0; i-- { // newest first: needs point back
 		s := seals[i]
