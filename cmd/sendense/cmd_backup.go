@@ -370,8 +370,8 @@ func runBackup(ctx context.Context, cfg *config.Config, o backupOptions, args []
 	outcomes := make([]vmOutcome, len(vms))
 	errs := make([]error, len(vms))
 	var wg sync.WaitGroup
-	jobs := make([]jobOutcome, len(vms)) // what an interrupt left of each
-	for i, vm := range vms {                // in the order selected
+	jobs := make([]jobOutcome, len(vms)) // what an interrupt left of each VM
+	for i, vm := range vms {             // in the order selected
 		select {
 		case sem <- struct{}{}:
 		case <-ctx.Done():
@@ -412,6 +412,7 @@ func runBackup(ctx context.Context, cfg *config.Config, o backupOptions, args []
 	}
 	return err
 }
+
 // resolveVMs finds the selected VMs: each plain argument by itself (one
 // vCenter lookup), patterns, folders and --all in the inventory. A name
 // that is not found gets suggestions from the inventory.

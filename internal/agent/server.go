@@ -232,8 +232,10 @@ func (s *Server) jobServices(j *job) (*orchestrator.Services, error) {
 	}
 	svc := *base
 	svc.Reporter = jobReporter{s: s, j: j}
-	svc.JobID = j.ID // in the owner marker of the job's snapshot
-	if svc.Limiter == nil { // one bandwidth limit for all running jobs
+	// The job's id goes into its snapshot's owner marker; one bandwidth
+	// limit holds for all running jobs.
+	svc.JobID = j.ID
+	if svc.Limiter == nil {
 		svc.Limiter = s.limiter
 	}
 	svc.Tunnels = s.rev.tun.Tunnels // one SSH connection for the API and the jobs
