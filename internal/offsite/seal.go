@@ -9,11 +9,12 @@ import (
 	"io"
 	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/minio/minio-go/v7"
+
+	"github.com/sendense/capture/internal/repo"
 )
 
 // Names in the bucket (docs/offsite.md).
@@ -52,47 +53,23 @@ type Seal struct {
 }
 
 var (
-	idPattern    = regexp.MustCompile(`^[0-9]{8}T[0-9]{6}Z(-[1-9][0-9]{0,8})?$`)
 	hexPattern   = regexp.MustCompile(`^[0-9a-f]{64}$`)
 	vmDirPattern = regexp.MustCompile(`^[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}$`)
 )
 
-func validID(id string) bool        { return idPattern.MatchString(id) }
+func validID(id string) bool        { return repo.ValidID(id) }
 func validVMDir(dir string) bool    { return vmDirPattern.MatchString(dir) && dir != "." && dir != ".." }
 func manifestName(id string) string { return id + ".json" }
 func sealName(id string) string     { return id + SealSuffix }
 
 // imageID returns the backup id of an image name <id>-disk<key>.qcow2.
 func imageID(name string) (string, bool) {
-	base, ok := strings.CutSuffix(name, ".qcow2")
-	i := strings.LastIndex(base, "-disk")
-	if !ok || i < 0 {
-		return "", false
-	}
-	if _, err := strconv.ParseInt(base[i+5:], 10, 32); err != nil || !validID(base[:i]) {
-		return "", false
-	}
-	return base[:i], true
+	id, _, ok := repo.ParseImageName(name)
+	return id, ok
 }
 
 // compareIDs orders backup ids by time, then collision number.
-func compareIDs(a, b string) int {
-	ab, an := splitID(a)
-	bb, bn := splitID(b)
-	if c := strings.Compare(ab, bb); c != 0 {
-		return c
-	}
-	return an - bn
-}
-
-func splitID(id string) (string, int) {
-	base, n, ok := strings.Cut(id, "-")
-	if !ok {
-		return base, 1
-	}
-	k, _ := strconv.Atoi(n)
-	return base, k
-}
+func compareIDs(a, b string) int { return repo.CompareIDs(a, b) }
 
 // validate checks a seal read from key dir/id.offsite.json.
 func (s *Seal) validate(dir, id string) error {

@@ -11,7 +11,6 @@ func SetHook(r *Repo, f func(step string) error) { r.hook = f }
 func SetClock(r *Repo, now func() time.Time) { r.now = now }
 
 var (
-	NextID     = nextID
-	CompareIDs = compareIDs
-	SafeName   = safeName
+	NextID   = nextID
+	SafeName = safeName
 )

@@ -17,6 +17,13 @@ var idPattern = regexp.MustCompile(`^[0-9]{8}T[0-9]{6}Z(-[1-9][0-9]{0,8})?$`)
 
 func validID(id string) bool { return idPattern.MatchString(id) }
 
+// ValidID says whether id follows the backup-id grammar
+// (YYYYMMDDTHHMMSSZ, then -N for a collision).
+func ValidID(id string) bool { return validID(id) }
+
+// CompareIDs orders backup ids by time, then collision number.
+func CompareIDs(a, b string) int { return compareIDs(a, b) }
+
 // splitID returns the time part and the collision number (1 for none).
 func splitID(id string) (string, int) {
 	base, n, ok := strings.Cut(id, "-")

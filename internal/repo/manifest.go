@@ -154,6 +154,10 @@ func ImageName(id string, key int32) string {
 	return fmt.Sprintf("%s-disk%d.qcow2", id, key)
 }
 
+// ParseImageName splits an image name "<id>-disk<key>.qcow2" (ok false
+// when name does not follow the grammar).
+func ParseImageName(name string) (id string, key int32, ok bool) { return parseImageName(name) }
+
 // parseImageName splits "<id>-disk<key>.qcow2" (the image-name grammar:
 // a backup id, "-disk", the device key in canonical decimal, ".qcow2").
 func parseImageName(name string) (id string, key int32, ok bool) {
