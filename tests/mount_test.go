@@ -187,3 +187,22 @@ func freePort(t *testing.T) int {
 	fmt.Sscan(out, &p)
 	return p
 }
+
+// TestMountSSH: a point of an ssh:// repository is served on this machine
+// through the tunnel, read-only and writable, byte-identical.
+func TestMountSSH(t *testing.T) {
+	b := startRemoteLab(t, []lab.VMSpec{{Name: "web", PowerOn: true, Disks: []lab.DiskSpec{
+		{Capacity: 16 * mib, Data: 4 * mib, Seed: 31}}}})
+	r1 := b.backup("web")
+	b.write("web", 2000, 8*mib, 1*mib, 32)
+	b.backup("web")
+	before := repoDigest(t, b.repo)
+	for _, extra := range [][]string{{"--backup", r1.BackupID}, {"--backup", r1.BackupID, "--writable"}} {
+		m := b.mount(nil, append([]string{"web"}, extra...)...)
+		run(t, "cmp", b.expected["web"][r1.BackupID][2000], nbdcopyTo(t, b.dir, m.exports[2000].URI))
+		m.stop(t)
+	}
+	if after := repoDigest(t, b.repo); after != before {
+		t.Fatalf("mount changed the repository")
+	}
+}
