@@ -250,6 +250,9 @@ func (d *Daemon) waitReady(ctx context.Context, pidfile string, timeout time.Dur
 	}
 }
 
+// Socket is the unix socket it listens on ("" for TCP).
+func (d *Daemon) Socket() string { return d.socket }
+
 // Done is closed when the daemon has exited.
 func (d *Daemon) Done() <-chan struct{} { return d.proc.Done() }
 
