@@ -123,7 +123,7 @@ func runFiles(ctx context.Context, opts filesOptions, gopts globalOptions, stdou
 		opts.Backup = ""
 	}
 	// get: what it extracts must not be there (checked before the
-	// appliance starts, and again by copy-out's tar).
+	// appliance starts).
 	dst := filepath.Join(opts.To, path.Base(p))
 	if p == "/" {
 		dst = opts.To
