@@ -2,8 +2,16 @@ package tests
 
 import (
 	"bufio"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
+	"math/big"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -152,6 +160,21 @@ func TestMount(t *testing.T) {
 	run(t, "cmp", b.expected["db"][r2.BackupID][2000], nbdcopyTo(t, b.dir, m.exports[2000].URI))
 	m.stop(t)
 
+	// TLS: nbds:// with the CA works, plain NBD is refused.
+	tlsDir := filepath.Join(b.dir, "tls")
+	writeTLSDir(t, tlsDir)
+	port = freePort(t)
+	m = b.mount(nil, "db", "--disk", "2001", "--listen", fmt.Sprintf("tcp:127.0.0.1:%d", port), "--tls-creds", tlsDir)
+	e = m.exports[2001]
+	if e.URI != fmt.Sprintf("nbds://127.0.0.1:%d/2001", port) {
+		t.Fatalf("export %+v", e)
+	}
+	run(t, "cmp", b.expected["db"][r2.BackupID][2001], nbdcopyTo(t, b.dir, e.URI+"?tls-certificates="+tlsDir))
+	if out, err := exec.Command("nbdinfo", fmt.Sprintf("nbd://127.0.0.1:%d/2001", port)).CombinedOutput(); err == nil {
+		t.Errorf("a plain NBD client read a TLS export:\n%s", out)
+	}
+	m.stop(t)
+
 	// Refused.
 	for _, c := range []struct {
 		args []string
@@ -205,4 +228,40 @@ func TestMountSSH(t *testing.T) {
 	if after := repoDigest(t, b.repo); after != before {
 		t.Fatalf("mount changed the repository")
 	}
+}
+
+// writeTLSDir writes a CA and a server certificate for 127.0.0.1 signed
+// by it into dir, in QEMU's layout (ca-cert.pem, server-cert.pem,
+// server-key.pem).
+func writeTLSDir(t *testing.T, dir string) {
+	t.Helper()
+	os.MkdirAll(dir, 0o700)
+	pemFile := func(name, typ string, der []byte) {
+		b := pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der})
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ca := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "sendense test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature}
+	caDER, err := x509.CreateCertificate(rand.Reader, ca, ca, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	srv := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "127.0.0.1"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, DNSNames: []string{"localhost"},
+		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	caCert, _ := x509.ParseCertificate(caDER)
+	srvDER, err := x509.CreateCertificate(rand.Reader, srv, caCert, &key.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, _ := x509.MarshalPKCS8PrivateKey(key)
+	pemFile("ca-cert.pem", "CERTIFICATE", caDER)
+	pemFile("server-cert.pem", "CERTIFICATE", srvDER)
+	pemFile("server-key.pem", "PRIVATE KEY", keyDER)
 }
