@@ -213,21 +213,6 @@ func RestoreToVSphere(ctx context.Context, s *Services, r *repo.Repo, o VSphereR
 	return rep, nil
 }
 
-// copyURIs copies the NBD export srcURI to dstURI.
-func copyURIs(ctx context.Context, srcURI, dstURI string, opts copier.Options) (*copier.Result, error) {
-	src, err := copier.OpenNBD(srcURI)
-	if err != nil {
-		return nil, fmt.Errorf("source: %w", err)
-	}
-	defer src.Close()
-	dst, err := copier.OpenNBD(dstURI)
-	if err != nil {
-		return nil, fmt.Errorf("destination: %w", err)
-	}
-	defer dst.Close()
-	return copier.Copy(ctx, src, dst, opts)
-}
-
 // complement is [0, size) without l.
 func complement(l extent.List, size uint64) extent.List {
 	var out []extent.Extent

@@ -14,9 +14,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/sendense/capture/internal/guestfs"
-	"github.com/sendense/capture/internal/offsite"
 	"github.com/sendense/capture/internal/qemu"
-	"github.com/sendense/capture/internal/repo"
 )
 
 func init() {
@@ -119,9 +117,6 @@ type fileEntry struct {
 
 func runFiles(ctx context.Context, opts filesOptions, gopts globalOptions, stdout io.Writer, args []string) error {
 	vm, verb, p := args[0], args[1], path.Clean(args[2])
-	if opts.Backup == "latest" {
-		opts.Backup = ""
-	}
 	// get: what it extracts must not be there (checked before the
 	// appliance starts).
 	dst := filepath.Join(opts.To, path.Base(p))
@@ -131,28 +126,15 @@ func runFiles(ctx context.Context, opts filesOptions, gopts globalOptions, stdou
 	if _, err := os.Lstat(dst); err == nil && verb == "get" && p != "/" {
 		return fmt.Errorf("%s exists: remove it or choose another --to", dst)
 	}
-	so := offsite.StageOptions{VM: vm, Backup: opts.Backup, Latest: opts.Backup == "", Images: true}
-	r, staged, closeRepo, err := opts.repo.openFor(ctx, so)
-	if err != nil {
-		return err
-	}
-	defer closeRepo()
-	backup := opts.Backup
-	if staged != nil {
-		if len(staged.Problems) > 0 {
-			return fmt.Errorf("%s: %s; nothing is read (sendense verify --repo %s shows every damaged object)", staged.Problems[0].File, staged.Problems[0].Message, opts.repo.dir)
-		}
-		backup = staged.Backup
-	}
 	var disks []int32
 	if opts.Disk != 0 {
 		disks = []int32{int32(opts.Disk)}
 	}
-	pt, err := r.OpenPoint(ctx, repo.OpenPointOptions{VM: vm, Backup: backup, Disks: disks})
+	pt, closePoint, err := opts.repo.openPoint(ctx, vm, opts.Backup, disks)
 	if err != nil {
 		return err
 	}
-	defer pt.Close()
+	defer closePoint()
 	d := pt.Disks[0]
 	name := strconv.Itoa(int(d.Key))
 	dmn, err := qemu.Default.StartDaemon(ctx, qemu.DaemonOptions{Exports: []qemu.Export{{Name: name, Node: d.Node}}})

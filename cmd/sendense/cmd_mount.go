@@ -9,9 +9,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
-	"github.com/sendense/capture/internal/offsite"
 	"github.com/sendense/capture/internal/qemu"
-	"github.com/sendense/capture/internal/repo"
 	"github.com/sendense/capture/internal/units"
 )
 
@@ -135,32 +133,15 @@ func runMount(ctx context.Context, opts mountOptions, gopts globalOptions, stdou
 	if err := opts.Check(); err != nil {
 		return err
 	}
-	if opts.Backup == "latest" {
-		opts.Backup = ""
-	}
-	so := offsite.StageOptions{VM: args[0], Backup: opts.Backup, Latest: opts.Backup == "", Images: true}
-	r, staged, closeRepo, err := opts.repo.openFor(ctx, so)
-	if err != nil {
-		return err
-	}
-	defer closeRepo()
-	backup := opts.Backup
-	if staged != nil {
-		if len(staged.Problems) > 0 {
-			return fmt.Errorf("%s: %s: expected %s, actual %s; nothing is served (sendense verify --repo %s shows every damaged object)",
-				staged.Problems[0].File, staged.Problems[0].Message, staged.Problems[0].Expected, staged.Problems[0].Actual, opts.repo.dir)
-		}
-		backup = staged.Backup
-	}
 	var disks []int32
 	for _, k := range opts.Disks {
 		disks = append(disks, int32(k))
 	}
-	p, err := r.OpenPoint(ctx, repo.OpenPointOptions{VM: args[0], Backup: backup, Disks: disks})
+	p, closePoint, err := opts.repo.openPoint(ctx, args[0], opts.Backup, disks)
 	if err != nil {
 		return err
 	}
-	defer p.Close()
+	defer closePoint()
 	do := qemu.DaemonOptions{Listen: opts.Listen, TLSDir: opts.TLSCreds}
 	for _, d := range p.Disks {
 		do.Exports = append(do.Exports, qemu.Export{Name: strconv.Itoa(int(d.Key)), Node: d.Node, Capacity: d.Capacity, Writable: opts.Writable})
