@@ -106,12 +106,20 @@ func RestoreToVSphere(ctx context.Context, s *Services, r *repo.Repo, o VSphereR
 	}
 	var vm *cbt.VM
 	var targets []target
+	unlock := func() {}
+	defer func() { unlock() }()
 	if o.InPlace {
 		vm, targets, err = func() (*cbt.VM, []target, error) {
 			vm, err := s.Client.FindVM(ctx, m.VM.Moref)
 			if err != nil {
 				return nil, nil, fmt.Errorf("the original VM of backup %s: %w", m.ID, err)
 			}
+			// No backup or other job of this host on the VM meanwhile.
+			lock, err := lockVM(ctx, s, vm, "in-place restore")
+			if err != nil {
+				return nil, nil, err
+			}
+			unlock = lock.Unlock
 			if st, err := s.Client.PowerState(ctx, vm); err != nil {
 				return nil, nil, err
 			} else if st != "poweredOff" {
