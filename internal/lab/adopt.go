@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/simulator"
@@ -16,10 +17,19 @@ import (
 // (restore --to-vsphere) what the lab's own VMs have: each disk's flat
 // file on the lab's datastore, sized to the disk's capacity (vcsim makes
 // it empty), which the fake VDDK reads and writes, and change tracking.
-// It runs before every method call (handle), so a VM is adopted before
-// its creator's next call, whatever it is.
-func (l *Lab) adoptNew(ctx *simulator.Context) {
+// It runs before every method call (handle) for a minute after each
+// call that can add VMs or disks, so a VM is adopted before its
+// creator's next call, whatever it is; other calls cost nothing.
+func (l *Lab) adoptNew(ctx *simulator.Context, method string) {
 	if !l.ready.Load() {
+		return
+	}
+	switch method {
+	case "CreateVM_Task", "CloneVM_Task", "ReconfigVM_Task", "RegisterVM_Task":
+		l.adoptUntil.Store(time.Now().Add(time.Minute).UnixNano())
+		return
+	}
+	if time.Now().UnixNano() > l.adoptUntil.Load() {
 		return
 	}
 	for _, e := range ctx.Map.All("VirtualMachine") {

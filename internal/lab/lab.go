@@ -130,7 +130,8 @@ type Lab struct {
 
 	pauses pauses // Pause
 
-	ready atomic.Bool // the inventory is built: adopt new VMs (adopt.go)
+	ready      atomic.Bool  // the inventory is built: adopt new VMs (adopt.go)
+	adoptUntil atomic.Int64 // unix ns: look for new VMs before each call until then
 
 	closeOnce sync.Once
 }
