@@ -36,7 +36,8 @@ DEB            := $(BUILD)/sendense_$(VERSION)_$(DEB_ARCH).deb
 # peer the tests run for real.
 DEB_PACKAGES := gcc make pkg-config nbdkit nbdkit-plugin-dev libnbd-bin libnbd-dev \
                 python3-libnbd qemu-utils openssh-server openssh-client bc time \
-                expect e2fsprogs fdisk systemd util-linux groff-base
+                expect e2fsprogs fdisk systemd util-linux groff-base \
+                qemu-system-common libguestfs-tools linux-image-cloud-$(DEB_ARCH)
 
 GO_SOURCES   := $(shell find . -name '*.go' -not -path './$(BUILD)/*') go.mod go.sum
 FRONT        := $(BUILD)/nbdkit-sendense-plugin.so

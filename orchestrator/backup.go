@@ -141,6 +141,12 @@ func (j *backupJob) run(ctx context.Context) error {
 	if disks, err = j.excludeDisks(disks); err != nil {
 		return err
 	}
+	// The VM's hardware, for restore --to-vsphere: a backup without it
+	// is still a backup.
+	vmCfg, err := j.s.Client.VMConfig(ctx, j.vm, snap)
+	if err != nil {
+		j.notice("the VM's configuration is not recorded (restore --to-vsphere will need it): %v", err)
+	}
 	plans, err := j.plan(ctx, pending, prev, state, snap, disks)
 	if err != nil {
 		return err
@@ -175,12 +181,23 @@ func (j *backupJob) run(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	if vmCfg != nil {
+		caps := map[int32]uint64{}
+		for _, img := range images {
+			caps[img.Key] = img.Capacity
+		}
+		if err := vmCfg.Validate(caps); err != nil {
+			j.notice("the VM's configuration is not recorded (restore --to-vsphere will need it): %v", err)
+			vmCfg = nil
+		}
+	}
 	m := &repo.Manifest{
 		VM:       vmRef,
 		Snapshot: repo.SnapshotRef{Moref: snap, Name: snapName, Quiesced: quiesced},
 		Started:  j.report.Started,
 		Finished: time.Now(),
 		Disks:    images,
+		VMConfig: vmCfg,
 	}
 	if err := ph.time(StepManifest, func() error { return pending.Commit(m) }); err != nil {
 		return err

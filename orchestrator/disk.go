@@ -172,9 +172,9 @@ func (j *vmJob) copyDisk(ctx context.Context, snap string, p *diskPlan, dstURI s
 	return res, nil
 }
 
-// copyNBD copies srcURI to dstURI; the result's Timing.Connect includes
-// opening both.
-func (j *vmJob) copyNBD(ctx context.Context, srcURI, dstURI string, opts copier.Options) (*copier.Result, error) {
+// copyURIs copies the NBD export srcURI to dstURI; the result's
+// Timing.Connect includes opening both.
+func copyURIs(ctx context.Context, srcURI, dstURI string, opts copier.Options) (*copier.Result, error) {
 	start := time.Now()
 	src, err := copier.OpenNBD(srcURI)
 	if err != nil {

@@ -36,6 +36,9 @@ type PluginSource struct {
 	VDDKConfig   string
 	ChangedAreas string // file of changed areas (incremental), "" for full
 	Verbose      bool
+	// Writable serves the disk for writing (no -r; no Snapshot): restore
+	// into vSphere (docs/nbdkit-sendense-plugin.md, WRITABLE EXPORTS).
+	Writable bool
 }
 
 // NBDKit is a running nbdkit serving one disk on a private unix socket.
@@ -50,10 +53,13 @@ type NBDKit struct {
 }
 
 // args returns nbdkit's command line: everything but the password, which
-// comes from file descriptor 3. The export is read-only (-r): a backup
-// never writes the disk it reads.
+// comes from file descriptor 3. The export is read-only (-r) unless
+// Writable: a backup never writes the disk it reads.
 func (p *PluginSource) args(socket string) []string {
-	a := []string{"--exit-with-parent", "-f", "-r", "-U", socket}
+	a := []string{"--exit-with-parent", "-f", "-U", socket}
+	if !p.Writable {
+		a = append(a, "-r")
+	}
 	if p.Verbose {
 		a = append(a, "-v")
 	}

@@ -64,7 +64,7 @@ func (j *vmJob) copyResumable(ctx context.Context, srcURI, dstURI string, opts c
 	)
 	for attempt := 1; ; attempt++ {
 		opts.Skip = done
-		res, err := j.copyNBD(ctx, srcURI, dstURI, opts)
+		res, err := copyURIs(ctx, srcURI, dstURI, opts)
 		if res != nil {
 			addStats(&total, res.Stats)
 			timing.Add(res.Timing)

@@ -20,12 +20,13 @@ func init() {
 
 // restoreOptions are the flags of "sendense restore".
 type restoreOptions struct {
-	repo   repoDirFlag
-	Backup string
-	To     string
-	Format string
-	Force  bool
-	Disks  []int
+	repo    repoDirFlag
+	Backup  string
+	To      string
+	Format  string
+	Force   bool
+	Disks   []int
+	vsphere vsphereRestoreFlags
 }
 
 func (o *restoreOptions) AddFlags(fs *pflag.FlagSet) {
@@ -36,10 +37,14 @@ func (o *restoreOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.Format, "format", "raw", "output `format`: raw (sparse) or qcow2 (standalone, no backing file)")
 	fs.BoolVar(&o.Force, "force", false, "replace output files that exist")
 	fs.IntSliceVar(&o.Disks, "disk", nil, "restore only the disk with device `KEY` (repeatable; default: every disk)")
+	o.vsphere.register(fs)
 }
 
 // Check validates the options.
 func (o *restoreOptions) Check() error {
+	if o.vsphere.ToVSphere || o.vsphere.InPlace {
+		return o.vsphere.check(o.To)
+	}
 	if o.To == "" {
 		return usageErrorf("no output directory: use --to DIR")
 	}
@@ -76,6 +81,18 @@ With --repo ssh://… the repository is on the control plane: each chain is
 served there by qemu-nbd and read through the SSH tunnel, so DIR is always
 on this machine and holes are not sent.
 
+With --to-vsphere the backup goes back into vSphere instead (the
+vCenter settings are those of backup: [vcenter], SENDENSE_VCENTER_*):
+a new VM is created with the configuration the backup recorded (CPUs,
+memory, firmware, guest OS, controllers, disks, NICs with generated MAC
+addresses), named --name (default: the VM's name + "-restored"), and
+each disk is written through the plugin; only allocated extents are
+written, so thin disks stay thin. The original VM is not touched. With
+--in-place (and --confirm-overwrite) the backup is written back over
+the original VM's disks instead, the VM powered off: only the areas CBT
+reports changed since the backup (quick rollback), or the whole disk,
+with the reason printed, when CBT cannot tell. See docs/recovery.md.
+
 EXAMPLES
   Restore the latest backup of web01 as raw disks:
     sendense restore --repo /backups web01 --to /restore
@@ -83,6 +100,13 @@ EXAMPLES
   Restore from a repository on the control plane:
     sendense restore --repo ssh://sendense@cp.example.com/srv/backups web01 \
         --to /restore --ssh-key /etc/sendense/id_ed25519
+
+  Recreate web01 from a backup as a new VM, and start it:
+    sendense restore --repo /backups web01 --backup 20240501T120000Z \
+        --to-vsphere --name web01-test --power-on
+
+  Roll web01 (powered off) back to its latest backup:
+    sendense restore --repo /backups web01 --to-vsphere --in-place --confirm-overwrite
 
   Restore one disk of an older backup as qcow2:
     sendense restore --repo /backups vm-42 --backup 20240501T120000Z \
@@ -99,7 +123,7 @@ EXIT STATUS
 func newRestoreCommand() *cobra.Command {
 	var opts restoreOptions
 	cmd := &cobra.Command{
-		Use:   "restore [flags] VM --to DIR",
+		Use:   "restore [flags] VM --to DIR | --to-vsphere",
 		Short: "Restore a backup's disks as standalone raw or qcow2 images",
 		Long:  restoreLong,
 		Args:  cobra.ExactArgs(1),
@@ -107,7 +131,17 @@ func newRestoreCommand() *cobra.Command {
 			if err := opts.repo.resolve(cmd); err != nil {
 				return err
 			}
-			return opts.Check()
+			if err := opts.Check(); err != nil {
+				return err
+			}
+			if opts.vsphere.ToVSphere {
+				cfg, err := loadConfig(cmd)
+				if err != nil {
+					return err
+				}
+				opts.vsphere.cfg = cfg
+			}
+			return nil
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runRestore(cmd.Context(), opts, gopts, cmd.OutOrStdout(), cmd.ErrOrStderr(), args)
@@ -127,6 +161,9 @@ func runRestore(ctx context.Context, opts restoreOptions, gopts globalOptions, s
 	}
 	if opts.Backup == "latest" {
 		opts.Backup = "" // the latest
+	}
+	if opts.vsphere.ToVSphere {
+		return runRestoreVSphere(ctx, opts, gopts, stdout, stderr, args[0])
 	}
 	so := offsite.StageOptions{VM: args[0], Backup: opts.Backup, Latest: opts.Backup == "", Images: true}
 	if offsite.IsURL(opts.repo.dir) && opts.repo.staging == "" {

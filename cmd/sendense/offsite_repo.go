@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"os"
 
 	"github.com/sendense/capture/internal/offsite"
@@ -59,4 +60,34 @@ func display(st *offsite.Staged, path string) string {
 		return path
 	}
 	return st.Display(path)
+}
+
+// openPoint opens --repo and holds restore point backup ("" or
+// "latest": the latest) of vm open for reading (repo.OpenPoint): what
+// mount and files serve. An s3:// repository's point is staged first.
+// close releases both.
+func (f *repoDirFlag) openPoint(ctx context.Context, vm, backup string, disks []int32) (p *repo.OpenPoint, close func(), err error) {
+	if backup == "latest" {
+		backup = ""
+	}
+	so := offsite.StageOptions{VM: vm, Backup: backup, Latest: backup == "", Images: true}
+	r, staged, closeRepo, err := f.openFor(ctx, so)
+	if err != nil {
+		return nil, nil, err
+	}
+	if staged != nil {
+		if len(staged.Problems) > 0 {
+			pr := staged.Problems[0]
+			closeRepo()
+			return nil, nil, fmt.Errorf("%s: %s: expected %s, actual %s; nothing was read (sendense verify --repo %s shows every damaged object)",
+				pr.File, pr.Message, pr.Expected, pr.Actual, f.dir)
+		}
+		backup = staged.Backup
+	}
+	p, err = r.OpenPoint(ctx, repo.OpenPointOptions{VM: vm, Backup: backup, Disks: disks})
+	if err != nil {
+		closeRepo()
+		return nil, nil, err
+	}
+	return p, func() { p.Close(); closeRepo() }, nil
 }

@@ -32,6 +32,7 @@ func (h labHooks) Reference() types.ManagedObjectReference { return h.l.ref }
 // handle is the registry's Handler, called before every method dispatch.
 func (l *Lab) handle(ctx *simulator.Context, m *simulator.Method) (mo.Reference, types.BaseMethodFault) {
 	l.pauses.wait(m.Name)
+	l.adoptNew(ctx, m.Name)
 	if m.This.Type != "VirtualMachine" || ctx.Session == nil {
 		return nil, nil
 	}

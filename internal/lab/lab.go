@@ -25,6 +25,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/vmware/govmomi"
 	"github.com/vmware/govmomi/simulator"
@@ -129,6 +130,9 @@ type Lab struct {
 
 	pauses pauses // Pause
 
+	ready      atomic.Bool  // the inventory is built: adopt new VMs (adopt.go)
+	adoptUntil atomic.Int64 // unix ns: look for new VMs before each call until then
+
 	closeOnce sync.Once
 }
 
@@ -212,6 +216,7 @@ func (l *Lab) start(ctx context.Context) error {
 	if err := l.buildInventory(ctx, vc); err != nil {
 		return err
 	}
+	l.ready.Store(true)
 
 	l.server = m.Service.NewServer()
 	u := *l.server.URL

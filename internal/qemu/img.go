@@ -107,7 +107,14 @@ func (t *Tools) toolError(tool string, err error) error {
 // clusters are visible (depth 0), everything else reads as zeroes. Use it
 // with Format "" (the driver is part of the name).
 func Pinned(chain ...string) string {
-	var node any // nil: no backing file
+	b, _ := json.Marshal(PinnedNode(chain...))
+	return "json:" + string(b)
+}
+
+// PinnedNode is Pinned's block node (what a qemu-storage-daemon
+// --blockdev or a "backing" option takes).
+func PinnedNode(chain ...string) map[string]any {
+	var node map[string]any // nil: no backing file
 	for i := len(chain) - 1; i >= 0; i-- {
 		node = map[string]any{
 			"driver":  "qcow2",
@@ -115,8 +122,7 @@ func Pinned(chain ...string) string {
 			"backing": node,
 		}
 	}
-	b, _ := json.Marshal(node)
-	return "json:" + string(b)
+	return node
 }
 
 // NoBacking is Pinned(path): the image alone.

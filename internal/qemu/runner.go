@@ -103,10 +103,14 @@ type ToolMissingError struct {
 }
 
 func (e *ToolMissingError) Error() string {
-	if e.Where != "" {
-		return fmt.Sprintf("%s is not installed or not in $PATH on %s: install the Debian package qemu-utils there (apt-get install qemu-utils)", e.Tool, e.Where)
+	pkg := "qemu-utils"
+	if e.Tool == ToolStorageDaemon {
+		pkg = "qemu-system-common"
 	}
-	return fmt.Sprintf("%s is not installed or not in $PATH: install the Debian package qemu-utils (apt-get install qemu-utils)", e.Tool)
+	if e.Where != "" {
+		return fmt.Sprintf("%s is not installed or not in $PATH on %s: install the Debian package %s there (apt-get install %s)", e.Tool, e.Where, pkg, pkg)
+	}
+	return fmt.Sprintf("%s is not installed or not in $PATH: install the Debian package %s (apt-get install %s)", e.Tool, pkg, pkg)
 }
 
 func (e *ToolMissingError) Unwrap() error { return e.Err }

@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/sendense/capture/internal/vmconfig"
 )
 
 // Manifest formats and levels (docs/repository.md).
@@ -105,6 +107,9 @@ type Manifest struct {
 	// Merged lists the older backups prune merged into this one.
 	Merged []string    `json:"merged,omitempty"`
 	Disks  []DiskImage `json:"disks"`
+	// VMConfig is the VM's virtual hardware at the backup (optional:
+	// older backups have none), what restore --to-vsphere recreates.
+	VMConfig *vmconfig.Config `json:"vm_config,omitempty"`
 }
 
 // Disk returns the disk with device key key, or nil.
@@ -216,6 +221,15 @@ func (m *Manifest) Validate() error {
 	for _, id := range m.Merged {
 		if !validID(id) {
 			return fmt.Errorf("merged %q is not a backup id", id)
+		}
+	}
+	if m.VMConfig != nil {
+		caps := map[int32]uint64{}
+		for _, d := range m.Disks {
+			caps[d.Key] = d.Capacity
+		}
+		if err := m.VMConfig.Validate(caps); err != nil {
+			return fmt.Errorf("vm_config: %w", err)
 		}
 	}
 	seen := map[int32]bool{}

@@ -91,36 +91,13 @@ func (r *Repo) Restore(ctx context.Context, opts RestoreOptions) ([]RestoredDisk
 	}
 	defer unlock()
 
-	var m *Manifest
-	if opts.Backup == "" {
-		m, err = ix.latest()
-		if err == nil {
-			// The latest restore point must be the newest backup: a newer
-			// one whose manifest is corrupt is not silently skipped.
-			for _, id := range ix.ids {
-				if compareIDs(id, m.ID) > 0 && ix.bad[id] != nil {
-					err = fmt.Errorf("the newest backup of VM %s, %s, cannot be used: %w; name the backup to restore with --backup (see 'sendense list')", vd.Name, id, ix.bad[id])
-				}
-			}
-		} else if len(ix.bad) > 0 {
-			err = fmt.Errorf("no backup of VM %s can be used: %w", vd.Name, errors.Join(ix.manifestErrors()...))
-		}
-	} else {
-		m, err = ix.point(opts.Backup)
-	}
+	m, err := ix.restorePoint(opts.Backup)
 	if err != nil {
 		return nil, err
 	}
-	var disks []*DiskImage
-	for _, key := range sortedKeys(m) {
-		if opts.Disks == nil || slices.Contains(opts.Disks, key) {
-			disks = append(disks, m.Disk(key))
-		}
-	}
-	for _, key := range opts.Disks {
-		if m.Disk(key) == nil {
-			return nil, fmt.Errorf("backup %s of VM %s has no disk %d (it has %v)", m.ID, vd.Name, key, sortedKeys(m))
-		}
+	disks, err := selectDisks(m, vd, opts.Disks)
+	if err != nil {
+		return nil, err
 	}
 
 	// Check everything before writing anything.
@@ -165,6 +142,43 @@ func (r *Repo) Restore(ctx context.Context, opts RestoreOptions) ([]RestoredDisk
 		}
 	}
 	return out, nil
+}
+
+// restorePoint is backup id, or the latest restore point when id is "":
+// it must be the newest backup (a newer one whose manifest is corrupt is
+// not silently skipped).
+func (ix *vmIndex) restorePoint(id string) (*Manifest, error) {
+	if id != "" {
+		return ix.point(id)
+	}
+	m, err := ix.latest()
+	if err == nil {
+		for _, id := range ix.ids {
+			if compareIDs(id, m.ID) > 0 && ix.bad[id] != nil {
+				return nil, fmt.Errorf("the newest backup of VM %s, %s, cannot be used: %w; name the backup to restore with --backup (see 'sendense list')", ix.vd.Name, id, ix.bad[id])
+			}
+		}
+	} else if len(ix.bad) > 0 {
+		err = fmt.Errorf("no backup of VM %s can be used: %w", ix.vd.Name, errors.Join(ix.manifestErrors()...))
+	}
+	return m, err
+}
+
+// selectDisks are the disks of m with the keys given (nil: every disk),
+// in key order.
+func selectDisks(m *Manifest, vd *vmDir, keys []int32) ([]*DiskImage, error) {
+	var disks []*DiskImage
+	for _, key := range sortedKeys(m) {
+		if keys == nil || slices.Contains(keys, key) {
+			disks = append(disks, m.Disk(key))
+		}
+	}
+	for _, key := range keys {
+		if m.Disk(key) == nil {
+			return nil, fmt.Errorf("backup %s of VM %s has no disk %d (it has %v)", m.ID, vd.Name, key, sortedKeys(m))
+		}
+	}
+	return disks, nil
 }
 
 // restoreDisk writes the content of the chain (top first) to dst, on
