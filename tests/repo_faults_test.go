@@ -324,7 +324,10 @@ func TestRepoFaults(t *testing.T) {
 		}, []int{1, 2, 3}, "qcow2 header", repo.ProblemImage, true},
 		{"truncated full", func(e *faultEnv) {
 			os.Truncate(e.image(0, fkA), 512*kib)
-		}, []int{0, 1, 2, 3}, "damaged", repo.ProblemChunkSHA256, false},
+		}, []int{0, 1, 2, 3}, "the image is truncated", repo.ProblemImage, false},
+		{"full truncated to its header", func(e *faultEnv) {
+			os.Truncate(e.image(0, fkA), 512)
+		}, []int{0, 1, 2, 3}, "the image is truncated", repo.ProblemImage, false},
 		{"missing full", func(e *faultEnv) { os.Remove(e.image(0, fkA)) }, []int{0, 1, 2, 3}, "is missing", repo.ProblemMissingImage, true},
 		{"missing middle", func(e *faultEnv) { os.Remove(e.image(1, fkA)) }, []int{1, 2, 3}, "is missing", repo.ProblemMissingImage, true},
 		{"missing top", func(e *faultEnv) { os.Remove(e.image(3, fkB)) }, []int{3}, "is missing", repo.ProblemMissingImage, true},

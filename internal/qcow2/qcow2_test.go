@@ -165,3 +165,41 @@ func TestHeader(t *testing.T) {
 		t.Fatal("a truncated header was accepted")
 	}
 }
+
+// TestBounds: an image whose tables or data clusters lie beyond the end
+// of its file (truncated) is refused; the whole image passes.
+func TestBounds(t *testing.T) {
+	requireQemu(t)
+	path := filepath.Join(t.TempDir(), "a.qcow2")
+	run(t, "qemu-img", "create", "-q", "-f", "qcow2", path, "8M")
+	run(t, "qemu-io", "-f", "qcow2", "-c", "write -P 7 0 1M", "-c", "write -P 9 6M 64k", path)
+	check := func() error {
+		f, err := os.Open(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		fi, _ := f.Stat()
+		hdr, err := ReadHeader(func(off int64, n int) ([]byte, error) {
+			b := make([]byte, n)
+			k, _ := f.ReadAt(b, off)
+			return b[:k], nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return Bounds(f, hdr, uint64(fi.Size()))
+	}
+	if err := check(); err != nil {
+		t.Fatalf("whole image: %v", err)
+	}
+	fi, _ := os.Stat(path)
+	for _, size := range []int64{fi.Size() - 64<<10, 512 << 10, 512} {
+		if err := os.Truncate(path, size); err != nil {
+			t.Fatal(err)
+		}
+		if err := check(); err == nil || !bytes.Contains([]byte(err.Error()), []byte("truncated")) {
+			t.Errorf("truncated to %d bytes: %v", size, err)
+		}
+	}
+}

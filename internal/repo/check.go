@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"path/filepath"
 
@@ -108,6 +109,16 @@ func (r *Repo) checkImage(ctx context.Context, ix *vmIndex, m *Manifest, d *Disk
 	}
 	if !deep {
 		return c, nil
+	}
+	// Every table and data cluster within the file: a truncated image
+	// would read zeroes where its data was.
+	if err := r.checkBounds(ctx, path, hdr, uint64(fi.Size())); err != nil {
+		if ctx.Err() != nil {
+			delete(ix.images, d.Image)
+			return nil, ctx.Err()
+		}
+		c.err = damage(ProblemImage, err.Error(), "", "")
+		return c, c.err
 	}
 	info, err := r.Tools.Info(ctx, path)
 	if err != nil {
@@ -222,3 +233,37 @@ func unrestorable(vm, id string, err error) error {
 
 // imagePath is the path of image name of a VM directory.
 func imagePath(vd *vmDir, name string) string { return filepath.Join(vd.Path, name) }
+
+// checkBounds says whether the image's tables and data clusters lie
+// within its file: read here (qcow2.Bounds) in a local repository, by
+// qemu-img check where a remote one is (reading every table over SFTP
+// would take a round trip each).
+func (r *Repo) checkBounds(ctx context.Context, path string, hdr *qcow2.Header, size uint64) error {
+	if !r.Local() {
+		res, err := r.Tools.Check(ctx, path)
+		switch {
+		case err != nil:
+			return fmt.Errorf("qemu-img check cannot check the image: %w", err)
+		case !res.OK():
+			return fmt.Errorf("qemu-img check finds %d corruptions and %d errors in the image (a truncated or damaged file)", res.Corruptions, res.CheckErrors)
+		}
+		return nil
+	}
+	return qcow2.Bounds(fsReaderAt{r.fs, path}, hdr, size)
+}
+
+// fsReaderAt reads one file through the repository's (confined) file
+// system.
+type fsReaderAt struct {
+	fs   FS
+	path string
+}
+
+func (f fsReaderAt) ReadAt(p []byte, off int64) (int, error) {
+	b, err := f.fs.ReadAt(f.path, off, len(p))
+	n := copy(p, b)
+	if err == nil && n < len(p) {
+		err = io.EOF
+	}
+	return n, err
+}
