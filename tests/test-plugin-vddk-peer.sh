@@ -21,6 +21,12 @@ cat $tmp/dump
 grep '^vddk_library_version=8$' $tmp/dump
 grep '^VixDiskLib_Create=1$' $tmp/dump
 grep '^VixDiskLib_ListTransportModes=1$' $tmp/dump
+grep '^vddk_transport_modes=file:san:hotadd:nbdssl:nbd$' $tmp/dump
+# Ours prints the same nbdkit-vddk keys and functions.
+nbdkit $plugin --dump-plugin libdir=$fakevddk > $tmp/ours
+for k in $(grep -E '^(vddk_|VixDiskLib_)' $tmp/dump | cut -d= -f1); do
+    grep -x "$(grep "^$k=" $tmp/dump)" $tmp/ours
+done
 grep '^VixDiskLib_WriteAsync=1$' $tmp/dump
 grep '^VixDiskLib_AllocateConnectParams=1$' $tmp/dump
 
