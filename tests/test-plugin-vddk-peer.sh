@@ -10,6 +10,9 @@ set -e -x
 requires nbdkit --version
 requires nbdcopy --version
 requires qemu-img --version
+# Calls that overlap where VDDK forbids it abort the fake (and fail the
+# test), for the peer's calling pattern as for ours.
+export FAKEVDDK_STRICT=1
 vddk=${NBDKIT_VDDK:-vddk}
 [ -n "${NBDKIT_VDDK:-}" ] || [ ! -f "$builddir/nbdkit-vddk-plugin.so" ] ||
     vddk=$builddir/nbdkit-vddk-plugin.so
@@ -47,6 +50,19 @@ for p in "$vddk" $plugin; do
     grep -E '^ +0 +1048576 +0 +data$' $tmp/map
     grep -E '^ +1048576 +15728640 +3 +hole,zero$' $tmp/map
     grep -E '^ +16777216 +65536 +0 +data$' $tmp/map
+done
+# A disk whose end is not a whole 64 KiB allocation chunk (nbdkit's
+# test-vddk-real-unaligned-chunk.sh, with a flat VMDK the fake reads).
+dd if=/dev/urandom of=$tmp/odd.raw bs=512 count=$((3*128)) status=none
+truncate -s $(( (4*128 + 3) * 512)) $tmp/odd.raw
+qemu-img convert -f raw -O vmdk -o subformat=monolithicFlat $tmp/odd.raw $tmp/odd.vmdk
+for p in "$vddk" $plugin; do
+    nbdkit -U - -r "$p" libdir=$fakevddk $tmp/odd.vmdk --run 'nbdinfo --map "$uri"' > $tmp/map
+    cat $tmp/map
+    test "$(cat $tmp/map)" = "\
+         0      196608    0  data
+    196608       65536    3  hole,zero
+    262144        1536    0  data"
 done
 # nbdkit-vddk has no zero callback: nbdkit writes zeroes for nbdcopy's
 # zero requests, allocating the whole new disk. Ours writes zeroes only
