@@ -561,10 +561,6 @@ front_thread_model (void)
   return NBDKIT_THREAD_MODEL_PARALLEL;
 }
 
-/* --dump-plugin: nbdkit-vddk-plugin's vddk_* keys (the library version
- * and path, one VixDiskLib_<name>=1 line per function found, when the
- * library loads), and ours.  Loading here is dlopen and dlsym only.
- */
 /* vddk_transport_modes=: the modes this VDDK offers, as
  * nbdkit-vddk-plugin prints them (VixDiskLib_ListTransportModes, which
  * our plugin does not otherwise need, between InitEx and Exit).
@@ -591,6 +587,12 @@ print_transport_modes (void *dl)
   exit_fn ();
 }
 
+/* --dump-plugin: nbdkit-vddk-plugin's vddk_* keys (the library version
+ * and path, its transport modes, one VixDiskLib_<name>=1 line per
+ * function found, when the library loads), and ours.  Loading here is
+ * dlopen and dlsym, and InitEx/Exit for the transport modes, as
+ * nbdkit-vddk-plugin does.
+ */
 static void
 front_dump_plugin (void)
 {
