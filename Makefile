@@ -36,7 +36,7 @@ DEB            := $(BUILD)/sendense_$(VERSION)_$(DEB_ARCH).deb
 # peer the tests run for real.
 DEB_PACKAGES := gcc make pkg-config nbdkit nbdkit-plugin-dev libnbd-bin libnbd-dev \
                 python3-libnbd qemu-utils openssh-server openssh-client bc time \
-                expect e2fsprogs fdisk systemd util-linux groff-base \
+                expect e2fsprogs fdisk systemd util-linux groff-base curl \
                 qemu-system-common libguestfs-tools linux-image-cloud-$(DEB_ARCH)
 
 GO_SOURCES   := $(shell find . -name '*.go' -not -path './$(BUILD)/*') go.mod go.sum
@@ -48,8 +48,15 @@ FAKEVDDK     := $(BUILD)/fakevddk/lib64/libvixDiskLib.so.8
 # bench/offsite.sh: built once per machine by tests/build-weed.sh.
 WEED_VERSION := v0.0.0-20261109003541-7506e5f91cd6
 WEED         := $(BUILD)/weed
+# nbdkit's own vddk plugin (Debian ships none), the peer the fake VDDK and
+# our plugin are checked against (tests/test-plugin-vddk-peer.sh): built
+# from Debian's nbdkit source (SHA-256 from its .dsc) once per machine by
+# tests/build-nbdkit-vddk.sh.
+NBDKIT_VDDK_VERSION := 1.42.3
+NBDKIT_VDDK_SHA256  := cc6e451f7f6e33243ade6a5451465734bbd90142b84630bde0e0747f5656c2eb
+NBDKIT_VDDK         := $(BUILD)/nbdkit-vddk-plugin.so
 
-.PHONY: all deps weed test unit-test integration-test vet demo bench docs install deb clean
+.PHONY: all deps weed nbdkit-vddk test unit-test integration-test vet demo bench docs install deb clean
 
 all: $(FRONT) $(GOLIB) $(CLI) $(FAKEVDDK)
 
@@ -90,6 +97,11 @@ weed: $(WEED)
 $(WEED): tests/build-weed.sh | $(BUILD)
 	tests/build-weed.sh $(WEED_VERSION) $@
 
+nbdkit-vddk: $(NBDKIT_VDDK)
+
+$(NBDKIT_VDDK): tests/build-nbdkit-vddk.sh | $(BUILD)
+	tests/build-nbdkit-vddk.sh $(NBDKIT_VDDK_VERSION) $(NBDKIT_VDDK_SHA256) $@
+
 vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { gofmt -l .; echo "gofmt: files above need formatting"; exit 1; }
 	$(GO) vet ./...
@@ -100,7 +112,7 @@ unit-test:
 integration-test: all
 	tests/run.sh
 
-test: deps all $(WEED) vet unit-test integration-test
+test: deps all $(WEED) $(NBDKIT_VDDK) vet unit-test integration-test
 
 demo: deps all
 	tests/demo.sh

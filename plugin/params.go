@@ -138,6 +138,11 @@ var params = map[string]func(c *Config, v string) error{
 		if err != nil {
 			return fmt.Errorf("%q is not one of %s or a number", v, keys(createHWVersions))
 		}
+		if n == 0 {
+			// nbdkit-vddk-plugin hands 0 to VDDK; no virtual hardware
+			// has version 0 (the oldest, workstation4, is 3).
+			return fmt.Errorf("%q is not a virtual hardware version (the oldest, workstation4, is 3)", v)
+		}
 		c.CreateHWVersion = uint16(n)
 		return nil
 	},

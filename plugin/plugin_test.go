@@ -133,6 +133,7 @@ func TestSetErrors(t *testing.T) {
 		{"create-type", "qcow2", `"qcow2" is not one of monolithic-flat, monolithic-sparse, split-flat`},
 		{"create-adapter-type", "nvme", "not one of ide, scsi-buslogic, scsi-lsilogic"},
 		{"create-hwversion", "esx99", "or a number"},
+		{"create-hwversion", "0", "not a virtual hardware version"},
 	} {
 		var c Config
 		err := c.Set(tc.key, tc.value)

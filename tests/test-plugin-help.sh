@@ -40,7 +40,8 @@ grep "^vddk_dll=$(realpath $fakevddk/lib64/libvixDiskLib.so.8)$" $tmp/dump2
 nm -D --defined-only $fakevddk/lib64/libvixDiskLib.so.8 | awk '/ VixDiskLib_/ { print $3 "=1" }' | sort > $tmp/want
 grep '^VixDiskLib_' $tmp/dump2 | sort > $tmp/got
 diff -u $tmp/want $tmp/got
-test "$(wc -l < $tmp/got)" -eq 22
+test "$(wc -l < $tmp/got)" -eq 23
+grep "^vddk_transport_modes=file:san:hotadd:nbdssl:nbd$" $tmp/dump2
 
 # A library that does not load: the key says why, no library keys.
 mkdir -p $tmp/bad/lib64

@@ -241,3 +241,25 @@ func TestLocalFlatSibling(t *testing.T) {
 		t.Errorf("local TransportMode = %q, want file", d.TransportMode())
 	}
 }
+
+// The fake refuses what it cannot read as a disk (a real VDDK reads
+// these), rather than serve the container's bytes as the disk's content.
+func TestLocalSparseRefused(t *testing.T) {
+	dir := t.TempDir()
+	for name, head := range map[string]string{
+		"sparse.vmdk":     "KDMV",
+		"esx.vmdk":        "COWD",
+		"descriptor.vmdk": "# Disk DescriptorFile",
+	} {
+		p := writeFile(t, dir, name, 65536, map[int64][]byte{0: []byte(head)})
+		c, err := testLib.Connect(ConnectParams{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = c.Open(p, 0)
+		c.Close()
+		if err == nil || !strings.Contains(err.Error(), "reads only flat VMDKs") {
+			t.Errorf("Open %s = %v, want the fake's refusal", name, err)
+		}
+	}
+}

@@ -561,9 +561,37 @@ front_thread_model (void)
   return NBDKIT_THREAD_MODEL_PARALLEL;
 }
 
+/* vddk_transport_modes=: the modes this VDDK offers, as
+ * nbdkit-vddk-plugin prints them (VixDiskLib_ListTransportModes, which
+ * our plugin does not otherwise need, between InitEx and Exit).
+ */
+static void
+print_transport_modes (void *dl)
+{
+  VixError (*initex) (uint32_t, uint32_t, VixDiskLibGenericLogFunc *,
+                      VixDiskLibGenericLogFunc *, VixDiskLibGenericLogFunc *,
+                      const char *, const char *);
+  void (*exit_fn) (void);
+  const char *(*list) (void);
+  const char *modes;
+
+  *(void **) &initex = dlsym (dl, "VixDiskLib_InitEx");
+  *(void **) &exit_fn = dlsym (dl, "VixDiskLib_Exit");
+  *(void **) &list = dlsym (dl, "VixDiskLib_ListTransportModes");
+  if (initex == NULL || exit_fn == NULL || list == NULL ||
+      initex (6, 5, NULL, NULL, NULL, libdir (), param_value ("config")) != 0)
+    return;
+  modes = list ();
+  if (modes)
+    printf ("vddk_transport_modes=%s\n", modes);
+  exit_fn ();
+}
+
 /* --dump-plugin: nbdkit-vddk-plugin's vddk_* keys (the library version
- * and path, one VixDiskLib_<name>=1 line per function found, when the
- * library loads), and ours.  Loading here is dlopen and dlsym only.
+ * and path, its transport modes, one VixDiskLib_<name>=1 line per
+ * function found, when the library loads), and ours.  Loading here is
+ * dlopen and dlsym, and InitEx/Exit for the transport modes, as
+ * nbdkit-vddk-plugin does.
  */
 static void
 front_dump_plugin (void)
@@ -601,9 +629,13 @@ front_dump_plugin (void)
     if (real)
       printf ("vddk_dll=%s\n", real);
     free (real);
+    print_transport_modes (dl);
     for (i = 0; i < VDK_FN_COUNT; ++i)
       if (dlsym (dl, vdk_fn_name (i)))
         printf ("%s=1\n", vdk_fn_name (i));
+    /* Not in stubs.h (we do not call it), but nbdkit-vddk lists it. */
+    if (dlsym (dl, "VixDiskLib_ListTransportModes"))
+      printf ("VixDiskLib_ListTransportModes=1\n");
   }
   printf ("sendense_extents=yes\n");
   printf ("sendense_cbt=yes\n");

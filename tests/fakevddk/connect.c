@@ -1,6 +1,6 @@
 /* Sendense capture — fake libvixDiskLib: library setup and connections.
  *
- * InitEx/Exit, AllocateConnectParams/FreeConnectParams,
+ * InitEx/Exit, ListTransportModes, AllocateConnectParams/FreeConnectParams,
  * ConnectEx/Disconnect, the credential checks driven by
  * FAKEVDDK_PASSWORD, FAKEVDDK_USER, FAKEVDDK_COOKIE and
  * FAKEVDDK_THUMBPRINT, and the detector for ConnectEx/Open/Close/
@@ -110,6 +110,17 @@ VixDiskLib_Exit (void)
   fake_logline ("VixDiskLib_Exit");
   __atomic_store_n (&initialized, 0, __ATOMIC_RELEASE);
   fake_set_log_functions (NULL, NULL, NULL);
+}
+
+/* The transport modes this VDDK offers, in VDDK's own order and form
+ * (nbdkit-vddk requires the function, as every VDDK >= 6.5 has it, and
+ * prints the list in --dump-plugin).  Callable before InitEx.
+ */
+EXPORT const char *
+VixDiskLib_ListTransportModes (void)
+{
+  fake_logline ("VixDiskLib_ListTransportModes");
+  return "file:san:hotadd:nbdssl:nbd";
 }
 
 /* AllocateConnectParams hands out the 128-byte struct behind a header

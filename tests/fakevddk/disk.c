@@ -97,6 +97,27 @@ choose_mode (struct fake_handle *h)
   h->mode[n] = '\0';
 }
 
+/* A file the fake cannot read as a disk: a hosted sparse or ESX sparse
+ * extent (what qemu-img create -f vmdk makes by default), or a descriptor
+ * whose flat extent is missing.  A real VDDK reads those; the fake would
+ * serve their bytes as if they were the disk, so it refuses them.
+ */
+static const char *
+unreadable_format (int fd)
+{
+  static const char descriptor[] = "# Disk DescriptorFile";
+  char head[sizeof descriptor - 1];
+  ssize_t n = pread (fd, head, sizeof head, 0);
+
+  if (n >= 4 && memcmp (head, "KDMV", 4) == 0)
+    return "a hosted sparse VMDK extent";
+  if (n >= 4 && memcmp (head, "COWD", 4) == 0)
+    return "an ESX sparse VMDK extent";
+  if (n == (ssize_t) sizeof head && memcmp (head, descriptor, n) == 0)
+    return "a VMDK descriptor without its -flat.vmdk extent";
+  return NULL;
+}
+
 EXPORT VixError
 VixDiskLib_Open (VixDiskLibConnection c, const char *path, uint32_t flags,
                  VixDiskLibHandle *handle)
@@ -107,6 +128,7 @@ VixDiskLib_Open (VixDiskLibConnection c, const char *path, uint32_t flags,
   char fnames[128];
   int fd = -1, readonly;
   off_t size;
+  const char *format;
 
   fake_clear_error ();
   fake_serial_enter ("VixDiskLib_Open");
@@ -127,6 +149,10 @@ VixDiskLib_Open (VixDiskLibConnection c, const char *path, uint32_t flags,
                      errno == EACCES ? VIX_E_FILE_ACCESS_ERROR :
                      errno == EROFS ? VIX_E_FILE_READ_ONLY :
                      VIX_E_FILE_ERROR, "%s: %s", file, strerror (errno));
+  else if ((format = unreadable_format (fd)) != NULL)
+    err = fake_fail (VIX_E_NOT_SUPPORTED, "%s is %s: the fake VDDK reads "
+                     "only flat VMDKs (NAME-flat.vmdk) and raw files",
+                     file, format);
   else if ((size = lseek (fd, 0, SEEK_END)) == -1)
     err = fake_fail (VIX_E_FILE_ERROR, "%s: %s", file, strerror (errno));
   else if ((h = calloc (1, sizeof *h)) == NULL)
