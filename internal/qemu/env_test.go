@@ -69,7 +69,7 @@ func TestServeMallocTunables(t *testing.T) {
 
 	// The same server with glibc's defaults.
 	sock := filepath.Join(dir, "b.sock")
-	base, err := LocalRunner{}.Start("qemu-nbd", "--socket="+sock, "--cache=none", "--aio=threads", "--format=qcow2", b)
+	base, err := LocalRunner{}.Start("qemu-nbd", "--persistent", "--socket="+sock, "--cache=none", "--aio=threads", "--format=qcow2", b)
 	if err != nil {
 		t.Fatal(err)
 	}
