@@ -54,12 +54,13 @@ type VCenter struct {
 	User         string `toml:"user"`          // e.g. backup@vsphere.local
 	PasswordFile string `toml:"password_file"` // file whose first line is the password
 	PasswordEnv  string `toml:"password_env"`  // name of an environment variable holding it
-	// PasswordCredential names a systemd credential holding it
-	// ($CREDENTIALS_DIRECTORY/NAME, from LoadCredentialEncrypted=).
-	PasswordCredential string `toml:"password_credential"`
 	Thumbprint   string `toml:"thumbprint"`    // SHA-1 thumbprint of the server certificate
 	CAFile       string `toml:"ca_file"`       // PEM CA bundle to verify the certificate
 	Insecure     bool   `toml:"insecure"`      // accept an unverified certificate (never the default)
+
+	// PasswordCredential names a systemd credential holding the password
+	// ($CREDENTIALS_DIRECTORY/NAME, from LoadCredentialEncrypted=).
+	PasswordCredential string `toml:"password_credential"`
 }
 
 // VDDK configures the plugin's VDDK.

@@ -63,12 +63,13 @@ type Repo struct {
 	Tools *qemu.Tools
 
 	fs   *confinedFS
+	now  func() time.Time
+	hook func(step string) error // tests: fault injection between steps
+
 	keys *keys       // encrypted repositories (crypt.go)
 	enc  *Encryption // what sendense-repository.json says
 	// digests is the function of chunk and disk digests (nil: SHA-256).
 	digests *diskdigest.Hash
-	now     func() time.Time
-	hook func(step string) error // tests: fault injection between steps
 }
 
 type repoFile struct {
