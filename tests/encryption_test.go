@@ -163,3 +163,34 @@ func treeState(t *testing.T, dir string) string {
 	})
 	return b.String()
 }
+
+// TestEncryptedRemote: an encrypted ssh:// repository (real sshd): the
+// secrets reach the remote qemu-img and qemu-nbd through the SSH session;
+// full, incremental, restore, verify and prune work, and nothing secret
+// is in the files on the remote side.
+func TestEncryptedRemote(t *testing.T) {
+	b := startRemoteLab(t, []lab.VMSpec{{Name: "web", PowerOn: true, CBT: true, Disks: []lab.DiskSpec{
+		{Capacity: 16 * mib, Data: 4 * mib, Seed: 41}}}})
+	b.encrypt(filepath.Join(b.dir, "remote.toml"))
+	b.backup("web")
+	b.write("web", 2000, 2*mib, 512*kib, 1)
+	if r := b.backup("web"); r.Level != "incremental" {
+		t.Fatalf("second backup: %+v", r)
+	}
+	b.write("web", 2000, 8*mib, 1*mib, 2)
+	b.backup("web")
+	b.restoreAndCompare("web", 0)
+	if out := b.mustRun("verify", "web"); !strings.Contains(out, "verified 3 images: no problems") {
+		t.Fatalf("verify:\n%s", out)
+	}
+	if out := b.mustRun("prune", "--keep", "2"); !strings.Contains(out, "removed 1 backup (") {
+		t.Fatalf("prune:\n%s", out)
+	}
+	b.restoreAndCompare("web", 0)
+	b.mustRun("verify")
+	rf, _ := os.ReadFile(filepath.Join(b.repo, "sendense-repository.json"))
+	if !bytes.Contains(rf, []byte(`"encryption"`)) {
+		t.Fatalf("not encrypted:\n%s", rf)
+	}
+	noSecretsIn(t, b.repo, repoPassphrase, lab.Password)
+}

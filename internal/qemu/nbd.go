@@ -210,7 +210,7 @@ func (t *Tools) serve(ctx context.Context, image string, opts ServeOptions, cach
 	if sec.key != nil {
 		var sr SecretRunner
 		if sr, err = sec.runner(); err == nil {
-			proc, err = sr.StartSecret(sec.key, serverEnv(), t.nbd(), args...)
+			proc, err = sr.StartSecret(sec.wire(), serverEnv(), t.nbd(), args...)
 		}
 	} else if es, ok := r.(envStarter); ok {
 		proc, err = es.StartEnv(serverEnv(), t.nbd(), args...)

@@ -24,8 +24,9 @@ import (
 // SecretPath is where a tool run with a secret reads it.
 const SecretPath = "/dev/fd/3"
 
-// SecretRunner is a Runner that can hand a child a secret: the child
-// reads it from SecretPath, once. Encrypted images need one.
+// SecretRunner is a Runner that can hand a child a secret, one line of
+// text: the child reads it from SecretPath, once. Encrypted images need
+// one.
 type SecretRunner interface {
 	// RunSecret is Run with secret readable at SecretPath.
 	RunSecret(ctx context.Context, secret []byte, name string, args ...string) ([]byte, error)
@@ -83,7 +84,7 @@ func (s *secrets) args() []string {
 	if s.key == nil {
 		return nil
 	}
-	out := []string{"--object", "secret,id=" + transportID + ",file=" + SecretPath + ",format=raw"}
+	out := []string{"--object", "secret,id=" + transportID + ",file=" + SecretPath + ",format=base64"}
 	for _, o := range s.objects {
 		out = append(out, "--object", o)
 	}
@@ -127,7 +128,13 @@ func (s *secrets) run(ctx context.Context, name string, args ...string) ([]byte,
 	if err != nil {
 		return nil, err
 	}
-	return r.RunSecret(ctx, s.key, name, args...)
+	return r.RunSecret(ctx, s.wire(), name, args...)
+}
+
+// wire is the transport key as the tool reads it: base64 text (one line,
+// so that a remote shell reads it with its read builtin).
+func (s *secrets) wire() []byte {
+	return []byte(base64.StdEncoding.EncodeToString(s.key))
 }
 
 // luksBenchmarkFailed recognises a failure of qemu's PBKDF benchmark
