@@ -226,8 +226,10 @@ func newKeyCommand() *cobra.Command {
 				ID          string    `json:"id"`
 				Created     time.Time `json:"created"`
 				KDF         string    `json:"kdf"`
-				N, R, P     int
-				Current     bool `json:"current"`
+				N           int       `json:"n"`
+				R           int       `json:"r"`
+				P           int       `json:"p"`
+				Current     bool      `json:"current"`
 			}{"key", s.ID, s.Created, s.KDF, s.N, s.R, s.P, s.ID == current},
 				fmt.Sprintf("%s%-16s  %-20s  %s N=%d r=%d p=%d\n", mark, s.ID, s.Created.Format("2006-01-02 15:04:05"), s.KDF, s.N, s.R, s.P))
 			if err != nil {

@@ -237,7 +237,7 @@ func (r *Repo) unlock(e *Encryption) error {
 		r.setKeys(newKeys(master, s.ID), e)
 		return nil
 	}
-	return fmt.Errorf("repository %s: %w (sendense key list shows them; nothing was changed)", r.Location(), ErrWrongPassphrase)
+	return fmt.Errorf("repository %s: %w (nothing was read or changed; check --password-file, $SENDENSE_REPOSITORY_PASSWORD_FILE, [repository] password_file or password_credential)", r.Location(), ErrWrongPassphrase)
 }
 
 func (r *Repo) setKeys(k *keys, e *Encryption) {
