@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/sendense/capture/internal/lab"
+	"github.com/sendense/capture/internal/s3test"
 )
 
 const repoPassphrase = "tr0ub4dor&3 repository passphrase"
@@ -193,4 +194,34 @@ func TestEncryptedRemote(t *testing.T) {
 		t.Fatalf("not encrypted:\n%s", rf)
 	}
 	noSecretsIn(t, b.repo, repoPassphrase, lab.Password)
+}
+
+// TestEncryptedOffsite: an encrypted repository's offsite copy restores
+// with the repository gone (the staging repository takes the bucket's
+// marker, with its key slots), byte for byte.
+func TestEncryptedOffsite(t *testing.T) {
+	srv, err := s3test.Start(s3test.Binary(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Stop)
+	b := startBackupLab(t, []lab.VMSpec{{Name: "web", PowerOn: true, CBT: true, Disks: []lab.DiskSpec{
+		{Capacity: 8 * mib, Data: 2 * mib, Seed: 51}}}})
+	cfg := filepath.Join(b.dir, "sendense.toml")
+	b.encrypt(cfg)
+	b.backup("web")
+	b.write("web", 2000, 1*mib, 256*kib, 3)
+	b.backup("web")
+	bucket := srv.Bucket(t, false)
+	access, secret := s3test.Credentials(t, b.dir)
+	text, _ := os.ReadFile(cfg)
+	os.WriteFile(cfg, append(text, fmt.Sprintf("[[offsite]]\nname = \"dr\"\nendpoint = %q\nbucket = %q\npath_style = true\naccess_key_file = %q\nsecret_key_file = %q\n",
+		srv.Endpoint, bucket, access, secret)...), 0o600)
+	b.mustRun("offsite", "sync", "--target", "dr")
+	os.RemoveAll(b.repo)
+	for id := range b.expected["web"] {
+		to := filepath.Join(b.dir, "from-s3-"+id)
+		b.mustRun("restore", "--repo", "s3://dr/", "web", "--backup", id, "--to", to)
+		run(t, "cmp", b.expected["web"][id][2000], mustGlob(t, filepath.Join(to, "*disk2000.raw")))
+	}
 }

@@ -441,3 +441,11 @@ func (r *Repo) ImageSecret(name string) ([]byte, error) {
 	}
 	return r.keys.imageSecret(name), nil
 }
+
+// MarkerEncrypted says whether b, the content of a
+// sendense-repository.json, is an encrypted repository's (offsite
+// staging copies it to open the repository's files).
+func MarkerEncrypted(b []byte) bool {
+	var rf repoFile
+	return json.Unmarshal(b, &rf) == nil && rf.Format == RepoFormat && rf.Encryption != nil
+}
