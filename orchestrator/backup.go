@@ -332,6 +332,7 @@ func (j *backupJob) backupDisk(ctx context.Context, pending *repo.Pending, prev 
 	opts.DestinationIsZero = p.full
 	opts.Digest = p.full
 	opts.HashChunks = true
+	opts.DigestHash = j.repo.DigestHash() // HMAC-SHA-256 in an encrypted repository
 	var reconnect Reconnector
 	if !j.repo.Local() {
 		reconnect = serverReconnector(dst) // a lost tunnel is resumed

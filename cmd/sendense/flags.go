@@ -90,6 +90,7 @@ func loadConfig(cmd *cobra.Command) (*config.Config, error) {
 	if err != nil {
 		return nil, usageErrorf("%v", err)
 	}
+	applyRepositorySecrets(c) // --password-file; encrypted repositories
 	slog.Debug("configuration", "file", c.File)
 	return c, nil
 }

@@ -64,6 +64,7 @@ file: --config FILE, $SENDENSE_CONFIG, else /etc/sendense/sendense.toml or
 	SilenceErrors:     true,
 	DisableAutoGenTag: true,
 	PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
+		installPassphrase(cmd) // encrypted repositories (cmd_key.go)
 		return setupOutput(cmd.ErrOrStderr())
 	},
 }

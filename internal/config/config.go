@@ -57,6 +57,10 @@ type VCenter struct {
 	Thumbprint   string `toml:"thumbprint"`    // SHA-1 thumbprint of the server certificate
 	CAFile       string `toml:"ca_file"`       // PEM CA bundle to verify the certificate
 	Insecure     bool   `toml:"insecure"`      // accept an unverified certificate (never the default)
+
+	// PasswordCredential names a systemd credential holding the password
+	// ($CREDENTIALS_DIRECTORY/NAME, from LoadCredentialEncrypted=).
+	PasswordCredential string `toml:"password_credential"`
 }
 
 // VDDK configures the plugin's VDDK.
@@ -94,6 +98,14 @@ type Copy struct {
 // Repository is the backup repository.
 type Repository struct {
 	Path string `toml:"path"`
+	// Encryption of the repositories a backup creates: "" (none) or
+	// "aes-256" (docs/repository.md, "Encryption").
+	Encryption string `toml:"encryption"`
+	// PasswordFile is a file whose first line is the passphrase of an
+	// encrypted repository; PasswordCredential names a systemd
+	// credential holding it.
+	PasswordFile       string `toml:"password_file"`
+	PasswordCredential string `toml:"password_credential"`
 }
 
 // Tunnel configures the SSH tunnel to the control plane.
@@ -278,6 +290,10 @@ var Env = []struct {
 	{"SENDENSE_VCENTER_CA_FILE", "[vcenter] ca_file", "CA bundle for the vCenter certificate", func(c *Config, v string) error { c.VCenter.CAFile = v; return nil }},
 	{"SENDENSE_VDDK_LIBDIR", "[vddk] libdir", "VDDK directory", func(c *Config, v string) error { c.VDDK.Libdir = v; return nil }},
 	{"SENDENSE_REPOSITORY", "[repository] path", "backup repository", func(c *Config, v string) error { c.Repository.Path = v; return nil }},
+	{"SENDENSE_REPOSITORY_PASSWORD_FILE", "[repository] password_file", "file holding the passphrase of an encrypted repository", func(c *Config, v string) error {
+		c.Repository.PasswordFile, c.Repository.PasswordCredential = v, ""
+		return nil
+	}},
 	{"SENDENSE_STATE_DIR", "[state] dir", "directory of the VM locks shared by the CLI and the agent", func(c *Config, v string) error { c.State.Dir = v; return nil }},
 }
 
@@ -370,8 +386,19 @@ func (c *Config) Check() error {
 	if c.File != "" {
 		where = "config " + c.File
 	}
-	if c.VCenter.PasswordFile != "" && c.VCenter.PasswordEnv != "" {
-		return fmt.Errorf("%s: [vcenter] password_file and password_env are mutually exclusive", where)
+	if n := nonEmpty(c.VCenter.PasswordFile, c.VCenter.PasswordEnv, c.VCenter.PasswordCredential); n > 1 {
+		return fmt.Errorf("%s: [vcenter] password_file, password_env and password_credential are mutually exclusive", where)
+	}
+	if c.Repository.PasswordFile != "" && c.Repository.PasswordCredential != "" {
+		return fmt.Errorf("%s: [repository] password_file and password_credential are mutually exclusive", where)
+	}
+	if e := c.Repository.Encryption; e != "" && e != "aes-256" {
+		return fmt.Errorf("%s: [repository] encryption must be \"aes-256\" or empty (none), not %q", where, e)
+	}
+	for _, name := range []string{c.VCenter.PasswordCredential, c.Repository.PasswordCredential} {
+		if name != "" && !credentialName(name) {
+			return fmt.Errorf("%s: credential name %q is not a plain file name (letters, digits, '-', '_', '.')", where, name)
+		}
 	}
 	if c.Backup.MaxConcurrentDisks < 1 || c.Backup.MaxConcurrentVMs < 1 {
 		return fmt.Errorf("%s: [backup] max_concurrent_disks and max_concurrent_vms must be at least 1", where)
@@ -458,6 +485,12 @@ func (v VCenter) Password(getenv func(string) string) (string, error) {
 			return "", fmt.Errorf("vCenter password: %s is empty", v.PasswordFile)
 		}
 		return pw, nil
+	case v.PasswordCredential != "":
+		pw, err := Credential(v.PasswordCredential, getenv)
+		if err != nil {
+			return "", fmt.Errorf("vCenter password: %w", err)
+		}
+		return string(pw), nil
 	case v.PasswordEnv != "":
 		childenv.Hide(v.PasswordEnv)
 		pw := getenv(v.PasswordEnv)
@@ -466,7 +499,7 @@ func (v VCenter) Password(getenv func(string) string) (string, error) {
 		}
 		return pw, nil
 	}
-	return "", errors.New("no vCenter password: set [vcenter] password_file or password_env, SENDENSE_VCENTER_PASSWORD_FILE, or --vcenter-password-file")
+	return "", errors.New("no vCenter password: set [vcenter] password_file, password_env or password_credential, SENDENSE_VCENTER_PASSWORD_FILE, or --vcenter-password-file")
 }
 
 // keyLine finds the line of key in a TOML text: the line of its last
@@ -494,4 +527,71 @@ func keyLine(text string, key toml.Key) int {
 		}
 	}
 	return 0
+}
+
+func nonEmpty(s ...string) int {
+	n := 0
+	for _, v := range s {
+		if v != "" {
+			n++
+		}
+	}
+	return n
+}
+
+// Passphrase returns the passphrase of an encrypted repository from
+// password_file or password_credential. It never logs or echoes it.
+func (r Repository) Passphrase(getenv func(string) string) ([]byte, error) {
+	switch {
+	case r.PasswordFile != "":
+		return secretLine(r.PasswordFile, "repository passphrase")
+	case r.PasswordCredential != "":
+		pw, err := Credential(r.PasswordCredential, getenv)
+		if err != nil {
+			return nil, fmt.Errorf("repository passphrase: %w", err)
+		}
+		return pw, nil
+	}
+	return nil, errors.New("no passphrase: give --password-file FILE, SENDENSE_REPOSITORY_PASSWORD_FILE, or [repository] password_file or password_credential")
+}
+
+// secretLine reads the first line of a secret file (without its "\r").
+func secretLine(path, what string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	line = strings.TrimRight(line, "\r")
+	if line == "" {
+		return nil, fmt.Errorf("%s: the first line of %s is empty", what, path)
+	}
+	return []byte(line), nil
+}
+
+func credentialName(name string) bool {
+	if name == "." || name == ".." {
+		return false
+	}
+	for _, c := range name {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.ContainsRune("-_.", c)) {
+			return false
+		}
+	}
+	return name != ""
+}
+
+// Credential reads the systemd credential name: the first line of
+// $CREDENTIALS_DIRECTORY/name, which systemd fills from
+// LoadCredential= or LoadCredentialEncrypted= (decrypted with the TPM or
+// the host key, on a file system only the service reads).
+func Credential(name string, getenv func(string) string) ([]byte, error) {
+	if !credentialName(name) {
+		return nil, fmt.Errorf("credential name %q is not a plain file name", name)
+	}
+	dir := getenv("CREDENTIALS_DIRECTORY")
+	if dir == "" {
+		return nil, fmt.Errorf("credential %q: $CREDENTIALS_DIRECTORY is not set: systemd sets it for a service with LoadCredentialEncrypted=%s:… (contrib/systemd/sendense.service); from a shell, run the command with systemd-run -p LoadCredentialEncrypted=%s:FILE --pipe --wait, or use a password file", name, name, name)
+	}
+	return secretLine(filepath.Join(dir, name), "credential "+name)
 }

@@ -230,3 +230,47 @@ func TestDocumented(t *testing.T) {
 		}
 	}
 }
+
+func TestRepositoryPassphraseAndCredentials(t *testing.T) {
+	dir := t.TempDir()
+	creds := filepath.Join(dir, "creds")
+	os.Mkdir(creds, 0o700)
+	os.WriteFile(filepath.Join(creds, "repository"), []byte("from credential\n"), 0o600)
+	os.WriteFile(filepath.Join(creds, "vcenter"), []byte("vc secret"), 0o600)
+	envFile := filepath.Join(dir, "env.pass")
+	os.WriteFile(envFile, []byte("from env\r\nsecond line\n"), 0o600)
+	cfg := filepath.Join(dir, "s.toml")
+	os.WriteFile(cfg, []byte("[vcenter]\npassword_credential = \"vcenter\"\n[repository]\nencryption = \"aes-256\"\npassword_credential = \"repository\"\n"), 0o600)
+	env := map[string]string{"CREDENTIALS_DIRECTORY": creds}
+	c, err := Load(cfg, func(k string) string { return env[k] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p, err := c.Repository.Passphrase(func(k string) string { return env[k] }); err != nil || string(p) != "from credential" {
+		t.Fatalf("credential: %q %v", p, err)
+	}
+	if p, err := c.VCenter.Password(func(k string) string { return env[k] }); err != nil || p != "vc secret" {
+		t.Fatalf("vcenter credential: %q %v", p, err)
+	}
+	// The variable overrides the file's credential.
+	env["SENDENSE_REPOSITORY_PASSWORD_FILE"] = envFile
+	c, err = Load(cfg, func(k string) string { return env[k] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p, err := c.Repository.Passphrase(func(k string) string { return env[k] }); err != nil || string(p) != "from env" {
+		t.Fatalf("variable: %q %v", p, err)
+	}
+	// Without $CREDENTIALS_DIRECTORY: an error naming what sets it.
+	c.Repository.PasswordFile, c.Repository.PasswordCredential = "", "repository"
+	if _, err := c.Repository.Passphrase(func(string) string { return "" }); err == nil || !strings.Contains(err.Error(), "LoadCredentialEncrypted") {
+		t.Fatalf("no credentials directory: %v", err)
+	}
+	for _, bad := range []string{"[repository]\nencryption = \"aes-128\"\n", "[repository]\npassword_credential = \"../x\"\n",
+		"[repository]\npassword_file = \"a\"\npassword_credential = \"b\"\n"} {
+		os.WriteFile(cfg, []byte(bad), 0o600)
+		if _, err := Load(cfg, func(string) string { return "" }); err == nil {
+			t.Errorf("accepted:\n%s", bad)
+		}
+	}
+}

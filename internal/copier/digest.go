@@ -1,7 +1,6 @@
 package copier
 
 import (
-	"crypto/sha256"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -23,6 +22,7 @@ const blockSize = diskdigest.BlockSize
 type blockDigest struct {
 	mu      sync.Mutex
 	size    uint64
+	fn      *diskdigest.Hash
 	fold    *diskdigest.Folder
 	ready   map[uint64]readyBlocks // by block index: not folded yet
 	partial map[uint64]*partialBlock
@@ -45,10 +45,11 @@ type partialBlock struct {
 
 var blockPool = sync.Pool{New: func() any { b := make([]byte, blockSize); return &b }}
 
-func newBlockDigest(size uint64, nanos *atomic.Int64) *blockDigest {
+func newBlockDigest(size uint64, fn *diskdigest.Hash, nanos *atomic.Int64) *blockDigest {
 	return &blockDigest{
 		size:    size,
-		fold:    diskdigest.NewFolder(size),
+		fn:      fn,
+		fold:    fn.NewFolder(size),
 		ready:   map[uint64]readyBlocks{},
 		partial: map[uint64]*partialBlock{},
 		nanos:   nanos,
@@ -167,10 +168,10 @@ func (d *blockDigest) finishPartial(i uint64) {
 	var sum diskdigest.Sum
 	if pb.data {
 		t := time.Now()
-		sum = sha256.Sum256((*pb.buf)[:n])
+		sum = d.fn.Sum((*pb.buf)[:n])
 		d.nanos.Add(int64(time.Since(t)))
 	} else {
-		sum = diskdigest.ZeroSum(n)
+		sum = d.fn.ZeroSum(n)
 	}
 	blockPool.Put(pb.buf)
 	d.block(i, sum)

@@ -12,7 +12,6 @@ package copier
 import (
 	"cmp"
 	"context"
-	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -83,7 +82,7 @@ func Copy(ctx context.Context, src Source, dst Destination, opts Options) (*Resu
 		nulls[i] = NewNull(size)
 	}
 	copts := Options{Connections: opts.Connections, Requests: opts.Requests, RequestSize: opts.RequestSize, DestinationIsZero: true,
-		Checksum: needSum, Digest: needDigest}
+		Checksum: needSum, Digest: needDigest, DigestHash: opts.DigestHash}
 	copts = copts.withDefaults()
 	start := time.Now()
 	sum, err := run(ctx, readers, nulls, size, workList(size, nil), copts, true)
@@ -228,7 +227,7 @@ func run(ctx context.Context, srcs []Source, dsts []Destination, size uint64, wo
 		e.seq = newSequencer(size, &e.stats.hashNanos)
 	}
 	if inline && opts.Digest {
-		e.blocks = newBlockDigest(size, &e.stats.hashNanos)
+		e.blocks = newBlockDigest(size, opts.DigestHash, &e.stats.hashNanos)
 	}
 	if e.seq != nil || e.blocks != nil {
 		for _, s := range workList(size, work) { // never copied: not hashable
@@ -379,7 +378,7 @@ func (e *engine) hash(j hashJob) {
 		p := j.data[off-j.off:][:n]
 		whole := e.blocks != nil && e.blocks.isBlock(off, n)
 		if e.opts.HashChunks || whole {
-			sum := sha256.Sum256(p)
+			sum := e.opts.DigestHash.Sum(p)
 			if e.opts.HashChunks {
 				s.sums = append(s.sums, hex.EncodeToString(sum[:]))
 			}

@@ -8,6 +8,7 @@ import (
 
 	"golang.org/x/time/rate"
 
+	"github.com/sendense/capture/internal/diskdigest"
 	"github.com/sendense/capture/internal/extent"
 )
 
@@ -80,6 +81,10 @@ type Options struct {
 	// SHA-256 of data chunks, computed while copying. With Digest, data
 	// chunks are cut at the digest's block boundaries.
 	HashChunks bool
+	// DigestHash is the function of the chunk digests and of the disk
+	// digest: nil is SHA-256; an encrypted repository's is an HMAC
+	// (diskdigest.Keyed).
+	DigestHash *diskdigest.Hash
 
 	// Skip lists ranges already copied (by an interrupted earlier run) to
 	// leave alone. They count as skipped and as completed.

@@ -8,10 +8,16 @@
 // any order, and a zero block costs nothing: its digest is known (ZeroSum).
 // The copier and the repository's readers hash the blocks; a Folder
 // combines their digests in order.
+//
+// In an encrypted repository every SHA-256 of this package (the blocks',
+// the chunks' and the fold) is an HMAC-SHA-256 under the repository's
+// digest key instead (Keyed), so that a digest does not confirm guessed
+// content: a *Hash says which, and nil is plain SHA-256.
 package diskdigest
 
 import (
 	"bytes"
+	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -26,19 +32,74 @@ const BlockSize = 256 << 10
 // Sum is a SHA-256.
 type Sum = [sha256.Size]byte
 
-var zeroBlock = sha256.Sum256(make([]byte, BlockSize))
+// Hash is the digest function of the blocks, chunks and fold: SHA-256
+// (Plain, and a nil *Hash), or HMAC-SHA-256 under a key (Keyed).
+type Hash struct {
+	key     []byte
+	zero    Sum    // digest of a whole zero block
+	zeroRun []byte // the digests of 1024 zero blocks, written at once
+}
 
-// ZeroSum is the SHA-256 of n zero bytes, n at most BlockSize; the
+// Plain is SHA-256.
+var Plain = newHash(nil)
+
+// Keyed is HMAC-SHA-256 under key (an encrypted repository's digest key).
+func Keyed(key []byte) *Hash { return newHash(bytes.Clone(key)) }
+
+func newHash(key []byte) *Hash {
+	h := &Hash{key: key}
+	h.zero = h.sum(make([]byte, BlockSize))
+	h.zeroRun = bytes.Repeat(h.zero[:], 1024)
+	return h
+}
+
+func (h *Hash) orPlain() *Hash {
+	if h == nil {
+		return Plain
+	}
+	return h
+}
+
+// IsKeyed says whether h is an HMAC.
+func (h *Hash) IsKeyed() bool { return h != nil && h.key != nil }
+
+// New returns a new hash.Hash of h's function.
+func (h *Hash) New() hash.Hash {
+	if h = h.orPlain(); h.key != nil {
+		return hmac.New(sha256.New, h.key)
+	}
+	return sha256.New()
+}
+
+// Sum is the digest of p.
+func (h *Hash) Sum(p []byte) Sum { return h.orPlain().sum(p) }
+
+func (h *Hash) sum(p []byte) Sum {
+	if h.key == nil {
+		return sha256.Sum256(p)
+	}
+	m := hmac.New(sha256.New, h.key)
+	m.Write(p)
+	var s Sum
+	m.Sum(s[:0])
+	return s
+}
+
+// ZeroSum is the digest of n zero bytes, n at most BlockSize; the
 // digest of a whole zero block is computed once.
-func ZeroSum(n uint64) Sum {
+func (h *Hash) ZeroSum(n uint64) Sum {
+	h = h.orPlain()
 	if n == BlockSize {
-		return zeroBlock
+		return h.zero
 	}
 	if n > BlockSize {
 		panic(fmt.Sprintf("diskdigest: ZeroSum(%d) is more than a block", n))
 	}
-	return sha256.Sum256(make([]byte, n))
+	return h.Sum(make([]byte, n))
 }
+
+// ZeroSum is Plain.ZeroSum.
+func ZeroSum(n uint64) Sum { return Plain.ZeroSum(n) }
 
 // Blocks is the number of blocks of a disk of size bytes.
 func Blocks(size uint64) uint64 { return (size + BlockSize - 1) / BlockSize }
@@ -51,12 +112,17 @@ func BlockLen(size, i uint64) uint64 { return min(BlockSize, size-i*BlockSize) }
 type Folder struct {
 	size uint64
 	next uint64 // index of the next block
+	fn   *Hash
 	h    hash.Hash
 }
 
-// NewFolder returns a Folder for a disk of size bytes.
-func NewFolder(size uint64) *Folder {
-	return &Folder{size: size, h: sha256.New()}
+// NewFolder returns a plain Folder for a disk of size bytes.
+func NewFolder(size uint64) *Folder { return Plain.NewFolder(size) }
+
+// NewFolder returns a Folder of h for a disk of size bytes.
+func (h *Hash) NewFolder(size uint64) *Folder {
+	h = h.orPlain()
+	return &Folder{size: size, fn: h, h: h.New()}
 }
 
 // Next is the index of the block Add expects.
@@ -68,23 +134,20 @@ func (f *Folder) Add(s Sum) {
 	f.next++
 }
 
-// zeroRun is the digests of 1024 zero blocks, written at once.
-var zeroRun = bytes.Repeat(zeroBlock[:], 1024)
-
 // AddZero adds n zero blocks (the last block of the disk may be short).
 func (f *Folder) AddZero(n uint64) {
 	total := Blocks(f.size)
 	if f.size%BlockSize != 0 && f.next+n == total { // ends with the short block
 		defer func() {
-			s := ZeroSum(f.size % BlockSize)
+			s := f.fn.ZeroSum(f.size % BlockSize)
 			f.h.Write(s[:])
 			f.next++
 		}()
 		n--
 	}
 	for n > 0 {
-		k := min(n, uint64(len(zeroRun)/len(zeroBlock)))
-		f.h.Write(zeroRun[:k*uint64(len(zeroBlock))])
+		k := min(n, uint64(len(f.fn.zeroRun)/len(f.fn.zero)))
+		f.h.Write(f.fn.zeroRun[:k*uint64(len(f.fn.zero))])
 		f.next += k
 		n -= k
 	}
@@ -110,9 +173,12 @@ type Stream struct {
 	zeroRun uint64
 }
 
-// NewStream returns a Stream for a disk of size bytes.
-func NewStream(size uint64) *Stream {
-	return &Stream{f: NewFolder(size), blk: sha256.New()}
+// NewStream returns a plain Stream for a disk of size bytes.
+func NewStream(size uint64) *Stream { return Plain.NewStream(size) }
+
+// NewStream returns a Stream of h for a disk of size bytes.
+func (h *Hash) NewStream(size uint64) *Stream {
+	return &Stream{f: h.NewFolder(size), blk: h.New()}
 }
 
 // Pos is the number of bytes given so far.
@@ -212,12 +278,15 @@ func hashZeroes(h hash.Hash, n uint64) {
 	}
 }
 
-// OfBytes is the disk digest of p, for tests and small images.
-func OfBytes(p []byte) string {
-	f := NewFolder(uint64(len(p)))
+// OfBytes is the plain disk digest of p, for tests and small images.
+func OfBytes(p []byte) string { return Plain.OfBytes(p) }
+
+// OfBytes is the disk digest of p under h.
+func (h *Hash) OfBytes(p []byte) string {
+	f := h.NewFolder(uint64(len(p)))
 	for len(p) > 0 {
 		k := min(len(p), BlockSize)
-		f.Add(sha256.Sum256(p[:k]))
+		f.Add(h.Sum(p[:k]))
 		p = p[k:]
 	}
 	s, _ := f.Hex()

@@ -111,7 +111,7 @@ func (t *Target) Stage(ctx context.Context, opts StageOptions) (_ *Staged, err e
 			st.Close()
 		}
 	}()
-	if _, err := repo.Init(st.Dir); err != nil {
+	if err := t.initStaging(ctx, ix, st.Dir); err != nil {
 		return nil, err
 	}
 	for d, seals := range ix.VMs {
@@ -353,3 +353,23 @@ func (st *Staged) download(ctx context.Context, todo []fetch, progress func(int6
 // ProblemObjectSHA256 is the problem kind of an object whose content
 // differs from its seal.
 const ProblemObjectSHA256 = "object-sha256"
+
+// initStaging makes dir the staging repository: a plain one, or for an
+// encrypted repository's bucket one with its marker (its key slots: the
+// sealed manifests and encrypted images open with the same passphrase).
+func (t *Target) initStaging(ctx context.Context, ix *Index, dir string) error {
+	if ix.Marker {
+		b, err := t.getSmall(ctx, t.key(repoMarker), "", 1<<20)
+		if err != nil {
+			return err
+		}
+		if repo.MarkerEncrypted(b) {
+			if err := os.Mkdir(dir, 0o700); err != nil {
+				return err
+			}
+			return os.WriteFile(filepath.Join(dir, repo.RepoFileName), b, 0o600)
+		}
+	}
+	_, err := repo.Init(dir)
+	return err
+}

@@ -194,8 +194,9 @@ func (t *Tools) serve(ctx context.Context, image string, opts ServeOptions, cach
 		args = append(args, "--discard=unmap")
 	}
 	name := image
+	sec := t.secrets()
 	if opts.NoBacking || opts.Backing != nil {
-		name = Pinned(append([]string{image}, opts.Backing...)...)
+		name = sec.pinned(append([]string{image}, opts.Backing...)...)
 	} else {
 		f := opts.Format
 		if f == "" {
@@ -203,10 +204,15 @@ func (t *Tools) serve(ctx context.Context, image string, opts ServeOptions, cach
 		}
 		args = append(args, "--format="+f)
 	}
-	args = append(args, name)
+	args = append(append(args, sec.args()...), name)
 
 	var proc Process
-	if es, ok := r.(envStarter); ok {
+	if sec.key != nil {
+		var sr SecretRunner
+		if sr, err = sec.runner(); err == nil {
+			proc, err = sr.StartSecret(sec.wire(), serverEnv(), t.nbd(), args...)
+		}
+	} else if es, ok := r.(envStarter); ok {
 		proc, err = es.StartEnv(serverEnv(), t.nbd(), args...)
 	} else {
 		proc, err = r.Start(t.nbd(), args...)

@@ -137,11 +137,44 @@ func (r LocalRunner) killDelay() time.Duration {
 
 // Run implements Runner.
 func (r LocalRunner) Run(ctx context.Context, name string, args ...string) ([]byte, error) {
+	return r.RunSecret(ctx, nil, name, args...)
+}
+
+// secretPipe returns the read end of a pipe holding secret (nil for no
+// secret), to pass as file descriptor 3 (SecretPath): the secret never
+// touches a file system.
+func secretPipe(secret []byte) (*os.File, error) {
+	if secret == nil {
+		return nil, nil
+	}
+	rd, w, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	_, err = w.Write(secret) // far less than a pipe's buffer
+	w.Close()
+	if err != nil {
+		rd.Close()
+		return nil, err
+	}
+	return rd, nil
+}
+
+// RunSecret implements SecretRunner.
+func (r LocalRunner) RunSecret(ctx context.Context, secret []byte, name string, args ...string) ([]byte, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
 	cmd := exec.CommandContext(ctx, name, args...)
 	cmd.Env = childenv.Environ()
+	pipe, err := secretPipe(secret)
+	if err != nil {
+		return nil, err
+	}
+	if pipe != nil {
+		defer pipe.Close()
+		cmd.ExtraFiles = []*os.File{pipe}
+	}
 	var stdout bytes.Buffer
 	stderr := tailbuf.New(stderrLimit)
 	cmd.Stdout = &stdout
@@ -151,7 +184,7 @@ func (r LocalRunner) Run(ctx context.Context, name string, args ...string) ([]by
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 	cmd.WaitDelay = r.killDelay()
-	err := cmd.Run()
+	err = cmd.Run()
 	if err == nil {
 		return stdout.Bytes(), nil
 	}
@@ -173,8 +206,21 @@ func (r LocalRunner) Start(name string, args ...string) (Process, error) {
 // StartEnv is Start with env ("KEY=value") added to the child's
 // environment.
 func (r LocalRunner) StartEnv(env []string, name string, args ...string) (Process, error) {
+	return r.StartSecret(nil, env, name, args...)
+}
+
+// StartSecret implements SecretRunner.
+func (r LocalRunner) StartSecret(secret []byte, env []string, name string, args ...string) (Process, error) {
 	cmd := exec.Command(name, args...)
 	cmd.Env = childenv.Environ(env...)
+	pipe, err := secretPipe(secret)
+	if err != nil {
+		return nil, err
+	}
+	if pipe != nil {
+		defer pipe.Close() // the child has its own copy once started
+		cmd.ExtraFiles = []*os.File{pipe}
+	}
 	p := &localProcess{cmd: cmd, stderr: tailbuf.New(stderrLimit), done: make(chan struct{})}
 	cmd.Stderr = p.stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}

@@ -316,7 +316,7 @@ func (h *Host) TryLock(p string, exclusive bool) (repo.Lock, bool, error) {
 	}
 	ctx, cancel := context.WithTimeout(h.ctx, h.opts.DialTimeout+30*time.Second)
 	defer cancel()
-	o, status, err := h.launch(ctx, lockScript, "sleep", nil, p, mode)
+	o, status, err := h.launch(ctx, nil, lockScript, "sleep", nil, p, mode)
 	switch status {
 	case 75:
 		return nil, false, nil

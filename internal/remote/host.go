@@ -257,11 +257,16 @@ func (h *Host) sftpOp(fn func(sc *sftp.Client) error) error {
 // run runs a shell command line there and maps a missing program (exit
 // status 127) to an error matching exec.ErrNotFound.
 func (h *Host) run(ctx context.Context, cmd string) ([]byte, []byte, error) {
+	return h.runIn(ctx, cmd, nil)
+}
+
+// runIn is run with stdin as the command's standard input (nil: none).
+func (h *Host) runIn(ctx context.Context, cmd string, stdin io.Reader) ([]byte, []byte, error) {
 	t, _, err := h.conn(ctx)
 	if err != nil {
 		return nil, nil, err
 	}
-	return t.Run(ctx, cmd, nil)
+	return t.Run(ctx, cmd, stdin)
 }
 
 // script is the command line running a script with sh -c.

@@ -181,13 +181,13 @@ func (h *Host) forget(o *object) {
 
 // launch runs a start or lock script, which prints "DIR PID", and
 // registers the object.
-func (h *Host) launch(ctx context.Context, body, name string, args []string, scriptArgs ...string) (*object, int, error) {
+func (h *Host) launch(ctx context.Context, stdin io.Reader, body, name string, args []string, scriptArgs ...string) (*object, int, error) {
 	leases, err := h.ensureLeases(ctx)
 	if err != nil {
 		return nil, 0, err
 	}
 	cmd := script(body, "sendense-launch", append([]string{superviseScript, leases, h.graceSeconds()}, scriptArgs...)...)
-	out, _, err := h.run(ctx, cmd)
+	out, _, err := h.runIn(ctx, cmd, stdin)
 	var ee *tunnel.ExitError
 	if errors.As(err, &ee) {
 		if ee.Status == 127 {

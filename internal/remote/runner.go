@@ -1,6 +1,7 @@
 package remote
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -17,9 +18,10 @@ import (
 
 // Host is a qemu.Runner that runs the tools on the remote machine.
 var (
-	_ qemu.Runner  = (*Host)(nil)
-	_ qemu.Exposer = (*Host)(nil)
-	_ qemu.Locator = (*Host)(nil)
+	_ qemu.Runner       = (*Host)(nil)
+	_ qemu.Exposer      = (*Host)(nil)
+	_ qemu.Locator      = (*Host)(nil)
+	_ qemu.SecretRunner = (*Host)(nil)
 )
 
 // Run runs name with args there (one SSH session) and returns its
@@ -27,10 +29,41 @@ var (
 // exec.ErrNotFound; a failure is a *qemu.ExitError with the standard
 // error.
 func (h *Host) Run(ctx context.Context, name string, args ...string) ([]byte, error) {
+	return h.runTool(ctx, nil, tunnel.ShellQuote(append([]string{name}, args...)...), name, args)
+}
+
+// RunSecret implements qemu.SecretRunner: the secret travels in the SSH
+// session's standard input into a pipe the program reads as file
+// descriptor 3 (qemu.SecretPath) — never argv, environment or a file.
+func (h *Host) RunSecret(ctx context.Context, secret []byte, name string, args ...string) ([]byte, error) {
+	if bytes.ContainsAny(secret, "\n\x00") {
+		return nil, errors.New("a secret for a remote program must be one line of text")
+	}
+	cmd := script(secretRunScript, "sendense-secret", append([]string{name}, args...)...)
+	return h.runTool(ctx, bytes.NewReader(append(bytes.Clone(secret), '\n')), cmd, name, args)
+}
+
+// StartSecret implements qemu.SecretRunner (env is not passed: Start
+// runs the program in the remote user's environment).
+func (h *Host) StartSecret(secret []byte, _ []string, name string, args ...string) (qemu.Process, error) {
+	ctx, cancel := context.WithTimeout(h.ctx, h.opts.DialTimeout+30*time.Second)
+	defer cancel()
+	if bytes.ContainsAny(secret, "\n\x00") {
+		return nil, errors.New("a secret for a remote program must be one line of text")
+	}
+	o, _, err := h.launch(ctx, bytes.NewReader(append(bytes.Clone(secret), '\n')), secretStartScript, name, args,
+		append([]string{name}, args...)...)
+	if err != nil {
+		return nil, err
+	}
+	return o, nil
+}
+
+func (h *Host) runTool(ctx context.Context, stdin io.Reader, cmd, name string, args []string) ([]byte, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	out, stderr, err := h.run(ctx, tunnel.ShellQuote(append([]string{name}, args...)...))
+	out, stderr, err := h.runIn(ctx, cmd, stdin)
 	if err == nil {
 		return out, nil
 	}
@@ -66,7 +99,7 @@ func firstArg(args []string) string {
 func (h *Host) Start(name string, args ...string) (qemu.Process, error) {
 	ctx, cancel := context.WithTimeout(h.ctx, h.opts.DialTimeout+30*time.Second)
 	defer cancel()
-	o, _, err := h.launch(ctx, startScript, name, args, append([]string{name}, args...)...)
+	o, _, err := h.launch(ctx, nil, startScript, name, args, append([]string{name}, args...)...)
 	if err != nil {
 		return nil, err
 	}

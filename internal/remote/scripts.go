@@ -58,6 +58,7 @@ cd /
 "$@" </dev/null >/dev/null 2>"$D/stderr" &
 c=$!
 exec 9>&-
+exec 3<&-
 echo "$c" > "$D/pid.tmp" && mv -f "$D/pid.tmp" "$D/pid"
 (
   last= miss=0
@@ -162,3 +163,27 @@ for t in "$@"; do command -v "$t" >/dev/null 2>&1 || echo "$t"; done`
 // usageScript prints, for each file argument, its allocated blocks and
 // block size ("0 0" for a missing one).
 const usageScript = `for f; do stat -c '%b %B' -- "$f" 2>/dev/null || echo '0 0'; done`
+
+// secretRunScript runs a program with the first line of its standard
+// input (a secret sent through the SSH session, read by the shell's read
+// builtin before anything starts) readable from a pipe as file
+// descriptor 3 (printf is a builtin too), its standard input then
+// /dev/null: the secret is never in argv, the environment or a file.
+//
+//	$1… = the program and its arguments
+const secretRunScript = `IFS= read -r K || exit 1
+printf '%s' "$K" | { exec 3<&0 </dev/null; exec "$@"; }`
+
+// secretStartScript is startScript handing the program the first line
+// of its standard input as file descriptor 3, as secretRunScript does.
+//
+//	$1 = superviseScript, $2 = the lease directory, $3 = GRACE,
+//	$4… = the program and its arguments
+const secretStartScript = `S=$1 R=$2 G=$3
+shift 3
+IFS= read -r K || exit 1
+if ! command -v "$1" >/dev/null 2>&1; then echo "$1: not found" >&2; exit 127; fi
+D=$(mktemp -d "$R/p.XXXXXXXX") || exit 1
+printf '%s' "$K" | setsid sh -c "$S" sendense-supervise "$R" "$D" "$G" "$@" 3<&0 </dev/null >/dev/null 2>&1 &
+K=
+` + waitPID

@@ -191,7 +191,7 @@ func (p *Pending) Commit(m *Manifest) error {
 		return err
 	}
 	path := filepath.Join(p.vd.Path, p.ID+".json")
-	if err := p.r.fs.WriteFileAtomic(path, b, 0o600); err != nil {
+	if err := p.r.writeMeta(path, manifestAD(m.ID), b); err != nil {
 		return fmt.Errorf("writing manifest %s: %w", path, err)
 	}
 	p.done = true

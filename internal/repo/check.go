@@ -104,7 +104,7 @@ func (r *Repo) checkImage(ctx context.Context, ix *vmIndex, m *Manifest, d *Disk
 		return c, c.err
 	}
 	c.hdr = hdr
-	if c.err = checkHeader(hdr, d, damage); c.err != nil {
+	if c.err = checkHeader(hdr, d, r.Encrypted(), damage); c.err != nil {
 		return c, c.err
 	}
 	if !deep {
@@ -146,12 +146,14 @@ func (r *Repo) checkImage(ctx context.Context, ix *vmIndex, m *Manifest, d *Disk
 }
 
 // checkHeader compares an image's header with its disk record.
-func checkHeader(hdr *qcow2.Header, d *DiskImage, damage func(kind, msg, expected, actual string) error) error {
+func checkHeader(hdr *qcow2.Header, d *DiskImage, encrypted bool, damage func(kind, msg, expected, actual string) error) error {
 	switch {
 	case hdr.ExternalData():
 		return damage(ProblemDataFile, "the image keeps its data in another file: a repository image never does; it is not opened", "", hdr.DataFile)
-	case hdr.CryptMethod != 0:
-		return damage(ProblemImage, "the image is encrypted: sendense does not write such images", "", "")
+	case hdr.CryptMethod != 0 && !encrypted:
+		return damage(ProblemImage, "the image is encrypted: sendense does not write such images in a plain repository", "", "")
+	case hdr.CryptMethod != qcow2CryptLUKS && encrypted:
+		return damage(ProblemImage, "the image is not LUKS-encrypted: in an encrypted repository sendense writes only such images", "luks (crypt method 2)", fmt.Sprint(hdr.CryptMethod))
 	case hdr.Corrupt():
 		return damage(ProblemImage, "qcow2 marked the image corrupt (see qemu-img check)", "", "")
 	case hdr.BackingFile != d.Backing:
@@ -163,6 +165,9 @@ func checkHeader(hdr *qcow2.Header, d *DiskImage, damage func(kind, msg, expecte
 	}
 	return nil
 }
+
+// qcow2CryptLUKS is the qcow2 header's crypt method of LUKS encryption.
+const qcow2CryptLUKS = 2
 
 // chain checks disk key of backup m and every image its content needs,
 // following the manifests, and returns the layers, top first (the last

@@ -37,10 +37,10 @@ func (d *DiskImage) checkDigests(version int) error {
 
 // wholeDigest returns a hasher for the whole-disk digest d records, and
 // the digest recorded; nil and "" when it records none.
-func (d *DiskImage) wholeDigest() (diskHasher, string) {
+func (d *DiskImage) wholeDigest(fn *diskdigest.Hash) (diskHasher, string) {
 	switch {
 	case d.BlocksSHA256 != "":
-		return newBlocksHasher(d.Capacity), d.BlocksSHA256
+		return newBlocksHasher(d.Capacity, fn), d.BlocksSHA256
 	case d.SHA256 != "":
 		return &sha256Hasher{h: sha256.New()}, d.SHA256
 	}
@@ -78,8 +78,8 @@ func (s *sha256Hasher) blocks() bool { return false }
 // cost nothing, and only the rest is hashed here.
 type blocksHasher struct{ s *diskdigest.Stream }
 
-func newBlocksHasher(capacity uint64) *blocksHasher {
-	return &blocksHasher{diskdigest.NewStream(capacity)}
+func newBlocksHasher(capacity uint64, fn *diskdigest.Hash) *blocksHasher {
+	return &blocksHasher{fn.NewStream(capacity)}
 }
 
 func (b *blocksHasher) feed(seg segment, data []byte, sum string) {

@@ -193,20 +193,20 @@ func (r *Repo) completeCuts(ctx context.Context, layers []layer, exp *expected) 
 		segsParts := annotate(slices.Clone(segs), parts)
 		segs = annotate(segs, full)
 		var bad *MismatchError
-		sinkFull := newHashSink(full, nil)
+		sinkFull := newHashSink(full, nil, r.digests)
 		sinkFull.onChunk = func(i int, sum string) {
 			if c := full[i]; sum != c.SHA256 && bad == nil {
 				bad = &MismatchError{Backup: layers[li].m.ID, Image: layers[li].path, Offset: c.Offset, Length: c.Length, Expected: c.SHA256, Actual: sum}
 			}
 		}
-		sinkParts := newHashSink(parts, nil)
+		sinkParts := newHashSink(parts, nil, r.digests)
 		sinkParts.onChunk = func(i int, sum string) { exp.chunks[partIndex[i]].SHA256 = sum }
 		ir, err := r.openChain(ctx, layers[li:li+1], true)
 		if err != nil {
 			return err
 		}
 		n := 0
-		err = stream(ctx, ir, segs, nil, func(s segment, data []byte, sum string) error {
+		err = stream(ctx, ir, segs, r.digests, nil, func(s segment, data []byte, sum string) error {
 			sinkFull.feed(s, data, sum)
 			sinkParts.feed(segsParts[n], data, "")
 			n++
@@ -232,18 +232,18 @@ func (r *Repo) completeCuts(ctx context.Context, layers []layer, exp *expected) 
 // digest the full records is checked when that applies; with blocks, the
 // disk digest (blocks_sha256) is computed and returned. A mismatch is a
 // *MismatchError; the stream stops at the first.
-func checkStream(ctx context.Context, ir reader, entries []qemu.MapEntry, layers []layer, exp *expected, blocks bool,
+func (r *Repo) checkStream(ctx context.Context, ir reader, entries []qemu.MapEntry, layers []layer, exp *expected, blocks bool,
 	write func(worker int, off uint64, data []byte) error) (string, error) {
 	var h diskHasher
 	var want string
 	if exp.whole != nil {
-		h, want = exp.whole.wholeDigest()
+		h, want = exp.whole.wholeDigest(r.digests)
 	}
 	if blocks && (h == nil || !h.blocks()) {
-		h, want = newBlocksHasher(exp.capacity), ""
+		h, want = newBlocksHasher(exp.capacity, r.digests), ""
 	}
 	segs := digestSegments(entries, exp.capacity, exp.chunks, h)
-	sink := newHashSink(exp.chunks, h)
+	sink := newHashSink(exp.chunks, h, r.digests)
 	var bad *MismatchError
 	sink.onChunk = func(i int, sum string) {
 		if c := exp.chunks[i]; sum != c.SHA256 && bad == nil {
@@ -256,7 +256,7 @@ func checkStream(ctx context.Context, ir reader, entries []qemu.MapEntry, layers
 			bad = exp.mismatch(layers, zeroChunk, off, 1, "0x00", "")
 		}
 	}
-	err := stream(ctx, ir, segs, write, func(s segment, data []byte, sum string) error {
+	err := stream(ctx, ir, segs, r.digests, write, func(s segment, data []byte, sum string) error {
 		zeroChunk = s.chunk
 		sink.feed(s, data, sum)
 		if bad != nil {

@@ -165,6 +165,9 @@ func (r *Repo) readJournal(dir string) (*journal, error) {
 	if err != nil {
 		return nil, err
 	}
+	if b, err = r.unseal(b, journalAD); err != nil {
+		return nil, &JournalError{path, err}
+	}
 	var j journal
 	if err := json.Unmarshal(b, &j); err != nil {
 		return nil, &JournalError{path, fmt.Errorf("not valid JSON: %w", err)}
@@ -178,7 +181,7 @@ func (r *Repo) readJournal(dir string) (*journal, error) {
 // writeJournal replaces dir's journal atomically.
 func (r *Repo) writeJournal(dir string, j *journal) error {
 	b, _ := json.MarshalIndent(j, "", "  ")
-	if err := r.fs.WriteFileAtomic(filepath.Join(dir, journalName), append(b, '\n'), 0o600); err != nil {
+	if err := r.writeMeta(filepath.Join(dir, journalName), journalAD, append(b, '\n')); err != nil {
 		return fmt.Errorf("writing the prune journal: %w", err)
 	}
 	return nil

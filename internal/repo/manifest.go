@@ -327,9 +327,14 @@ func (e *ManifestError) Unwrap() error { return e.Err }
 // readManifest reads and validates the manifest at path; its id must match
 // the file name (id.json, or id.json.SUFFIX).
 func (r *Repo) readManifest(path string) (*Manifest, error) {
+	base := filepath.Base(path)
 	b, err := r.fs.ReadFile(path)
 	if err != nil {
 		return nil, err
+	}
+	fileID, _, _ := strings.Cut(base, ".json")
+	if b, err = r.unseal(b, manifestAD(fileID)); err != nil {
+		return nil, &ManifestError{path, err}
 	}
 	var m Manifest
 	dec := json.NewDecoder(strings.NewReader(string(b)))
@@ -339,7 +344,6 @@ func (r *Repo) readManifest(path string) (*Manifest, error) {
 	if err := m.Validate(); err != nil {
 		return nil, &ManifestError{path, err}
 	}
-	base := filepath.Base(path)
 	if i := strings.Index(base, ".json"); i < 0 || base[:i] != m.ID {
 		return nil, &ManifestError{path, fmt.Errorf("id %q does not match the file name", m.ID)}
 	}

@@ -353,7 +353,7 @@ func (r *Repo) runPrune(ctx context.Context, ix *vmIndex, j *journal, chains map
 		}
 		b, err := encodeManifest(&nm)
 		if err == nil {
-			err = r.fs.WriteFileAtomic(ix.path(id+newSuffix), b, 0o600)
+			err = r.writeMeta(ix.path(id+newSuffix), manifestAD(id), b)
 		}
 		if err != nil {
 			return fail(fmt.Errorf("writing the new manifest of backup %s: %w", id, err))
@@ -424,7 +424,7 @@ func (r *Repo) mergeDisk(ctx context.Context, ix *vmIndex, mg journalMerge, laye
 	if err != nil {
 		return nil, fmt.Errorf("the merged image %s: %w", tmp, err)
 	}
-	if err := checkHeader(hdr, &nd, func(kind, msg, expected, actual string) error {
+	if err := checkHeader(hdr, &nd, r.Encrypted(), func(kind, msg, expected, actual string) error {
 		return fmt.Errorf("the merged image %s: %s (expected %s, actual %s)", tmp, msg, orNone(expected), orNone(actual))
 	}); err != nil {
 		return nil, err
@@ -442,7 +442,7 @@ func (r *Repo) mergeDisk(ctx context.Context, ix *vmIndex, mg journalMerge, laye
 	if err != nil {
 		return nil, err
 	}
-	sum, err := checkStream(ctx, ir, entries, layers, exp, true, nil)
+	sum, err := r.checkStream(ctx, ir, entries, layers, exp, true, nil)
 	if cerr := ir.Close(); err == nil {
 		err = cerr
 	}
@@ -516,7 +516,7 @@ func (r *Repo) finishSwitch(vd *vmDir, j *journal) error {
 		if err != nil {
 			return fmt.Errorf("the merged image %s: %w", p, err)
 		}
-		if err := checkHeader(hdr, nd, func(kind, msg, expected, actual string) error {
+		if err := checkHeader(hdr, nd, r.Encrypted(), func(kind, msg, expected, actual string) error {
 			return fmt.Errorf("the merged image %s: %s", p, msg)
 		}); err != nil {
 			return err

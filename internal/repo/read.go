@@ -3,7 +3,6 @@ package repo
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -13,6 +12,7 @@ import (
 	"slices"
 	"sync"
 
+	"github.com/sendense/capture/internal/diskdigest"
 	"github.com/sendense/capture/internal/extent"
 	"github.com/sendense/capture/internal/nbd"
 	"github.com/sendense/capture/internal/qcow2"
@@ -92,10 +92,11 @@ func (s segment) end() uint64 { return s.off + s.n }
 // requests in flight, and calls fn with each segment in order (data nil:
 // s.n zero bytes). Consecutive segments to read are read together, up to
 // maxRead bytes per request. The SHA-256 of a segment that is a whole
-// data chunk is computed by the reading goroutine and passed as sum.
+// data chunk is computed by the reading goroutine and passed as sum
+// (dh: the repository's digest function, Repo.DigestHash).
 // write, when set, is called by the reading goroutine (worker i of
 // rd.workers()) with each range read, before fn sees its segments.
-func stream(ctx context.Context, rd reader, segs []segment, write func(worker int, off uint64, data []byte) error,
+func stream(ctx context.Context, rd reader, segs []segment, dh *diskdigest.Hash, write func(worker int, off uint64, data []byte) error,
 	fn func(s segment, data []byte, sum string) error) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -130,7 +131,7 @@ func stream(ctx context.Context, rd reader, segs []segment, write func(worker in
 					}
 					for i, s := range sl.segs {
 						if (s.whole || s.block) && sl.err == nil {
-							sum := sha256.Sum256(sl.buf[s.off-sl.off : s.end()-sl.off])
+							sum := dh.Sum(sl.buf[s.off-sl.off : s.end()-sl.off])
 							sl.sums[i] = hex.EncodeToString(sum[:])
 						}
 					}
@@ -272,8 +273,8 @@ type hashSink struct {
 	bytesRead uint64
 }
 
-func newHashSink(chunks []Chunk, whole diskHasher) *hashSink {
-	return &hashSink{chunks: chunks, whole: whole, h: sha256.New()}
+func newHashSink(chunks []Chunk, whole diskHasher, fn *diskdigest.Hash) *hashSink {
+	return &hashSink{chunks: chunks, whole: whole, h: fn.New()}
 }
 
 func (s *hashSink) feed(seg segment, data []byte, sum string) error {
@@ -414,12 +415,13 @@ type chainReader interface {
 // names only. A local repository's images are read directly when they
 // use only what sendense writes (qcow2.Chain: no QEMU process, no copy
 // through a socket); others, and a remote repository's, through qemu-nbd
-// with every file pinned.
+// with every file pinned; an encrypted repository's always through
+// qemu-nbd (qemu's LUKS layer decrypts them).
 func (r *Repo) openChain(ctx context.Context, layers []layer, alone bool) (chainReader, error) {
 	if alone {
 		layers = layers[:1]
 	}
-	if r.fs.root != nil {
+	if r.fs.root != nil && r.keys == nil {
 		lc, err := r.openLocalChain(layers)
 		if err == nil {
 			return lc, nil

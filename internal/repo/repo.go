@@ -35,6 +35,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sendense/capture/internal/diskdigest"
 	"github.com/sendense/capture/internal/qemu"
 )
 
@@ -64,12 +65,18 @@ type Repo struct {
 	fs   *confinedFS
 	now  func() time.Time
 	hook func(step string) error // tests: fault injection between steps
+
+	keys *keys       // encrypted repositories (crypt.go)
+	enc  *Encryption // what sendense-repository.json says
+	// digests is the function of chunk and disk digests (nil: SHA-256).
+	digests *diskdigest.Hash
 }
 
 type repoFile struct {
-	Format  string    `json:"format"`
-	Version int       `json:"version"`
-	Created time.Time `json:"created"`
+	Format     string      `json:"format"`
+	Version    int         `json:"version"` // 1, or 2: encrypted
+	Created    time.Time   `json:"created"`
+	Encryption *Encryption `json:"encryption,omitempty"` // version 2 (crypt.go)
 }
 
 func newRepo(fsys FS, tools *qemu.Tools, dir string) (*Repo, error) {
@@ -116,6 +123,21 @@ func Init(dir string) (*Repo, error) { return InitFS(Local, qemu.Default, dir) }
 // and serve; dir must not exist or be empty. A directory that is already
 // a repository, or that holds other files, is refused.
 func InitFS(fsys FS, tools *qemu.Tools, dir string) (*Repo, error) {
+	return InitEncryptedFS(fsys, tools, dir, nil)
+}
+
+// InitEncryptedFS is InitFS creating an encrypted repository (crypt.go)
+// whose first key slot opens with passphrase; a nil passphrase creates a
+// plain repository.
+func InitEncryptedFS(fsys FS, tools *qemu.Tools, dir string, passphrase []byte) (*Repo, error) {
+	var enc *Encryption
+	var master []byte
+	if passphrase != nil {
+		var err error
+		if enc, master, err = newEncryption(passphrase); err != nil {
+			return nil, fmt.Errorf("creating an encrypted repository: %w", err)
+		}
+	}
 	abs, err := fsys.Abs(dir)
 	if err != nil {
 		return nil, err
@@ -141,7 +163,12 @@ func InitFS(fsys FS, tools *qemu.Tools, dir string) (*Repo, error) {
 	if err != nil {
 		return nil, err
 	}
-	b, _ := json.MarshalIndent(repoFile{RepoFormat, RepoVersion, time.Now().UTC()}, "", "  ")
+	rf := repoFile{RepoFormat, RepoVersion, time.Now().UTC(), enc}
+	if enc != nil {
+		rf.Version = repoVersionEncrypted
+		r.setKeys(newKeys(master, enc.Keys[0].ID), enc)
+	}
+	b, _ := json.MarshalIndent(rf, "", "  ")
 	if err := r.fs.WriteFileAtomic(filepath.Join(abs, RepoFileName), append(b, '\n'), 0o600); err != nil {
 		r.Close()
 		return nil, fmt.Errorf("creating repository %s: %w", where, err)
@@ -227,10 +254,14 @@ func OpenFS(ctx context.Context, fsys FS, tools *qemu.Tools, dir string) (*Repo,
 	switch {
 	case rf.Format != RepoFormat:
 		err = fmt.Errorf("%s is %w: %s has format %q, not %q", where, ErrNotRepository, RepoFileName, rf.Format, RepoFormat)
-	case rf.Version > RepoVersion:
+	case rf.Version > repoVersionEncrypted:
 		err = fmt.Errorf("repository %s has version %d, newer than this sendense understands (%d): upgrade sendense", where, rf.Version, RepoVersion)
 	case rf.Version < 1:
 		err = fmt.Errorf("%s is corrupt: version %d", location(fsys, path), rf.Version)
+	case (rf.Version == repoVersionEncrypted) != (rf.Encryption != nil):
+		err = fmt.Errorf("%s is corrupt: version %d and encryption %v disagree (version 2 is an encrypted repository)", location(fsys, path), rf.Version, rf.Encryption != nil)
+	case rf.Encryption != nil:
+		err = r.unlock(rf.Encryption)
 	}
 	if err != nil {
 		r.Close()
@@ -253,7 +284,16 @@ func OpenOrInitFS(ctx context.Context, fsys FS, tools *qemu.Tools, dir string) (
 		return nil, err
 	}
 	if entries, err := fsys.ReadDir(abs); errors.Is(err, fs.ErrNotExist) || (err == nil && EmptyDir(entries)) {
-		r, err := InitFS(fsys, tools, abs)
+		var pass []byte
+		if EncryptNew {
+			if Passphrase == nil {
+				return nil, fmt.Errorf("creating an encrypted repository in %s: no passphrase source", location(fsys, abs))
+			}
+			if pass, err = Passphrase(location(fsys, abs)); err != nil {
+				return nil, fmt.Errorf("creating an encrypted repository in %s: %w", location(fsys, abs), err)
+			}
+		}
+		r, err := InitEncryptedFS(fsys, tools, abs, pass)
 		if err == nil || !existsIn(fsys, filepath.Join(abs, RepoFileName)) {
 			return r, err
 		}

@@ -79,8 +79,10 @@ var (
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if tmplDir != "" {
-		os.RemoveAll(filepath.Dir(tmplDir))
+	for _, d := range []string{tmplDir, encDir} {
+		if d != "" {
+			os.RemoveAll(filepath.Dir(d))
+		}
 	}
 	os.Exit(code)
 }

@@ -209,7 +209,7 @@ func (r *Repo) restoreDisk(ctx context.Context, layers []layer, dst, format stri
 	if err := out.connect(rd.workers()); err != nil {
 		return err
 	}
-	_, err = checkStream(ctx, rd, entries, layers, exp, false, out.write)
+	_, err = r.checkStream(ctx, rd, entries, layers, exp, false, out.write)
 	if cerr := rd.Close(); err == nil {
 		err = cerr
 	}

@@ -35,12 +35,12 @@ type State struct {
 // readState reads dir/state.json; a missing file is (nil, nil).
 func (r *Repo) readState(dir string) (*State, error) {
 	path := filepath.Join(dir, stateName)
-	b, err := r.fs.ReadFile(path)
+	b, err := r.readMeta(path, stateAD)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("state file %s: %w (remove it: the next backup of each disk is then decided from the manifests)", path, err)
 	}
 	var st State
 	if err := json.Unmarshal(b, &st); err != nil {
@@ -110,7 +110,7 @@ func (r *Repo) writeState(vd *vmDir, vm VMRef, st *State) error {
 		return err
 	}
 	path := filepath.Join(vd.Path, stateName)
-	if err := r.fs.WriteFileAtomic(path, append(b, '\n'), 0o600); err != nil {
+	if err := r.writeMeta(path, stateAD, append(b, '\n')); err != nil {
 		return fmt.Errorf("writing state file %s: %w", path, err)
 	}
 	return nil

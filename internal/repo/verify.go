@@ -411,7 +411,7 @@ func (r *Repo) checkContent(ctx context.Context, rep *ImageReport, path string, 
 	var whole diskHasher
 	var want string
 	if d.Level == LevelFull {
-		whole, want = d.wholeDigest()
+		whole, want = d.wholeDigest(r.digests)
 	}
 	cuts := chunkCuts(d.Chunks)
 	var segs []segment
@@ -433,7 +433,7 @@ func (r *Repo) checkContent(ctx context.Context, rep *ImageReport, path string, 
 	if len(segs) == 0 {
 		return
 	}
-	sink := newHashSink(d.Chunks, whole)
+	sink := newHashSink(d.Chunks, whole, r.digests)
 	sink.onChunk = func(i int, sum string) {
 		if c := d.Chunks[i]; sum != c.SHA256 {
 			rep.add(Problem{Kind: ProblemChunkSHA256, Offset: at(c.Offset), Length: c.Length,
@@ -449,7 +449,7 @@ func (r *Repo) checkContent(ctx context.Context, rep *ImageReport, path string, 
 		rep.add(Problem{Kind: ProblemImage, Message: "the image cannot be read: " + err.Error()})
 		return
 	}
-	err = stream(ctx, ir, segs, nil, sink.feed)
+	err = stream(ctx, ir, segs, r.digests, nil, sink.feed)
 	if cerr := ir.Close(); err == nil && ctx.Err() == nil {
 		err = cerr
 	}

@@ -7,7 +7,6 @@ package repotest
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"encoding/hex"
 	"math/rand/v2"
 	"os"
@@ -17,7 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sendense/capture/internal/diskdigest"
 	"github.com/sendense/capture/internal/nbd"
 	"github.com/sendense/capture/internal/qemu"
 	"github.com/sendense/capture/internal/repo"
@@ -107,13 +105,19 @@ func (b *Builder) Backup(disks ...Disk) *repo.Manifest {
 		}
 		content := make([]byte, spec.Capacity)
 		copy(content, old)
+		if d.Backing != "" {
+			if err := p.CheckBase(ctx, spec.Key); err != nil { // pins the chain (Backing)
+				p.Abort()
+				t.Fatal(err)
+			}
+		}
 		if err := b.Repo.Qemu().CreateImage(ctx, p.ImagePath(spec.Key), spec.Capacity, d.Backing); err != nil {
 			p.Abort()
 			t.Fatal(err)
 		}
-		d.Chunks, d.BytesCopied, d.BytesZeroed = b.write(p.ImagePath(spec.Key), spec.Writes, content)
+		d.Chunks, d.BytesCopied, d.BytesZeroed = b.write(p.ImagePath(spec.Key), p.Backing(spec.Key), spec.Writes, content)
 		if d.Level == repo.LevelFull {
-			d.BlocksSHA256 = diskdigest.OfBytes(content)
+			d.BlocksSHA256 = b.Repo.DigestHash().OfBytes(content)
 		}
 		next[spec.Key] = content
 		m.Disks = append(m.Disks, d)
@@ -137,12 +141,12 @@ func parentDisk(m *repo.Manifest, key int32) *repo.DiskImage {
 
 // write applies the writes to the image through qemu-nbd and to content,
 // and returns the chunks as the copier records them.
-func (b *Builder) write(image string, writes []Write, content []byte) (chunks []repo.Chunk, copied, zeroed uint64) {
+func (b *Builder) write(image string, backing []string, writes []Write, content []byte) (chunks []repo.Chunk, copied, zeroed uint64) {
 	t := b.T
 	t.Helper()
 	writes = slices.Clone(writes)
 	slices.SortFunc(writes, func(x, y Write) int { return int(int64(x.Off) - int64(y.Off)) })
-	srv, err := b.Repo.Qemu().ServeNBD(context.Background(), image, qemu.ServeOptions{})
+	srv, err := b.Repo.Qemu().ServeNBD(context.Background(), image, qemu.ServeOptions{Backing: backing})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -172,7 +176,7 @@ func (b *Builder) write(image string, writes []Write, content []byte) (chunks []
 				t.Fatal(err)
 			}
 			copy(content[off:], data)
-			sum := sha256.Sum256(data)
+			sum := b.Repo.DigestHash().Sum(data) // the repository's chunk digest
 			chunks = append(chunks, repo.Chunk{Offset: off, Length: n, Kind: repo.KindData, SHA256: hex.EncodeToString(sum[:])})
 			copied += n
 			off += n
