@@ -217,7 +217,7 @@ func (t *Tools) StartDaemon(ctx context.Context, opts DaemonOptions) (*Daemon, e
 // createOverlay creates an empty qcow2 image (no backing file in its
 // header: the daemon is given its backing node).
 func (t *Tools) createOverlay(ctx context.Context, path string, size uint64) error {
-	if _, err := (&Tools{Runner: LocalRunner{}, QemuImg: t.img()}).runImgPrivate(ctx, "create", "-q", "-f", "qcow2", path, strconv.FormatUint(size, 10)); err != nil {
+	if _, err := (&Tools{Runner: LocalRunner{}, QemuImg: t.img()}).runImgPrivate(ctx, nil, "create", "-q", "-f", "qcow2", path, strconv.FormatUint(size, 10)); err != nil {
 		return fmt.Errorf("creating the overlay of a writable export: %w", err)
 	}
 	return nil

@@ -401,7 +401,8 @@ func (c *CheckResult) OK() bool { return c.CheckErrors == 0 && c.Corruptions == 
 // file). Corruptions and leaks are reported in the result, not as errors;
 // an error means the check could not be done.
 func (t *Tools) Check(ctx context.Context, path string) (*CheckResult, error) {
-	out, err := t.runImg(ctx, nil, "check", "--output=json", "-f", "qcow2", path)
+	s := t.secrets() // an encrypted image opens with its secret, pinned alone
+	out, err := t.runImg(ctx, s, "check", "--output=json", s.pinned(path))
 	var ee *ExitError
 	if err != nil && !(errors.As(err, &ee) && (ee.Code == 2 || ee.Code == 3)) {
 		return nil, fmt.Errorf("check image %s: %w", path, err)

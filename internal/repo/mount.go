@@ -60,6 +60,10 @@ func (r *Repo) OpenPoint(ctx context.Context, opts OpenPointOptions) (_ *OpenPoi
 	if opts.VM == "" {
 		return nil, errors.New("name the VM")
 	}
+	if r.Encrypted() {
+		// qemu-storage-daemon would need each image's secret: not yet.
+		return nil, fmt.Errorf("repository %s is encrypted: serving its points (mount, files, restore --to-vsphere) is not supported yet; restore the point to a file with 'sendense restore' instead", r.Location())
+	}
 	vd, err := r.findVM(opts.VM)
 	if err != nil {
 		return nil, err
