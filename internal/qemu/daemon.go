@@ -224,30 +224,12 @@ func (t *Tools) createOverlay(ctx context.Context, path string, size uint64) err
 }
 
 func (d *Daemon) waitReady(ctx context.Context, pidfile string, timeout time.Duration) error {
-	if timeout <= 0 {
-		timeout = 30 * time.Second
-	}
-	deadline := time.NewTimer(timeout)
-	defer deadline.Stop()
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		if b, err := os.ReadFile(pidfile); err == nil && len(b) > 0 {
-			return nil
+	return waitServing(ctx, d.proc, "qemu-storage-daemon", "write its pid file", timeout, func() error {
+		if b, err := os.ReadFile(pidfile); err != nil || len(b) == 0 {
+			return errors.New("no pid file yet")
 		}
-		select {
-		case <-d.proc.Done():
-			if err := d.proc.Wait(); err != nil {
-				return err
-			}
-			return errors.New("qemu-storage-daemon exited before serving")
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-deadline.C:
-			return fmt.Errorf("qemu-storage-daemon did not start within %s", timeout)
-		case <-tick.C:
-		}
-	}
+		return nil
+	})
 }
 
 // Socket is the unix socket it listens on ("" for TCP).

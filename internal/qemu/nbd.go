@@ -303,6 +303,13 @@ func (s *Server) Reconnect(ctx context.Context) (string, error) {
 
 // waitReady polls the socket until an NBD handshake succeeds.
 func (s *Server) waitReady(ctx context.Context, timeout time.Duration) error {
+	return waitServing(ctx, s.proc, "qemu-nbd", "answer on "+s.socket, timeout, func() error { return s.probe(ctx) })
+}
+
+// waitServing polls ready every 10 ms until it returns nil, proc exits
+// (its error), ctx is done or timeout (default 30 s) passes; what names
+// the tool, waiting what it waits for.
+func waitServing(ctx context.Context, proc Process, tool, waiting string, timeout time.Duration, ready func() error) error {
 	if timeout <= 0 {
 		timeout = 30 * time.Second
 	}
@@ -312,19 +319,19 @@ func (s *Server) waitReady(ctx context.Context, timeout time.Duration) error {
 	defer tick.Stop()
 	var last error
 	for {
-		if last = s.probe(ctx); last == nil {
+		if last = ready(); last == nil {
 			return nil
 		}
 		select {
-		case <-s.proc.Done():
-			if err := s.proc.Wait(); err != nil {
+		case <-proc.Done():
+			if err := proc.Wait(); err != nil {
 				return err
 			}
-			return errors.New("qemu-nbd exited before serving")
+			return fmt.Errorf("%s exited before serving", tool)
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-deadline.C:
-			return fmt.Errorf("qemu-nbd did not answer on %s within %s: %v", s.socket, timeout, last)
+			return fmt.Errorf("%s did not %s within %s: %v", tool, waiting, timeout, last)
 		case <-tick.C:
 		}
 	}
