@@ -81,8 +81,22 @@ func TestEncryptedBackupChain(t *testing.T) {
 		t.Fatalf("second backup: %+v", r2)
 	}
 	b.write("web", 2001, 1*mib, 1*mib, 2)
-	b.backup("web")
+	r3 := b.backup("web")
 	b.restoreAndCompare("web", 0)
+
+	// Instant access: each disk of the latest point served (pinned
+	// qemu-nbd with the images' secrets), read-only and writable.
+	for _, writable := range []bool{false, true} {
+		args := []string{"web"}
+		if writable {
+			args = append(args, "--writable")
+		}
+		m := b.mount(nil, args...)
+		for key, want := range b.expected["web"][r3.BackupID] {
+			run(t, "cmp", want, nbdcopyTo(t, b.dir, m.exports[key].URI))
+		}
+		m.stop(t)
+	}
 	if out := b.mustRun("verify", "web"); !strings.Contains(out, "verified 6 images: no problems") {
 		t.Fatalf("verify:\n%s", out)
 	}

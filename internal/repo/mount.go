@@ -60,10 +60,6 @@ func (r *Repo) OpenPoint(ctx context.Context, opts OpenPointOptions) (_ *OpenPoi
 	if opts.VM == "" {
 		return nil, errors.New("name the VM")
 	}
-	if r.Encrypted() {
-		// qemu-storage-daemon would need each image's secret: not yet.
-		return nil, fmt.Errorf("repository %s is encrypted: serving its points (mount, files, restore --to-vsphere) is not supported yet; restore the point to a file with 'sendense restore' instead", r.Location())
-	}
 	vd, err := r.findVM(opts.VM)
 	if err != nil {
 		return nil, err
@@ -101,9 +97,9 @@ func (r *Repo) OpenPoint(ctx context.Context, opts OpenPointOptions) (_ *OpenPoi
 	for _, d := range disks {
 		all := paths(chains[d.Key])
 		od := OpenDisk{Key: d.Key, Label: d.Label, Capacity: d.Capacity}
-		if r.fs.root != nil {
+		if r.fs.root != nil && !r.Encrypted() {
 			od.Node = qemu.PinnedNode(all...)
-		} else {
+		} else { // remote, or encrypted: a pinned qemu-nbd (with the images' secrets) serves it
 			srv, err := r.Tools.ServeNBD(ctx, all[0], qemu.ServeOptions{ReadOnly: true, Backing: all[1:]})
 			if err != nil {
 				return nil, fmt.Errorf("serving disk %d of backup %s of VM %s: %w", d.Key, m.ID, vd.Name, err)
