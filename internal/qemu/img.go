@@ -16,6 +16,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"strconv"
@@ -171,6 +172,15 @@ func (t *Tools) CreateImage(ctx context.Context, path string, size uint64, backi
 	}:
 		if _, err := r.Lstat(path); err == nil {
 			return fmt.Errorf("create image %s: the file already exists; remove it first", path)
+		}
+	}
+	if _, local := t.runner().(LocalRunner); local && t.Secret != nil {
+		if sec := t.Secret(path); sec != nil {
+			err := createLUKS(path, size, backing, sec)
+			if err == nil {
+				return nil
+			}
+			slog.Debug("creating the encrypted image with qemu-img", "path", path, "reason", err)
 		}
 	}
 	s := t.secrets()
