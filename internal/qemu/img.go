@@ -318,7 +318,7 @@ type ConvertOptions struct {
 // Convert writes the content of src (following its backing chain, or
 // opts.Backing) to the new standalone image dst, created 0600. Zeroes are
 // not written: raw outputs are sparse.
-func (t *Tools) Convert(ctx context.Context, src, dst string, opts ConvertOptions) error {
+func (t *Tools) Convert(ctx context.Context, src, dst string, opts ConvertOptions) (err error) {
 	out := opts.OutFormat
 	if out == "" {
 		out = "raw"
@@ -332,8 +332,20 @@ func (t *Tools) Convert(ctx context.Context, src, dst string, opts ConvertOption
 		args = append(args, "-f", opts.SrcFormat)
 	}
 	args = append(args, "-O", out)
+	target := dst
 	if id := s.of(dst); id != "" && out == "qcow2" {
-		args = append(args, "-o", luksCreate+",encrypt.key-secret="+id)
+		if t.createLUKSFor(ctx, name, dst) {
+			// Into the image created empty: -n, opened with its secret.
+			defer func() {
+				if err != nil {
+					os.Remove(dst) // created by createLUKSFor
+				}
+			}()
+			args = append(args, "-n", "--target-is-zero")
+			target = s.pinned(dst)
+		} else {
+			args = append(args, "-o", luksCreate+",encrypt.key-secret="+id)
+		}
 	}
 	if opts.Coroutines > 0 {
 		args = append(args, "-m", strconv.Itoa(opts.Coroutines))
@@ -341,11 +353,30 @@ func (t *Tools) Convert(ctx context.Context, src, dst string, opts ConvertOption
 	if opts.OutOfOrder {
 		args = append(args, "-W")
 	}
-	args = append(args, src, dst)
+	args = append(args, src, target)
 	if _, err := t.runImgPrivate(ctx, s, args...); err != nil {
 		return fmt.Errorf("convert %s to %s: %w", name, dst, err)
 	}
 	return nil
+}
+
+// createLUKSFor creates dst, on this machine, as an empty encrypted image
+// of src's virtual size (createLUKS), when it can: Convert then writes into
+// it rather than have qemu-img create it (luks.go).
+func (t *Tools) createLUKSFor(ctx context.Context, src, dst string) bool {
+	if _, local := t.runner().(LocalRunner); !local {
+		return false
+	}
+	sec := t.Secret(dst)
+	info, err := t.Info(ctx, src)
+	if err == nil {
+		err = createLUKS(dst, info.VirtualSize, "", sec)
+	}
+	if err != nil {
+		slog.Debug("creating the encrypted image with qemu-img", "path", dst, "reason", err)
+		return false
+	}
+	return true
 }
 
 // Commit writes the clusters of top (and of any image between top and

@@ -51,6 +51,7 @@ const (
 	qcowExtBacking  = 0xe2792aca // backing file format name
 	qcowExtCrypto   = 0x0537be77 // full disk encryption header pointer
 	qcowMaxBacking  = 1023       // qemu's limit on the backing file name
+	qcowMaxSize     = 1 << 50    // 1 PiB: an L1 table well under qemu's 32 MiB
 )
 
 func alignUp(n, a uint64) uint64 { return (n + a - 1) / a * a }
@@ -168,7 +169,7 @@ var errLUKSLayout = errors.New("image layout not supported")
 // backing file name), the refcount table, its one refcount block, the
 // (empty) L1 table, the LUKS header. On error nothing is left at path.
 func createLUKS(path string, size uint64, backing string, secret []byte) (err error) {
-	if size == 0 || size%luksSector != 0 || len(backing) > qcowMaxBacking {
+	if size == 0 || size%luksSector != 0 || size > qcowMaxSize || len(backing) > qcowMaxBacking {
 		return errLUKSLayout
 	}
 	l1Size := (size + qcowCluster*qcowL2Entries - 1) / (qcowCluster * qcowL2Entries)

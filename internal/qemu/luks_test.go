@@ -166,7 +166,23 @@ func TestCreateLUKS(t *testing.T) {
 		"driver=raw,file.filename="+want)...); err != nil {
 		t.Fatalf("qemu-img compare: %v: %s", err, out)
 	}
-	for _, img := range []string{alone(base, "s0"), overlay} {
+	// Convert (prune's merge) writes into an image created the same way.
+	merged := filepath.Join(dir, "merged.qcow2")
+	sec[merged] = []byte("merged secret")
+	if err := tools.Convert(ctx, top, merged, ConvertOptions{Backing: []string{base}, OutFormat: "qcow2"}); err != nil {
+		t.Fatal(err)
+	}
+	both = append(both, object("s2", sec[merged])...)
+	if out, err := qemu(append(append([]string{"compare"}, both...), "--image-opts", alone(merged, "s2"),
+		"driver=raw,file.filename="+want)...); err != nil {
+		t.Fatalf("qemu-img compare: %v: %s", err, out)
+	}
+	if out, err := qemu(append(append([]string{"info"}, both...), "--image-opts", alone(merged, "s2"))...); err != nil ||
+		!strings.Contains(out, "master key iters: 1000") || strings.Contains(out, "backing file") {
+		t.Fatalf("qemu-img info %s: %v: %s", merged, err, out)
+	}
+
+	for _, img := range []string{alone(base, "s0"), overlay, alone(merged, "s2")} {
 		if out, err := qemu(append(append([]string{"check"}, both...), "--image-opts", img)...); err != nil ||
 			!strings.Contains(out, "No errors were found") {
 			t.Fatalf("qemu-img check %s: %v: %s", img, err, out)
