@@ -162,23 +162,17 @@ const privateUmask = `umask 077 && exec "$0" "$@"`
 // backing (relative to path's directory, or absolute) the image is an
 // overlay of that qcow2 image. It refuses to replace an existing file.
 func (t *Tools) CreateImage(ctx context.Context, path string, size uint64, backing string) error {
-	switch r := t.runner().(type) {
-	case LocalRunner:
-		if _, err := os.Lstat(path); err == nil {
-			return fmt.Errorf("create image %s: the file already exists; remove it first", path)
-		}
-	case interface {
-		Lstat(path string) (os.FileInfo, error)
-	}:
-		if _, err := r.Lstat(path); err == nil {
-			return fmt.Errorf("create image %s: the file already exists; remove it first", path)
-		}
+	if t.exists(path) {
+		return fmt.Errorf("create image %s: the file already exists; remove it first", path)
 	}
-	if _, local := t.runner().(LocalRunner); local && t.Secret != nil {
+	if t.Secret != nil {
 		if sec := t.Secret(path); sec != nil {
-			err := createLUKS(path, size, backing, sec)
+			err := t.createLUKS(path, size, backing, sec)
 			if err == nil {
 				return nil
+			}
+			if t.exists(path) { // created meanwhile, by someone else
+				return fmt.Errorf("create image %s: %w", path, err)
 			}
 			slog.Debug("creating the encrypted image with qemu-img", "path", path, "reason", err)
 		}
@@ -198,6 +192,22 @@ func (t *Tools) CreateImage(ctx context.Context, path string, size uint64, backi
 		return fmt.Errorf("create image %s: %w", path, err)
 	}
 	return nil
+}
+
+// exists tells whether something is at path, where the runner runs (false
+// when the runner cannot tell).
+func (t *Tools) exists(path string) bool {
+	switch r := t.runner().(type) {
+	case LocalRunner:
+		_, err := os.Lstat(path)
+		return err == nil
+	case interface {
+		Lstat(path string) (os.FileInfo, error)
+	}:
+		_, err := r.Lstat(path)
+		return err == nil
+	}
+	return false
 }
 
 // FormatImage makes the existing file path a new, empty qcow2 image of
@@ -318,7 +328,7 @@ type ConvertOptions struct {
 // Convert writes the content of src (following its backing chain, or
 // opts.Backing) to the new standalone image dst, created 0600. Zeroes are
 // not written: raw outputs are sparse.
-func (t *Tools) Convert(ctx context.Context, src, dst string, opts ConvertOptions) (err error) {
+func (t *Tools) Convert(ctx context.Context, src, dst string, opts ConvertOptions) error {
 	out := opts.OutFormat
 	if out == "" {
 		out = "raw"
@@ -335,12 +345,8 @@ func (t *Tools) Convert(ctx context.Context, src, dst string, opts ConvertOption
 	target := dst
 	if id := s.of(dst); id != "" && out == "qcow2" {
 		if t.createLUKSFor(ctx, name, dst) {
-			// Into the image created empty: -n, opened with its secret.
-			defer func() {
-				if err != nil {
-					os.Remove(dst) // created by createLUKSFor
-				}
-			}()
+			// Into the image created empty: -n, opened with its secret
+			// (on failure it stays, as what qemu-img would leave).
 			args = append(args, "-n", "--target-is-zero")
 			target = s.pinned(dst)
 		} else {
@@ -360,17 +366,17 @@ func (t *Tools) Convert(ctx context.Context, src, dst string, opts ConvertOption
 	return nil
 }
 
-// createLUKSFor creates dst, on this machine, as an empty encrypted image
-// of src's virtual size (createLUKS), when it can: Convert then writes into
-// it rather than have qemu-img create it (luks.go).
+// createLUKSFor creates dst as an empty encrypted image of src's virtual
+// size (createLUKS), when it can: Convert then writes into it rather than
+// have qemu-img create it (luks.go).
 func (t *Tools) createLUKSFor(ctx context.Context, src, dst string) bool {
-	if _, local := t.runner().(LocalRunner); !local {
+	if _, ok := t.runner().(FileCreator); !ok {
 		return false
 	}
 	sec := t.Secret(dst)
 	info, err := t.Info(ctx, src)
 	if err == nil {
-		err = createLUKS(dst, info.VirtualSize, "", sec)
+		err = t.createLUKS(dst, info.VirtualSize, "", sec)
 	}
 	if err != nil {
 		slog.Debug("creating the encrypted image with qemu-img", "path", dst, "reason", err)

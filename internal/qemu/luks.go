@@ -17,14 +17,15 @@ import (
 // create: qemu spends one to two and a half seconds of CPU per image
 // calibrating PBKDF2 (twice, whatever encrypt.iter-time says), for
 // secrets that are random 256-bit keys, which iterations do not
-// strengthen. The image written is exactly what qemu-img would write with
-// luksCreate: a qcow2 v3 image (64 KiB clusters, 16-bit refcounts) whose
+// strengthen. The image written is what qemu-img writes with luksCreate
+// (less the optional feature name table): a qcow2 v3 image (64 KiB clusters, 16-bit refcounts) whose
 // crypt method is LUKS, its LUKS1 header (aes, xts-plain64, sha256, a
 // 64-byte volume key, 4000 anti-forensic stripes, key slot 0 active) in
 // the clusters the qcow2 "full disk encryption header pointer" extension
 // names, only with a fixed PBKDF2 iteration count (luksIterations) for
 // both the volume key digest and the key slot. Any qemu opens it given
-// the image's secret, as it opens the images it creates itself.
+// the image's secret, as it opens the images it creates itself. The file
+// is written through the Runner (FileCreator): locally, or over SFTP.
 
 // luksIterations is the PBKDF2-SHA256 iteration count of the volume key
 // digest and of key slot 0: the minimum qemu and cryptsetup create.
@@ -158,32 +159,89 @@ func afDiffuse(b []byte) {
 	}
 }
 
-// errLUKSLayout: the image is one createLUKS does not lay out (qemu-img
+// errLUKSLayout: the image is one luksImage does not lay out (qemu-img
 // creates it instead).
 var errLUKSLayout = errors.New("image layout not supported")
 
-// createLUKS creates the encrypted qcow2 image path of size bytes (mode
-// 0600, refusing an existing file), unlocked by secret, as an overlay of
-// backing when backing is not "". Layout, in 64 KiB clusters: the header
-// (with the backing file format, the encryption header pointer and the
-// backing file name), the refcount table, its one refcount block, the
-// (empty) L1 table, the LUKS header. On error nothing is left at path.
-func createLUKS(path string, size uint64, backing string, secret []byte) (err error) {
+// FilePart is data at an offset of a file CreateFile writes.
+type FilePart struct {
+	Off  int64
+	Data []byte
+}
+
+// FileCreator is implemented by a Runner that can write a new file where
+// the tools run. CreateImage and Convert create encrypted images through
+// it (luks.go); without it, qemu-img creates them.
+type FileCreator interface {
+	// CreateFile creates path, mode 0600, refusing an existing file: size
+	// bytes, zero except for parts, fsynced. On error it removes the file
+	// it created.
+	CreateFile(path string, size int64, parts []FilePart) error
+}
+
+var _ FileCreator = LocalRunner{}
+
+// CreateFile implements FileCreator.
+func (LocalRunner) CreateFile(path string, size int64, parts []FilePart) (err error) {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			os.Remove(path) // ours: O_EXCL created it
+		}
+	}()
+	for _, p := range parts {
+		if _, err := f.WriteAt(p.Data, p.Off); err != nil {
+			return err
+		}
+	}
+	if err := f.Truncate(size); err != nil {
+		return err
+	}
+	return f.Sync()
+}
+
+// createLUKS creates the encrypted qcow2 image path (luksImage) through
+// the runner, when it is a FileCreator.
+func (t *Tools) createLUKS(path string, size uint64, backing string, secret []byte) error {
+	fc, ok := t.runner().(FileCreator)
+	if !ok {
+		return errors.New("the runner cannot create files")
+	}
+	fileSize, parts, err := luksImage(size, backing, secret)
+	if err != nil {
+		return err
+	}
+	return fc.CreateFile(path, fileSize, parts)
+}
+
+// luksImage lays out an encrypted qcow2 image of size bytes, unlocked by
+// secret, an overlay of backing when backing is not "": the file's size
+// and what is not zero in it. In 64 KiB clusters: the header (with the
+// backing file format, the encryption header pointer and the backing
+// file name), the refcount table, its one refcount block, the (empty) L1
+// table, the LUKS header.
+func luksImage(size uint64, backing string, secret []byte) (fileSize int64, parts []FilePart, err error) {
 	if size == 0 || size%luksSector != 0 || size > qcowMaxSize || len(backing) > qcowMaxBacking {
-		return errLUKSLayout
+		return 0, nil, errLUKSLayout
 	}
 	l1Size := (size + qcowCluster*qcowL2Entries - 1) / (qcowCluster * qcowL2Entries)
 	l1Clusters := alignUp(l1Size*8, qcowCluster) / qcowCluster
 	cryptoClusters := alignUp(luksHeaderLen, qcowCluster) / qcowCluster
 	clusters := 3 + l1Clusters + cryptoClusters
 	if clusters > qcowCluster/2 { // one refcount block of 16-bit counts
-		return errLUKSLayout
+		return 0, nil, errLUKSLayout
 	}
 	l1Offset := uint64(3 * qcowCluster)
 	cryptoOffset := (3 + l1Clusters) * qcowCluster
 
 	be := binary.BigEndian
-	head := make([]byte, 3*qcowCluster) // header, refcount table, block
+	head := make([]byte, qcowHeaderLen+16+32+len(backing))
 	copy(head, "QFI\xfb")
 	be.PutUint32(head[4:], 3)
 	be.PutUint32(head[20:], qcowClusterBits)
@@ -212,39 +270,26 @@ func createLUKS(path string, size uint64, backing string, secret []byte) (err er
 		copy(ext, backing)
 		be.PutUint64(head[8:], uint64(off))
 		be.PutUint32(head[16:], uint32(len(backing)))
+		head = head[:off+len(backing)]
+	} else {
+		head = head[:len(head)-len(ext)]
 	}
-	be.PutUint64(head[qcowCluster:], 2*qcowCluster)
+	reftable := make([]byte, 8)
+	be.PutUint64(reftable, 2*qcowCluster)
+	refblock := make([]byte, 2*clusters)
 	for i := range clusters {
-		be.PutUint16(head[2*qcowCluster+2*i:], 1)
+		be.PutUint16(refblock[2*i:], 1)
 	}
 
 	hdr, material, err := luksHeader(secret)
 	if err != nil {
-		return err
+		return 0, nil, err
 	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
-			os.Remove(path) // ours: O_EXCL created it
-		}
-	}()
-	if _, err := f.WriteAt(head, 0); err != nil {
-		return err
-	}
-	if _, err := f.WriteAt(hdr, int64(cryptoOffset)); err != nil {
-		return err
-	}
-	if _, err := f.WriteAt(material, int64(cryptoOffset+luksAlign)); err != nil {
-		return err
-	}
-	if err := f.Truncate(int64(clusters * qcowCluster)); err != nil {
-		return err
-	}
-	return f.Sync()
+	return int64(clusters * qcowCluster), []FilePart{
+		{0, head},
+		{qcowCluster, reftable},
+		{2 * qcowCluster, refblock},
+		{int64(cryptoOffset), hdr},
+		{int64(cryptoOffset + luksAlign), material},
+	}, nil
 }
