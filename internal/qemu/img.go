@@ -16,6 +16,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"strconv"
@@ -161,16 +162,19 @@ const privateUmask = `umask 077 && exec "$0" "$@"`
 // backing (relative to path's directory, or absolute) the image is an
 // overlay of that qcow2 image. It refuses to replace an existing file.
 func (t *Tools) CreateImage(ctx context.Context, path string, size uint64, backing string) error {
-	switch r := t.runner().(type) {
-	case LocalRunner:
-		if _, err := os.Lstat(path); err == nil {
-			return fmt.Errorf("create image %s: the file already exists; remove it first", path)
-		}
-	case interface {
-		Lstat(path string) (os.FileInfo, error)
-	}:
-		if _, err := r.Lstat(path); err == nil {
-			return fmt.Errorf("create image %s: the file already exists; remove it first", path)
+	if t.exists(path) {
+		return fmt.Errorf("create image %s: the file already exists; remove it first", path)
+	}
+	if t.Secret != nil {
+		if sec := t.Secret(path); sec != nil {
+			err := t.createLUKS(path, size, backing, sec)
+			if err == nil {
+				return nil
+			}
+			if t.exists(path) { // created meanwhile, by someone else
+				return fmt.Errorf("create image %s: %w", path, err)
+			}
+			slog.Debug("creating the encrypted image with qemu-img", "path", path, "reason", err)
 		}
 	}
 	s := t.secrets()
@@ -188,6 +192,22 @@ func (t *Tools) CreateImage(ctx context.Context, path string, size uint64, backi
 		return fmt.Errorf("create image %s: %w", path, err)
 	}
 	return nil
+}
+
+// exists tells whether something is at path, where the runner runs (false
+// when the runner cannot tell).
+func (t *Tools) exists(path string) bool {
+	switch r := t.runner().(type) {
+	case LocalRunner:
+		_, err := os.Lstat(path)
+		return err == nil
+	case interface {
+		Lstat(path string) (os.FileInfo, error)
+	}:
+		_, err := r.Lstat(path)
+		return err == nil
+	}
+	return false
 }
 
 // FormatImage makes the existing file path a new, empty qcow2 image of
@@ -322,8 +342,16 @@ func (t *Tools) Convert(ctx context.Context, src, dst string, opts ConvertOption
 		args = append(args, "-f", opts.SrcFormat)
 	}
 	args = append(args, "-O", out)
+	target := dst
 	if id := s.of(dst); id != "" && out == "qcow2" {
-		args = append(args, "-o", luksCreate+",encrypt.key-secret="+id)
+		if t.createLUKSFor(ctx, name, dst) {
+			// Into the image created empty: -n, opened with its secret
+			// (on failure it stays, as what qemu-img would leave).
+			args = append(args, "-n", "--target-is-zero")
+			target = s.pinned(dst)
+		} else {
+			args = append(args, "-o", luksCreate+",encrypt.key-secret="+id)
+		}
 	}
 	if opts.Coroutines > 0 {
 		args = append(args, "-m", strconv.Itoa(opts.Coroutines))
@@ -331,11 +359,30 @@ func (t *Tools) Convert(ctx context.Context, src, dst string, opts ConvertOption
 	if opts.OutOfOrder {
 		args = append(args, "-W")
 	}
-	args = append(args, src, dst)
+	args = append(args, src, target)
 	if _, err := t.runImgPrivate(ctx, s, args...); err != nil {
 		return fmt.Errorf("convert %s to %s: %w", name, dst, err)
 	}
 	return nil
+}
+
+// createLUKSFor creates dst as an empty encrypted image of src's virtual
+// size (createLUKS), when it can: Convert then writes into it rather than
+// have qemu-img create it (luks.go).
+func (t *Tools) createLUKSFor(ctx context.Context, src, dst string) bool {
+	if _, ok := t.runner().(FileCreator); !ok {
+		return false
+	}
+	sec := t.Secret(dst)
+	info, err := t.Info(ctx, src)
+	if err == nil {
+		err = t.createLUKS(dst, info.VirtualSize, "", sec)
+	}
+	if err != nil {
+		slog.Debug("creating the encrypted image with qemu-img", "path", dst, "reason", err)
+		return false
+	}
+	return true
 }
 
 // Commit writes the clusters of top (and of any image between top and

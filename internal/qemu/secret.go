@@ -39,7 +39,9 @@ type SecretRunner interface {
 // XTS mode. The PBKDF iteration time is short (20 ms): the secrets are
 // 256-bit keys derived from the master key, not passphrases to
 // strengthen (docs/repository.md, "Encryption"), and every open of an
-// image would pay qemu's default of 2 seconds.
+// image would pay qemu's default of 2 seconds. CreateImage and Convert write
+// the images themselves when the runner can (luks.go): the same images
+// with a fixed iteration count.
 const luksCreate = "encrypt.format=luks,encrypt.cipher-alg=aes-256,encrypt.cipher-mode=xts,encrypt.iter-time=20"
 
 const transportID = "sendense-transport"

@@ -21,6 +21,7 @@ import (
 	"github.com/pkg/sftp"
 
 	"github.com/sendense/capture/internal/lockfile"
+	"github.com/sendense/capture/internal/qemu"
 	"github.com/sendense/capture/internal/repo"
 	"github.com/sendense/capture/internal/tunnel"
 )
@@ -144,6 +145,40 @@ func (h *Host) WriteFileAtomic(p string, data []byte, perm fs.FileMode) error {
 		return err
 	}
 	return h.SyncDir(path.Dir(p))
+}
+
+var _ qemu.FileCreator = (*Host)(nil)
+
+// CreateFile implements qemu.FileCreator: the file is created there with
+// O_EXCL, made 0600 before anything is written, written, sized, fsynced;
+// on error the file it created is removed.
+func (h *Host) CreateFile(p string, size int64, parts []qemu.FilePart) error {
+	return h.sftpOp(func(sc *sftp.Client) (err error) {
+		f, err := sc.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL)
+		if err != nil {
+			return h.pathErr("create", p, err)
+		}
+		defer func() {
+			if cerr := f.Close(); err == nil && cerr != nil {
+				err = h.pathErr("close", p, cerr)
+			}
+			if err != nil {
+				sc.Remove(p) // ours: O_EXCL created it
+			}
+		}()
+		if err := f.Chmod(0o600); err != nil {
+			return h.pathErr("chmod", p, err)
+		}
+		for _, part := range parts {
+			if _, err := f.WriteAt(part.Data, part.Off); err != nil {
+				return h.pathErr("write", p, err)
+			}
+		}
+		if err := f.Truncate(size); err != nil {
+			return h.pathErr("truncate", p, err)
+		}
+		return h.pathErr("fsync", p, h.syncFile(f))
+	})
 }
 
 // syncFile fsyncs an open remote file, or the whole file system there

@@ -159,6 +159,57 @@ func TestFS(t *testing.T) {
 	if abs, err := h.Abs("~/x"); err != nil || !filepath.IsAbs(abs) || filepath.Base(abs) != "x" {
 		t.Fatalf("Abs(~/x) = %q, %v", abs, err)
 	}
+
+	// CreateFile: new, 0600, the parts at their offsets, zero elsewhere;
+	// never over an existing file.
+	nf := filepath.Join(dir, "new")
+	parts := []qemu.FilePart{{Off: 0, Data: []byte("head")}, {Off: 70000, Data: []byte("tail")}}
+	if err := h.CreateFile(nf, 1<<17, parts); err != nil {
+		t.Fatal(err)
+	}
+	want := make([]byte, 1<<17)
+	copy(want, "head")
+	copy(want[70000:], "tail")
+	if b, err := os.ReadFile(nf); err != nil || !bytes.Equal(b, want) {
+		t.Fatalf("CreateFile wrote %d bytes, %v", len(b), err)
+	}
+	if fi, _ := os.Stat(nf); fi.Mode().Perm() != 0o600 {
+		t.Fatalf("CreateFile: mode %v", fi.Mode())
+	}
+	if err := h.CreateFile(big, 10, parts); err == nil {
+		t.Fatal("CreateFile over an existing file succeeded")
+	}
+	if b, _ := os.ReadFile(big); len(b) != 1<<20 || b[0] != 1 {
+		t.Fatal("CreateFile changed an existing file")
+	}
+}
+
+// TestEncryptedImage: CreateImage writes an encrypted image there through
+// SFTP (CreateFile), with the fixed PBKDF count; qemu-img opens it with
+// its secret and finds it clean.
+func TestEncryptedImage(t *testing.T) {
+	requireTools(t)
+	e := newEnv(t)
+	h := e.open(Options{})
+	tools := qemu.New(h)
+	secret := []byte("0123456789abcdef0123456789abcdef")
+	tools.Secret = func(string) []byte { return secret }
+	img := filepath.Join(t.TempDir(), "a.qcow2")
+	if err := tools.CreateImage(context.Background(), img, 4<<20, "base.qcow2"); err != nil {
+		t.Fatal(err)
+	}
+	sf := filepath.Join(t.TempDir(), "secret")
+	os.WriteFile(sf, secret, 0o600)
+	opts := "driver=qcow2,file.filename=" + img + ",encrypt.key-secret=s,backing="
+	for _, args := range [][]string{{"info"}, {"check"}} {
+		out, err := exec.Command("qemu-img", append(args, "--object", "secret,id=s,file="+sf, "--image-opts", opts)...).CombinedOutput()
+		if err != nil || !strings.Contains(string(out), map[string]string{"info": "master key iters: 1000", "check": "No errors were found"}[args[0]]) {
+			t.Fatalf("qemu-img %s: %v: %s", args[0], err, out)
+		}
+	}
+	if fi, err := os.Stat(img); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("%v %v", fi, err)
+	}
 }
 
 // TestLocks: remote flocks exclude each other as local ones do, record
