@@ -30,12 +30,34 @@ func (h Holder) String() string {
 	return fmt.Sprintf("a %s (pid %d, started %s)", h.Operation, h.PID, h.Started.Format(time.RFC3339))
 }
 
+// Opener opens the lock file at path for a lock (exclusive or shared). A
+// nil file without an error means no lock is needed (a file system
+// nothing can write to): the lock is then taken, and holds nothing.
+type Opener func(path string, exclusive bool) (*os.File, error)
+
+// openFile is the Opener of a plain path: created 0600 if needed.
+func openFile(path string, _ bool) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("lock file %s: %w", path, err)
+	}
+	return f, nil
+}
+
 // TryLock takes the lock at path (created 0600 if needed) without waiting;
 // ok is false when someone else holds it.
 func TryLock(path string, exclusive bool) (l *Lock, ok bool, err error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	return TryLockWith(openFile, path, exclusive)
+}
+
+// TryLockWith is TryLock on the file open opens.
+func TryLockWith(open Opener, path string, exclusive bool) (l *Lock, ok bool, err error) {
+	f, err := open(path, exclusive)
 	if err != nil {
-		return nil, false, fmt.Errorf("lock file %s: %w", path, err)
+		return nil, false, err
+	}
+	if f == nil {
+		return &Lock{}, true, nil
 	}
 	how := syscall.LOCK_SH
 	if exclusive {
@@ -54,9 +76,14 @@ func TryLock(path string, exclusive bool) (l *Lock, ok bool, err error) {
 // Wait takes the lock at path, waiting (and logging waiting once) until
 // it is free or ctx is done.
 func Wait(ctx context.Context, path string, exclusive bool, waiting string) (*Lock, error) {
+	return WaitWith(ctx, openFile, path, exclusive, waiting)
+}
+
+// WaitWith is Wait on the file open opens.
+func WaitWith(ctx context.Context, open Opener, path string, exclusive bool, waiting string) (*Lock, error) {
 	logged := false
 	for {
-		l, ok, err := TryLock(path, exclusive)
+		l, ok, err := TryLockWith(open, path, exclusive)
 		if err != nil || ok {
 			return l, err
 		}
@@ -76,20 +103,28 @@ func Wait(ctx context.Context, path string, exclusive bool, waiting string) (*Lo
 // records operation as its holder. When someone else holds it, it returns
 // a nil Lock and what the holder recorded.
 func TryExclusive(path, operation string) (*Lock, *Holder, error) {
-	l, ok, err := TryLock(path, true)
+	return TryExclusiveWith(openFile, os.ReadFile, path, operation)
+}
+
+// TryExclusiveWith is TryExclusive on the file open opens, the holder's
+// record read with read.
+func TryExclusiveWith(open Opener, read func(path string) ([]byte, error), path, operation string) (*Lock, *Holder, error) {
+	l, ok, err := TryLockWith(open, path, true)
 	if err != nil {
 		return nil, nil, err
 	}
 	if !ok {
 		var h Holder
-		if b, err := os.ReadFile(path); err == nil {
+		if b, err := read(path); err == nil {
 			json.Unmarshal(b, &h)
 		}
 		return nil, &h, nil
 	}
-	b, _ := json.Marshal(Holder{operation, os.Getpid(), time.Now().UTC()})
-	if err := l.f.Truncate(0); err == nil {
-		l.f.WriteAt(append(b, '\n'), 0)
+	if l.f != nil {
+		b, _ := json.Marshal(Holder{operation, os.Getpid(), time.Now().UTC()})
+		if err := l.f.Truncate(0); err == nil {
+			l.f.WriteAt(append(b, '\n'), 0)
+		}
 	}
 	return l, nil, nil
 }

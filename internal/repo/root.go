@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -14,7 +13,8 @@ import (
 	"slices"
 	"strings"
 	"syscall"
-	"time"
+
+	"github.com/sendense/capture/internal/lockfile"
 )
 
 // confinedFS is a repository's file system as the repository uses it:
@@ -310,17 +310,6 @@ func (c *confinedFS) Usage(paths ...string) []int64 {
 // opened read-only, or — when the file does not exist and cannot be
 // created — not at all, since nothing can change the files there.
 
-// fileLock is a held flock.
-type fileLock struct{ f *os.File }
-
-func (l *fileLock) Unlock() {
-	if l != nil && l.f != nil {
-		syscall.Flock(int(l.f.Fd()), syscall.LOCK_UN)
-		l.f.Close()
-		l.f = nil
-	}
-}
-
 // noLock is the shared lock of a repository nothing can write to.
 type noLock struct{}
 
@@ -364,33 +353,27 @@ func (c *confinedFS) openLock(p, rel string, exclusive bool) (*os.File, error) {
 	return nil, notRegular
 }
 
-func (c *confinedFS) TryLock(p string, exclusive bool) (Lock, bool, error) {
+// openLockAt is the lockfile.Opener of the confined file system.
+func (c *confinedFS) openLockAt(p string, exclusive bool) (*os.File, error) {
 	rel, err := c.rel(p)
 	if err != nil {
-		return nil, false, err
+		return nil, err
 	}
+	return c.openLock(p, rel, exclusive)
+}
+
+func (c *confinedFS) TryLock(p string, exclusive bool) (Lock, bool, error) {
 	if c.root == nil {
+		if _, err := c.rel(p); err != nil {
+			return nil, false, err
+		}
 		return c.FS.TryLock(p, exclusive)
 	}
-	f, err := c.openLock(p, rel, exclusive)
-	if err != nil {
-		return nil, false, err
+	l, ok, err := lockfile.TryLockWith(c.openLockAt, p, exclusive)
+	if !ok || err != nil {
+		return nil, ok, err
 	}
-	if f == nil {
-		return noLock{}, true, nil
-	}
-	how := syscall.LOCK_SH
-	if exclusive {
-		how = syscall.LOCK_EX
-	}
-	if err := syscall.Flock(int(f.Fd()), how|syscall.LOCK_NB); err != nil {
-		f.Close()
-		if errors.Is(err, syscall.EWOULDBLOCK) {
-			return nil, false, nil
-		}
-		return nil, false, fmt.Errorf("lock file %s: %w", p, err)
-	}
-	return &fileLock{f}, true, nil
+	return l, true, nil
 }
 
 func (c *confinedFS) TryExclusive(p, operation string) (Lock, *LockHolder, error) {
@@ -400,23 +383,11 @@ func (c *confinedFS) TryExclusive(p, operation string) (Lock, *LockHolder, error
 		}
 		return c.FS.TryExclusive(p, operation)
 	}
-	l, ok, err := c.TryLock(p, true)
-	if err != nil {
-		return nil, nil, err
+	l, h, err := lockfile.TryExclusiveWith(c.openLockAt, c.ReadFile, p, operation)
+	if l == nil {
+		return nil, h, err
 	}
-	if !ok {
-		var h LockHolder
-		if b, err := c.ReadFile(p); err == nil {
-			json.Unmarshal(b, &h)
-		}
-		return nil, &h, nil
-	}
-	f := l.(*fileLock).f
-	b, _ := json.Marshal(LockHolder{Operation: operation, PID: os.Getpid(), Started: time.Now().UTC()})
-	if err := f.Truncate(0); err == nil {
-		f.WriteAt(append(b, '\n'), 0)
-	}
-	return l, nil, nil
+	return l, h, err
 }
 
 func (c *confinedFS) WaitLock(ctx context.Context, p string, exclusive bool, waiting string) (Lock, error) {
@@ -426,22 +397,11 @@ func (c *confinedFS) WaitLock(ctx context.Context, p string, exclusive bool, wai
 		}
 		return c.FS.WaitLock(ctx, p, exclusive, waiting)
 	}
-	logged := false
-	for {
-		l, ok, err := c.TryLock(p, exclusive)
-		if err != nil || ok {
-			return l, err
-		}
-		if !logged {
-			slog.Warn(waiting, "lock", p)
-			logged = true
-		}
-		select {
-		case <-ctx.Done():
-			return nil, fmt.Errorf("waiting for lock %s: %w", p, ctx.Err())
-		case <-time.After(100 * time.Millisecond):
-		}
+	l, err := lockfile.WaitWith(ctx, c.openLockAt, p, exclusive, waiting)
+	if l == nil {
+		return nil, err
 	}
+	return l, err
 }
 
 // ErrReadOnly matches a ReadOnlyError.
