@@ -54,6 +54,29 @@ func (l *Lab) adoptNew(ctx *simulator.Context, method string) {
 	}
 }
 
+// diskOf is the track of vd when it is a flat disk of the lab's
+// datastore: its flat file and capacity. It is nil for another kind of
+// disk, and nil with file set for a flat disk elsewhere.
+func (l *Lab) diskOf(vd *types.VirtualDisk) (d *diskTrack, file string, err error) {
+	b, ok := vd.Backing.(*types.VirtualDiskFlatVer2BackingInfo)
+	if !ok {
+		return nil, "", nil
+	}
+	var p object.DatastorePath
+	if !p.FromString(b.FileName) || p.Datastore != Datastore {
+		return nil, b.FileName, nil
+	}
+	flat := filepath.Join(l.dsDir, filepath.FromSlash(strings.TrimSuffix(p.Path, ".vmdk")+"-flat.vmdk"))
+	if !strings.HasPrefix(flat, l.dsDir+string(filepath.Separator)) {
+		return nil, b.FileName, fmt.Errorf("disk file %q is outside the datastore", b.FileName)
+	}
+	d = &diskTrack{key: vd.Key, fileName: b.FileName, flat: flat, capacity: uint64(vd.CapacityInBytes)}
+	if d.capacity == 0 {
+		d.capacity = uint64(vd.CapacityInKB) * 1024
+	}
+	return d, b.FileName, nil
+}
+
 // adopt adds to v the disks of vm on the lab's datastore it does not
 // track yet, sizing their flat files. vm is still being created when
 // its first disks are there (vcsim registers it first): later calls add
@@ -64,35 +87,26 @@ func (l *Lab) adopt(vm *simulator.VirtualMachine, v *vmTrack) error {
 		if !ok || v.disk(vd.Key) != nil {
 			continue
 		}
-		b, ok := vd.Backing.(*types.VirtualDiskFlatVer2BackingInfo)
-		if !ok {
+		d, _, err := l.diskOf(vd)
+		if err != nil {
+			return err
+		}
+		if d == nil {
 			continue
 		}
-		var p object.DatastorePath
-		if !p.FromString(b.FileName) || p.Datastore != Datastore {
-			continue
-		}
-		flat := filepath.Join(l.dsDir, filepath.FromSlash(strings.TrimSuffix(p.Path, ".vmdk")+"-flat.vmdk"))
-		if !strings.HasPrefix(flat, l.dsDir+string(filepath.Separator)) {
-			return fmt.Errorf("disk file %q is outside the datastore", b.FileName)
-		}
-		capacity := uint64(vd.CapacityInBytes)
-		if capacity == 0 {
-			capacity = uint64(vd.CapacityInKB) * 1024
-		}
-		f, err := os.OpenFile(flat, os.O_RDWR|os.O_CREATE, 0o600)
+		f, err := os.OpenFile(d.flat, os.O_RDWR|os.O_CREATE, 0o600)
 		if err != nil {
 			return err
 		}
 		fi, err := f.Stat()
-		if err == nil && uint64(fi.Size()) < capacity {
-			err = f.Truncate(int64(capacity))
+		if err == nil && uint64(fi.Size()) < d.capacity {
+			err = f.Truncate(int64(d.capacity))
 		}
 		f.Close()
 		if err != nil {
-			return fmt.Errorf("sizing %s: %w", flat, err)
+			return fmt.Errorf("sizing %s: %w", d.flat, err)
 		}
-		v.disks = append(v.disks, &diskTrack{key: vd.Key, fileName: b.FileName, flat: flat, capacity: capacity})
+		v.disks = append(v.disks, d)
 	}
 	return nil
 }

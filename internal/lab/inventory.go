@@ -200,28 +200,24 @@ func (l *Lab) register(spec VMSpec, ref types.ManagedObjectReference, folder *ob
 		if !ok {
 			continue
 		}
-		b, ok := vd.Backing.(*types.VirtualDiskFlatVer2BackingInfo)
-		if !ok {
+		d, file, err := l.diskOf(vd)
+		switch {
+		case err != nil:
+			return fmt.Errorf("lab: %w", err)
+		case d == nil && file != "":
+			return fmt.Errorf("lab: unexpected disk file %q", file)
+		case d == nil:
 			continue
-		}
-		var p object.DatastorePath
-		if !p.FromString(b.FileName) || p.Datastore != Datastore {
-			return fmt.Errorf("lab: unexpected disk file %q", b.FileName)
-		}
-		flat := filepath.Join(l.dsDir, filepath.FromSlash(strings.TrimSuffix(p.Path, ".vmdk")+"-flat.vmdk"))
-		d := &diskTrack{key: vd.Key, fileName: b.FileName, flat: flat, capacity: uint64(vd.CapacityInBytes)}
-		if d.capacity == 0 {
-			d.capacity = uint64(vd.CapacityInKB) * 1024
 		}
 		i := int(vd.Key - firstDisk)
 		if i < 0 || i >= len(spec.Disks) {
 			return fmt.Errorf("lab: VM %s: unexpected disk key %d", spec.Name, vd.Key)
 		}
-		if err := os.Truncate(flat, int64(d.capacity)); err != nil {
-			return fmt.Errorf("lab: sizing %s: %w", flat, err)
+		if err := os.Truncate(d.flat, int64(d.capacity)); err != nil {
+			return fmt.Errorf("lab: sizing %s: %w", d.flat, err)
 		}
-		if err := fillInitialData(flat, d.capacity, spec.Disks[i].Data, spec.Disks[i].Seed); err != nil {
-			return fmt.Errorf("lab: writing the initial data of %s: %w", flat, err)
+		if err := fillInitialData(d.flat, d.capacity, spec.Disks[i].Data, spec.Disks[i].Seed); err != nil {
+			return fmt.Errorf("lab: writing the initial data of %s: %w", d.flat, err)
 		}
 		v.disks = append(v.disks, d)
 	}
