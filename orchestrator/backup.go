@@ -275,7 +275,11 @@ func (j *backupJob) plan(ctx context.Context, pending *repo.Pending, prev *repo.
 			}
 		}
 		if !p.full {
-			if err := j.queryChanges(ctx, snap, p); err != nil {
+			align := uint64(0)
+			if j.repo.Qemu().CanWriteImage(d.Capacity) {
+				align = qemu.ImageWriterCluster // it writes whole clusters
+			}
+			if err := j.queryChanges(ctx, snap, p, align); err != nil {
 				if !j.cbtFault(ctx, err) {
 					return nil, fmt.Errorf("disk %d (%s): querying changed blocks since %s: %w", d.Key, d.Label, p.base, err)
 				}
@@ -300,7 +304,8 @@ func (j *backupJob) plan(ctx context.Context, pending *repo.Pending, prev *repo.
 }
 
 // backupDisk creates disk p's qcow2 image (an incremental on top of the
-// disk's previous image), serves it with qemu-nbd, copies into it and
+// disk's previous image), serves it with qemu-nbd (or, encrypted in a
+// local repository, writes it in this process), copies into it and
 // closes it. A full goes into a fresh image that reads as zeroes, so
 // nothing is written for zero extents, and records the disk digest
 // (docs/repository.md); both record a SHA-256 per chunk for the manifest.
@@ -314,34 +319,50 @@ func (j *backupJob) backupDisk(ctx context.Context, pending *repo.Pending, prev 
 	}
 	image := pending.ImagePath(d.Key)
 	tools := j.repo.Qemu() // where the repository is
-	if err := ph.time(StepImageCreate, func() error { return tools.CreateImage(ctx, image, d.Capacity, backing) }); err != nil {
-		return nil, DiskReport{}, err
-	}
-	sopts := qemu.ServeOptions{Backing: pending.Backing(d.Key)} // the checked chain, not the header's names
-	if j.repo.Local() {
-		sopts.SocketDir = j.tmp
-	}
-	t := time.Now()
-	dst, err := tools.ServeNBD(ctx, image, sopts)
-	if err != nil {
-		return nil, DiskReport{}, err
-	}
-	defer dst.Close()
-	ph.since(StepServerStart, t)
 	opts := j.copyOptions(p)
 	opts.DestinationIsZero = p.full
 	opts.Digest = p.full
 	opts.HashChunks = true
 	opts.DigestHash = j.repo.DigestHash() // HMAC-SHA-256 in an encrypted repository
-	var reconnect Reconnector
-	if !j.repo.Local() {
-		reconnect = serverReconnector(dst) // a lost tunnel is resumed
+	var copyFrom func(srcURI string) (*copier.Result, error)
+	var closeImage func() error
+	if tools.CanWriteImage(d.Capacity) {
+		// An encrypted image of a local repository: written and encrypted
+		// in this process (qemu.ImageWriter), whole clusters (plan).
+		var w *qemu.ImageWriter
+		if err := ph.time(StepImageCreate, func() (err error) { w, err = tools.NewImageWriter(image, d.Capacity, backing); return err }); err != nil {
+			return nil, DiskReport{}, err
+		}
+		defer w.Abort()
+		copyFrom = func(src string) (*copier.Result, error) { return copyInto(ctx, src, w, opts) }
+		closeImage = w.Close
+	} else {
+		if err := ph.time(StepImageCreate, func() error { return tools.CreateImage(ctx, image, d.Capacity, backing) }); err != nil {
+			return nil, DiskReport{}, err
+		}
+		sopts := qemu.ServeOptions{Backing: pending.Backing(d.Key)} // the checked chain, not the header's names
+		if j.repo.Local() {
+			sopts.SocketDir = j.tmp
+		}
+		t := time.Now()
+		dst, err := tools.ServeNBD(ctx, image, sopts)
+		if err != nil {
+			return nil, DiskReport{}, err
+		}
+		defer dst.Close()
+		ph.since(StepServerStart, t)
+		var reconnect Reconnector
+		if !j.repo.Local() {
+			reconnect = serverReconnector(dst) // a lost tunnel is resumed
+		}
+		copyFrom = func(src string) (*copier.Result, error) { return j.copyResumable(ctx, src, dst.URI(), opts, reconnect) }
+		closeImage = dst.Close
 	}
-	res, err := j.copyDisk(ctx, snap, p, dst.URI(), opts, reconnect, ph)
+	res, err := j.copyDisk(ctx, snap, p, ph, copyFrom)
 	if err != nil {
 		return nil, DiskReport{}, err
 	}
-	if err := ph.time(StepImageClose, dst.Close); err != nil {
+	if err := ph.time(StepImageClose, closeImage); err != nil {
 		return nil, DiskReport{}, fmt.Errorf("closing the image %s: %w", image, err)
 	}
 	seconds := time.Since(start).Seconds()

@@ -49,17 +49,23 @@ func decide(d cbt.Disk, prev *cbt.DiskState) *diskPlan {
 }
 
 // queryChanges asks vSphere what changed on p's disk since p.base and
-// writes the areas into a changed-areas= file for the plugin.
-func (j *vmJob) queryChanges(ctx context.Context, snap string, p *diskPlan) error {
+// writes the areas into a changed-areas= file for the plugin. With align
+// (a power of two) the areas are widened to multiples of it: a
+// destination that writes whole clusters only (qemu.ImageWriter) gets
+// them whole, from the snapshot, which holds the unchanged rest too.
+func (j *vmJob) queryChanges(ctx context.Context, snap string, p *diskPlan, align uint64) error {
 	areas, err := j.s.Client.ChangedAreas(ctx, j.vm, snap, p.disk.Key, p.base)
 	if err != nil {
 		return err
 	}
 	p.areas = areas.List
+	if align > 1 {
+		p.areas = extent.RoundOut(p.areas, align, p.disk.Capacity)
+	}
 	p.areaFile = filepath.Join(j.tmp, fmt.Sprintf("disk%d.areas", p.disk.Key))
 	var b strings.Builder
 	b.WriteString("# changed areas: OFFSET LENGTH (bytes)\n")
-	for _, a := range areas.List {
+	for _, a := range p.areas {
 		fmt.Fprintf(&b, "%d %d\n", a.Offset, a.Length)
 	}
 	return os.WriteFile(p.areaFile, []byte(b.String()), 0o600)
@@ -141,10 +147,10 @@ func (j *vmJob) copyOptions(p *diskPlan) copier.Options {
 }
 
 // copyDisk serves disk p of the snapshot with nbdkit and our plugin and
-// copies it to the NBD destination dstURI, which the copy flushes. With
-// reconnect, a lost destination connection is resumed (copyResumable).
-// The phases are recorded in ph.
-func (j *vmJob) copyDisk(ctx context.Context, snap string, p *diskPlan, dstURI string, opts copier.Options, reconnect Reconnector, ph *phaseLog) (*copier.Result, error) {
+// copies it with copyFrom, given the source's NBD URI: to an NBD
+// destination (copyResumable) or a writer in this process (copyInto),
+// which the copy flushes. The phases are recorded in ph.
+func (j *vmJob) copyDisk(ctx context.Context, snap string, p *diskPlan, ph *phaseLog, copyFrom func(srcURI string) (*copier.Result, error)) (*copier.Result, error) {
 	start := time.Now()
 	src, err := StartNBDKit(ctx, j.pluginSource(snap, p), j.tmp, fmt.Sprintf("disk%d", p.disk.Key))
 	if err != nil {
@@ -156,7 +162,7 @@ func (j *vmJob) copyDisk(ctx context.Context, snap string, p *diskPlan, dstURI s
 		src.Stop()
 		ph.since(StepPluginStop, start)
 	}()
-	res, err := j.copyResumable(ctx, src.URI(), dstURI, opts, reconnect)
+	res, err := copyFrom(src.URI())
 	if res != nil {
 		ph.copier(res.Timing)
 	}
@@ -176,16 +182,29 @@ func (j *vmJob) copyDisk(ctx context.Context, snap string, p *diskPlan, dstURI s
 // Timing.Connect includes opening both.
 func copyURIs(ctx context.Context, srcURI, dstURI string, opts copier.Options) (*copier.Result, error) {
 	start := time.Now()
-	src, err := copier.OpenNBD(srcURI)
-	if err != nil {
-		return nil, fmt.Errorf("source: %w", err)
-	}
-	defer src.Close()
 	dst, err := copier.OpenNBD(dstURI)
 	if err != nil {
 		return nil, fmt.Errorf("destination: %w", err)
 	}
 	defer dst.Close()
+	open := time.Since(start).Seconds()
+	res, err := copyInto(ctx, srcURI, dst, opts)
+	if res != nil {
+		res.Timing.Connect += open
+	}
+	return res, err
+}
+
+// copyInto copies the NBD export srcURI to dst, a destination in this
+// process, which the caller closes; the result's Timing.Connect includes
+// opening the source.
+func copyInto(ctx context.Context, srcURI string, dst copier.Destination, opts copier.Options) (*copier.Result, error) {
+	start := time.Now()
+	src, err := copier.OpenNBD(srcURI)
+	if err != nil {
+		return nil, fmt.Errorf("source: %w", err)
+	}
+	defer src.Close()
 	open := time.Since(start).Seconds()
 	res, err := copier.Copy(ctx, src, dst, opts)
 	if res != nil {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/sendense/capture/cbt"
+	"github.com/sendense/capture/internal/copier"
 )
 
 // ReplicateOptions select what a replication does.
@@ -232,7 +233,7 @@ func (j *replicateJob) plan(ctx context.Context, state *ReplicationState, snap s
 			p.full, p.reason = true, prev.ForceFull
 		}
 		if !p.full {
-			if err := j.queryChanges(ctx, snap, p); err != nil {
+			if err := j.queryChanges(ctx, snap, p, 0); err != nil {
 				if !j.cbtFault(ctx, err) {
 					return nil, fmt.Errorf("disk %d (%s): querying changed blocks since %s: %w", d.Key, d.Label, p.base, err)
 				}
@@ -286,7 +287,9 @@ func (j *replicateJob) replicateDisk(ctx context.Context, snap string, p *diskPl
 	}
 	opts := j.copyOptions(p)
 	opts.AllowLargerDestination = j.opt.AllowLargerTarget
-	res, err := j.copyDisk(ctx, snap, p, dstURI, opts, reconnect, ph)
+	res, err := j.copyDisk(ctx, snap, p, ph, func(src string) (*copier.Result, error) {
+		return j.copyResumable(ctx, src, dstURI, opts, reconnect)
+	})
 	if err != nil {
 		return DiskReport{}, fmt.Errorf("to %s: %w", target, err)
 	}

@@ -33,9 +33,16 @@ type backupLab struct {
 
 func startBackupLab(t *testing.T, vms []lab.VMSpec) *backupLab {
 	t.Helper()
+	return startBackupLabWith(t, lab.Options{VMs: vms})
+}
+
+// startBackupLabWith is startBackupLab with more of the lab's options.
+func startBackupLabWith(t *testing.T, opts lab.Options) *backupLab {
+	t.Helper()
 	ctx := context.Background()
 	dir := t.TempDir()
-	l, err := lab.Start(ctx, lab.Options{Dir: filepath.Join(dir, "lab"), VMs: vms})
+	opts.Dir = filepath.Join(dir, "lab")
+	l, err := lab.Start(ctx, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -46,6 +46,15 @@ type Zeroer interface {
 	Zero(off, length uint64) error
 }
 
+// Concurrent is implemented by destinations whose WriteAt and Zero may
+// run on several goroutines at once (for requests that do not overlap)
+// and spend CPU (an image writer that encrypts): the engine runs each
+// request on a goroutine of its own rather than on its event loop, which
+// meanwhile reads and hashes.
+type Concurrent interface {
+	Concurrent() bool
+}
+
 // ReadOnlier reports a destination that refuses writes.
 type ReadOnlier interface {
 	ReadOnly() bool

@@ -290,6 +290,13 @@ func run(ctx context.Context, srcs []Source, dsts []Destination, size uint64, wo
 		}()
 	}
 	wg.Wait()
+	for _, w := range workers {
+		for _, l := range w.lanes {
+			if g, ok := l.dst.(*goConn); ok {
+				g.close()
+			}
+		}
+	}
 	if err := ctx.Err(); err != nil {
 		e.fail(err)
 	}

@@ -459,3 +459,61 @@ func TestSequencerHoldsBuffers(t *testing.T) {
 		t.Fatal("a piece was released twice")
 	}
 }
+
+// concurrentDest is a memDest whose requests run off the event loop
+// (Concurrent); it counts the requests running at once.
+type concurrentDest struct {
+	*memDest
+	mu         sync.Mutex
+	running    int
+	maxRunning int
+}
+
+func (d *concurrentDest) Concurrent() bool { return true }
+
+func (d *concurrentDest) track(req func() error) error {
+	d.mu.Lock()
+	d.running++
+	d.maxRunning = max(d.maxRunning, d.running)
+	d.mu.Unlock()
+	time.Sleep(time.Millisecond) // as if encrypting
+	err := req()
+	d.mu.Lock()
+	d.running--
+	d.mu.Unlock()
+	return err
+}
+
+func (d *concurrentDest) WriteAt(p []byte, off uint64) error {
+	return d.track(func() error { return d.memDest.WriteAt(p, off) })
+}
+
+func (d *concurrentDest) Zero(off, n uint64) error {
+	return d.track(func() error { return d.memDest.Zero(off, n) })
+}
+
+// TestCopyConcurrentDestination: a Concurrent destination gets several
+// requests at once, the copy is whole and its hashes right, and a failed
+// request fails the copy.
+func TestCopyConcurrentDestination(t *testing.T) {
+	src := image(5, 512*K, 0, -1, 64*K, 0, 0, 256*K, 1, 3)
+	dst := &concurrentDest{memDest: newMemDest(len(src.data), 0xaa)}
+	res, err := Copy(context.Background(), src, dst, Options{RequestSize: 16 * K, Requests: 8, Checksum: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(dst.data, src.data) || res.SHA256 != sum(src.data) {
+		t.Fatal("destination differs from the source")
+	}
+	if dst.maxRunning < 2 {
+		t.Fatalf("at most %d request ran at once; want several", dst.maxRunning)
+	}
+	if dst.flushes != 1 {
+		t.Fatalf("%d flushes, want 1", dst.flushes)
+	}
+	bad := &concurrentDest{memDest: newMemDest(len(src.data), 0)}
+	bad.writeErr, bad.writeErrAt = errors.New("disk full"), 300*K
+	if _, err := Copy(context.Background(), src, bad, Options{RequestSize: 16 * K, Requests: 8}); err == nil || !strings.Contains(err.Error(), "disk full") {
+		t.Fatalf("a failed write: %v", err)
+	}
+}

@@ -103,7 +103,12 @@ func newLane(e *engine, src Source, dst Destination) *lane {
 	}
 	if a, ok := dst.(Async); ok {
 		l.dst = a
-	} else {
+	} else if c, ok := dst.(Concurrent); ok && c.Concurrent() {
+		if g, err := newGoConn(dst); err == nil {
+			l.dst = g
+		}
+	}
+	if l.dst == nil {
 		l.dst = newSyncConn(nil, dst)
 	}
 	if x, ok := src.(Extenter); ok && x.CanExtents() {

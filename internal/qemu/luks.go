@@ -67,14 +67,14 @@ var luksHeaderLen = luksAlign + luksSlots*luksSlotArea
 // luksHeader returns a new LUKS1 header unlocked by secret: its first
 // luksAlign bytes (the header proper) and the key material of slot 0,
 // which goes at offset luksAlign of the header.
-func luksHeader(secret []byte) (hdr, material []byte, err error) {
-	volumeKey := make([]byte, luksKeyBytes)
+func luksHeader(secret []byte) (hdr, material, volumeKey []byte, err error) {
+	volumeKey = make([]byte, luksKeyBytes)
 	digestSalt := make([]byte, luksSaltLen)
 	slotSalt := make([]byte, luksSaltLen)
 	uuid := make([]byte, 16)
 	for _, b := range [][]byte{volumeKey, digestSalt, slotSalt, uuid} {
 		if _, err := rand.Read(b); err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 	}
 	uuid[6] = uuid[6]&0x0f | 0x40 // version 4
@@ -109,17 +109,17 @@ func luksHeader(secret []byte) (hdr, material []byte, err error) {
 	// (aes-xts-plain64, 512-byte sectors numbered from 0).
 	material = make([]byte, alignUp(luksKeyBytes*luksStripes, luksSector))
 	if err := afSplit(volumeKey, material[:luksKeyBytes*luksStripes]); err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	c, err := xts.NewCipher(aes.NewCipher, pbkdf2.Key(secret, slotSalt, luksIterations, luksKeyBytes, sha256.New))
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	for s := 0; s*luksSector < len(material); s++ {
 		sec := material[s*luksSector : (s+1)*luksSector]
 		c.Encrypt(sec, sec, uint64(s))
 	}
-	return hdr, material, nil
+	return hdr, material, volumeKey, nil
 }
 
 // afSplit fills out (len(key) × stripes bytes) with the anti-forensic
@@ -213,29 +213,38 @@ func (t *Tools) createLUKS(path string, size uint64, backing string, secret []by
 	if !ok {
 		return errors.New("the runner cannot create files")
 	}
-	fileSize, parts, err := luksImage(size, backing, secret)
+	l, err := luksImage(size, backing, secret)
 	if err != nil {
 		return err
 	}
-	return fc.CreateFile(path, fileSize, parts)
+	return fc.CreateFile(path, l.fileSize, l.parts)
+}
+
+// luksLayout is a new encrypted qcow2 image: the file's size and what
+// is not zero in it, and what ImageWriter needs to fill it.
+type luksLayout struct {
+	fileSize  int64
+	parts     []FilePart
+	volumeKey []byte // the LUKS volume (master) key: AES-256-XTS
+	l1Offset  uint64
+	l1Size    uint64 // entries
 }
 
 // luksImage lays out an encrypted qcow2 image of size bytes, unlocked by
-// secret, an overlay of backing when backing is not "": the file's size
-// and what is not zero in it. In 64 KiB clusters: the header (with the
-// backing file format, the encryption header pointer and the backing
-// file name), the refcount table, its one refcount block, the (empty) L1
-// table, the LUKS header.
-func luksImage(size uint64, backing string, secret []byte) (fileSize int64, parts []FilePart, err error) {
+// secret, an overlay of backing when backing is not "". In 64 KiB
+// clusters: the header (with the backing file format, the encryption
+// header pointer and the backing file name), the refcount table, its one
+// refcount block, the (empty) L1 table, the LUKS header.
+func luksImage(size uint64, backing string, secret []byte) (*luksLayout, error) {
 	if size == 0 || size%luksSector != 0 || size > qcowMaxSize || len(backing) > qcowMaxBacking {
-		return 0, nil, errLUKSLayout
+		return nil, errLUKSLayout
 	}
 	l1Size := (size + qcowCluster*qcowL2Entries - 1) / (qcowCluster * qcowL2Entries)
 	l1Clusters := alignUp(l1Size*8, qcowCluster) / qcowCluster
 	cryptoClusters := alignUp(luksHeaderLen, qcowCluster) / qcowCluster
 	clusters := 3 + l1Clusters + cryptoClusters
 	if clusters > qcowCluster/2 { // one refcount block of 16-bit counts
-		return 0, nil, errLUKSLayout
+		return nil, errLUKSLayout
 	}
 	l1Offset := uint64(3 * qcowCluster)
 	cryptoOffset := (3 + l1Clusters) * qcowCluster
@@ -281,15 +290,21 @@ func luksImage(size uint64, backing string, secret []byte) (fileSize int64, part
 		be.PutUint16(refblock[2*i:], 1)
 	}
 
-	hdr, material, err := luksHeader(secret)
+	hdr, material, volumeKey, err := luksHeader(secret)
 	if err != nil {
-		return 0, nil, err
+		return nil, err
 	}
-	return int64(clusters * qcowCluster), []FilePart{
-		{0, head},
-		{qcowCluster, reftable},
-		{2 * qcowCluster, refblock},
-		{int64(cryptoOffset), hdr},
-		{int64(cryptoOffset + luksAlign), material},
+	return &luksLayout{
+		fileSize: int64(clusters * qcowCluster),
+		parts: []FilePart{
+			{0, head},
+			{qcowCluster, reftable},
+			{2 * qcowCluster, refblock},
+			{int64(cryptoOffset), hdr},
+			{int64(cryptoOffset + luksAlign), material},
+		},
+		volumeKey: volumeKey,
+		l1Offset:  l1Offset,
+		l1Size:    l1Size,
 	}, nil
 }
