@@ -32,9 +32,9 @@ SYSTEMDUNITDIR ?= $(PREFIX)/lib/systemd/system
 DEB_ARCH       := $(shell dpkg --print-architecture 2>/dev/null)
 DEB            := $(BUILD)/sendense_$(VERSION)_$(DEB_ARCH).deb
 
-# Debian packages: build tools, the nbdkit/libnbd headers we bind, and every
+# Debian packages: build tools, the nbdkit/libnbd/libcrypto headers we bind, and every
 # peer the tests run for real.
-DEB_PACKAGES := gcc make pkg-config nbdkit nbdkit-plugin-dev libnbd-bin libnbd-dev \
+DEB_PACKAGES := gcc make pkg-config nbdkit nbdkit-plugin-dev libnbd-bin libnbd-dev libssl-dev \
                 python3-libnbd qemu-utils openssh-server openssh-client bc time \
                 expect e2fsprogs fdisk systemd util-linux groff-base curl \
                 qemu-system-common libguestfs-tools linux-image-cloud-$(DEB_ARCH)

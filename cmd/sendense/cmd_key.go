@@ -39,6 +39,9 @@ func applyRepositorySecrets(c *config.Config) {
 	rc := c.Repository
 	repo.Passphrase = func(string) ([]byte, error) { return rc.Passphrase(os.Getenv) }
 	repo.EncryptNew = rc.Encryption == repo.EncryptionAES256
+	if rc.KeyCache != nil {
+		repo.KeyCache = rc.KeyCache.Duration
+	}
 }
 
 // installPassphrase makes encrypted repositories opened by cmd read

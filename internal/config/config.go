@@ -106,6 +106,10 @@ type Repository struct {
 	// credential holding it.
 	PasswordFile       string `toml:"password_file"`
 	PasswordCredential string `toml:"password_credential"`
+	// KeyCache is how long the key that the passphrase derives stays in
+	// the user's kernel keyring (nil: the default, 5m; "0s": never
+	// cached).
+	KeyCache *Duration `toml:"key_cache"`
 }
 
 // Tunnel configures the SSH tunnel to the control plane.
@@ -391,6 +395,9 @@ func (c *Config) Check() error {
 	}
 	if c.Repository.PasswordFile != "" && c.Repository.PasswordCredential != "" {
 		return fmt.Errorf("%s: [repository] password_file and password_credential are mutually exclusive", where)
+	}
+	if k := c.Repository.KeyCache; k != nil && (k.Duration < 0 || k.Duration > 0 && k.Duration < time.Second) {
+		return fmt.Errorf("%s: [repository] key_cache must be \"0s\" (no cache) or at least \"1s\", not %q", where, k.Duration)
 	}
 	if e := c.Repository.Encryption; e != "" && e != "aes-256" {
 		return fmt.Errorf("%s: [repository] encryption must be \"aes-256\" or empty (none), not %q", where, e)

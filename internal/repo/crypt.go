@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"path/filepath"
 	"strings"
 	"time"
@@ -19,6 +20,7 @@ import (
 	"golang.org/x/crypto/scrypt"
 
 	"github.com/sendense/capture/internal/diskdigest"
+	"github.com/sendense/capture/internal/keyring"
 )
 
 // Encryption at rest (docs/repository.md, "Encryption"). An encrypted
@@ -89,6 +91,15 @@ var ErrWrongPassphrase = errors.New("wrong passphrase: it opens none of the repo
 // configuration, a systemd credential); nil: encrypted repositories
 // cannot be opened.
 var Passphrase func(location string) ([]byte, error)
+
+// KeyCache is how long the key that opened a key slot (scrypt's output
+// for the passphrase) stays in the user's kernel keyring
+// (internal/keyring), so that the commands run meanwhile skip scrypt;
+// 0: not cached. The program sets it ([repository] key_cache).
+var KeyCache = DefaultKeyCache
+
+// DefaultKeyCache is KeyCache's default.
+const DefaultKeyCache = 5 * time.Minute
 
 // EncryptNew makes the repositories OpenOrInit creates encrypted
 // ([repository] encryption = "aes-256").
@@ -162,6 +173,7 @@ func newSlot(master, passphrase []byte) (KeySlot, error) {
 	g := newGCM(kek)
 	nonce := randomBytes(g.NonceSize())
 	s.Sealed = g.Seal(nonce, nonce, master, slotAD(s.ID))
+	s.cache(passphrase, kek)
 	return s, nil
 }
 
@@ -174,10 +186,38 @@ func (s KeySlot) open(passphrase []byte) ([]byte, error) {
 		// Bounds: a crafted slot must not make sendense spend gigabytes.
 		return nil, fmt.Errorf("key slot %s: scrypt parameters N=%d r=%d p=%d (salt %d bytes) are out of bounds", s.ID, s.N, s.R, s.P, len(s.Salt))
 	}
+	if KeyCache > 0 {
+		cache := s.cacheName(passphrase)
+		if kek, ok := keyring.Get(cache); ok {
+			if master, err := s.unseal(kek); err == nil {
+				return master, nil
+			}
+			keyring.Forget(cache)
+		}
+	}
 	kek, err := scrypt.Key(passphrase, s.Salt, s.N, s.R, s.P, 32)
 	if err != nil {
 		return nil, fmt.Errorf("key slot %s: %w", s.ID, err)
 	}
+	master, err := s.unseal(kek)
+	if err == nil {
+		s.cache(passphrase, kek)
+	}
+	return master, err
+}
+
+// cache keeps kek, which opens s, for KeyCache.
+func (s KeySlot) cache(passphrase, kek []byte) {
+	if KeyCache <= 0 {
+		return
+	}
+	if err := keyring.Put(s.cacheName(passphrase), kek, KeyCache); err != nil {
+		slog.Debug("the key slot's key is not cached", "slot", s.ID, "err", err)
+	}
+}
+
+// unseal opens the slot's master key with kek.
+func (s KeySlot) unseal(kek []byte) ([]byte, error) {
 	g := newGCM(kek)
 	if len(s.Sealed) < g.NonceSize() {
 		return nil, fmt.Errorf("key slot %s is truncated", s.ID)
@@ -187,6 +227,17 @@ func (s KeySlot) open(passphrase []byte) ([]byte, error) {
 		return nil, ErrWrongPassphrase
 	}
 	return master, nil
+}
+
+// cacheName is the name under which the key that opens s for passphrase
+// is cached: a hash of both, so that another passphrase, or the slot
+// after 'key passwd', finds nothing.
+func (s KeySlot) cacheName(passphrase []byte) string {
+	h := sha256.New()
+	fmt.Fprintf(h, "sendense key slot %s scrypt %d %d %d %d:", s.ID, s.N, s.R, s.P, len(s.Salt))
+	h.Write(s.Salt)
+	h.Write(passphrase)
+	return "sendense:" + hex.EncodeToString(h.Sum(nil))
 }
 
 // checkEncryption validates what sendense-repository.json says.
