@@ -4,12 +4,18 @@
 # repository (AES-256: LUKS images, sealed manifests, HMAC digests), in
 # one run: each round backs up into both, the order alternating, and the
 # ratios are of the medians. Goal: encrypted / plain <= 1.15 for both.
+# KEY_CACHE=0s measures without the key cache ([repository] key_cache):
+# every encrypted backup then pays scrypt.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 runs=${RUNS:-3}
 size=$((8 << 30))
 start_lab --snapshot-links --vm bench:8G+2G
 printf 'bench passphrase\n' > $benchdir/pass
+if [ -n "${KEY_CACHE:-}" ]; then
+    printf '[repository]\nkey_cache = "%s"\n' "$KEY_CACHE" > $benchdir/sendense.toml
+    export SENDENSE_CONFIG=$benchdir/sendense.toml
+fi
 chmod 600 $benchdir/pass
 
 # backup REPO ENCRYPTED: prints the wall seconds of one backup of the

@@ -259,8 +259,30 @@ func (w *ImageWriter) plan(p []byte, off, n uint64) ([]pwrite, error) {
 			writes = append(writes, pwrite{w.place(entry), pc.data})
 		}
 	}
+	// A full backup skips zero extents: clusters with data and zeroes
+	// stay partial until Close. Past maxPartial of them, some are
+	// written as they are (their rest reads as zeroes without backing),
+	// under the lock, so that a later piece reads them back
+	// (readCluster) only once written. An overlay's clusters come whole.
+	if !w.backing && len(w.partial) > maxPartial {
+		var evicted []pwrite
+		for c, pc := range w.partial {
+			if len(w.partial) <= maxPartial/2 {
+				break
+			}
+			delete(w.partial, c)
+			evicted = append(evicted, pwrite{w.place(w.entry(c)), pc.data})
+		}
+		if err := w.store(evicted); err != nil {
+			return nil, err
+		}
+	}
 	return writes, nil
 }
+
+// maxPartial bounds the clusters held in memory (64 KiB each) while
+// they are written in pieces.
+var maxPartial = 1024
 
 // complete reports whether every sector of the cluster (its data's
 // length) was written.

@@ -124,6 +124,27 @@ func TestImageWriter(t *testing.T) {
 		t.Fatalf("closing an overlay with a partial cluster: %v", err)
 	}
 
+	// Many clusters in pieces: past maxPartial some are written early,
+	// and their later pieces merge with what was written.
+	defer func(n int) { maxPartial = n }(maxPartial)
+	maxPartial = 2
+	pieces := filepath.Join(dir, "pieces.qcow2")
+	sec[pieces] = sec[base]
+	pw, err := tools.NewImageWriter(pieces, size, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want = make([]byte, size)
+	for half := range 2 {
+		for c := range 10 {
+			piece(pw, c*3*65536+half*32768, 4096)
+		}
+	}
+	if err := pw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	readBack(t, sec, pieces, "", want)
+
 	// Not for images without a secret or on another machine.
 	plain := &Tools{Runner: LocalRunner{}}
 	if _, err := plain.NewImageWriter(filepath.Join(dir, "p.qcow2"), size, ""); !errors.Is(err, ErrWriterUnsupported) {
