@@ -174,7 +174,8 @@ variable, [repository] password_file or password_credential); a new one
 from --new-password-file. Passphrases are never read from the command
 line. The key a passphrase derives is cached in the user's kernel keyring
 for [repository] key_cache (5 minutes; "0s": never): 'keyctl show @u'
-lists it, 'keyctl clear @u' empties the user keyring. See docs/repository.md, "Encryption".`
+lists it, 'keyctl clear @u' empties the user keyring. See
+docs/repository.md, "Encryption".`
 
 func newKeyCommand() *cobra.Command {
 	cmd := &cobra.Command{
