@@ -18,9 +18,24 @@ type File interface {
 	io.ReaderAt
 }
 
+// CryptLUKS is the crypt method of images encrypted with LUKS.
+const CryptLUKS = 2
+
+// Decrypter decrypts what was read from an encrypted image's data
+// clusters: whole 512-byte sectors, read at offset host of the file (in
+// qcow2's LUKS encryption a sector's tweak is its offset in the file).
+type Decrypter interface {
+	Decrypt(p []byte, host uint64) error
+}
+
+// maxCryptoHeader bounds the encryption header read for Unlock (a LUKS1
+// header with eight slots of 4000 stripes of a 64-byte key is 2 MiB).
+const maxCryptoHeader = 16 << 20
+
 // Image is one qcow2 image opened for reading its own clusters.
 type Image struct {
 	f    File
+	dec  Decrypter // encrypted images
 	hdr  *Header
 	l1   []uint64
 	bits uint32
@@ -29,8 +44,15 @@ type Image struct {
 	l2s map[uint64][]uint64 // L2 tables by offset
 }
 
-// Open reads the header and the L1 table of the image f.
-func Open(f File) (*Image, error) {
+// Open reads the header and the L1 table of the image f, which must not
+// be encrypted.
+func Open(f File) (*Image, error) { return OpenEncrypted(f, nil) }
+
+// OpenEncrypted is Open for an image that may be encrypted with LUKS:
+// unlock gets the encryption header (the bytes the header extension
+// points at) and returns what decrypts the image's clusters. A nil
+// unlock refuses encrypted images (ErrUnsupported).
+func OpenEncrypted(f File, unlock func(header []byte) (Decrypter, error)) (*Image, error) {
 	hdr, err := ReadHeader(func(off int64, n int) ([]byte, error) {
 		b := make([]byte, n)
 		k, err := f.ReadAt(b, off)
@@ -45,12 +67,24 @@ func Open(f File) (*Image, error) {
 	switch {
 	case hdr.IncompatibleFeatures&^(IncompatDirty|IncompatCorrupt) != 0:
 		return nil, fmt.Errorf("%w (incompatible features %#x)", ErrUnsupported, hdr.IncompatibleFeatures)
-	case hdr.CryptMethod != 0:
+	case hdr.CryptMethod != 0 && (unlock == nil || hdr.CryptMethod != CryptLUKS):
 		return nil, fmt.Errorf("%w (encryption)", ErrUnsupported)
 	case hdr.ExternalData():
 		return nil, fmt.Errorf("%w (an external data file)", ErrUnsupported)
 	}
 	im := &Image{f: f, hdr: hdr, bits: hdr.ClusterBits, l2s: map[uint64][]uint64{}}
+	if hdr.CryptMethod == CryptLUKS {
+		if hdr.CryptoLength == 0 || hdr.CryptoLength > maxCryptoHeader {
+			return nil, fmt.Errorf("qcow2 encryption header of %d bytes", hdr.CryptoLength)
+		}
+		b := make([]byte, hdr.CryptoLength)
+		if n, err := f.ReadAt(b, int64(hdr.CryptoOffset)); n < len(b) {
+			return nil, fmt.Errorf("reading the qcow2 encryption header: %d of %d bytes: %v", n, len(b), err)
+		}
+		if im.dec, err = unlock(b); err != nil {
+			return nil, err
+		}
+	}
 	clusters := (hdr.Size + im.clusterSize() - 1) >> im.bits
 	need := (clusters + im.l2Entries() - 1) / im.l2Entries()
 	if uint64(hdr.L1Size) < need || hdr.L1Size > 32<<20 {
@@ -65,6 +99,27 @@ func Open(f File) (*Image, error) {
 		im.l1[i] = binary.BigEndian.Uint64(b[8*i:])
 	}
 	return im, nil
+}
+
+// readDecrypted reads len(p) bytes at host and decrypts them: the
+// sectors around them when they are not whole sectors.
+func (im *Image) readDecrypted(p []byte, host uint64) error {
+	const sector = 512
+	start, end := host&^(sector-1), (host+uint64(len(p))+sector-1)&^(sector-1)
+	b := p
+	if start != host || end != host+uint64(len(p)) {
+		b = make([]byte, end-start)
+	}
+	if err := readFull(im.f, b, start); err != nil {
+		return err
+	}
+	if err := im.dec.Decrypt(b, start); err != nil {
+		return err
+	}
+	if &b[0] != &p[0] {
+		copy(p, b[host-start:])
+	}
+	return nil
 }
 
 // readFull reads len(b) bytes at off; beyond the end of the file it reads
@@ -226,10 +281,12 @@ func (c Chain) ReadAt(p []byte, off uint64) error {
 		if run.i < 0 || len(run.p) == 0 {
 			return nil
 		}
-		n, err := c[run.i].f.ReadAt(run.p, int64(run.host))
-		if errors.Is(err, io.EOF) {
-			clear(run.p[n:])
-			err = nil
+		im := c[run.i]
+		var err error
+		if im.dec != nil {
+			err = im.readDecrypted(run.p, run.host)
+		} else {
+			err = readFull(im.f, run.p, run.host)
 		}
 		run.i, run.p = -1, nil
 		return err

@@ -26,6 +26,7 @@ const (
 	extEnd           = 0x00000000
 	extBackingFormat = 0xe2792aca
 	extDataFile      = 0x44415441
+	extCrypto        = 0x0537be77 // full disk encryption header pointer
 
 	// HeaderReadSize is what ReadHeader reads first; more only when the
 	// header says its parts lie beyond (clusters larger than 64 KiB).
@@ -47,8 +48,11 @@ type Header struct {
 	// DataFile is the name of the external data file ("" for none).
 	DataFile             string
 	IncompatibleFeatures uint64
-	L1Size               uint32 // L1 table entries
-	L1TableOffset        uint64
+	// CryptoOffset and CryptoLength locate the encryption header (LUKS)
+	// in the file, when the header extension says (0, 0 otherwise).
+	CryptoOffset, CryptoLength uint64
+	L1Size                     uint32 // L1 table entries
+	L1TableOffset              uint64
 }
 
 // ClusterSize is 1 << ClusterBits.
@@ -160,6 +164,11 @@ func parseHeader(b []byte) (h *Header, need int, err error) {
 			if h.DataFile == "" {
 				h.DataFile = "(empty name)"
 			}
+		case extCrypto:
+			if n != 16 {
+				return nil, 0, fmt.Errorf("qcow2 encryption header extension of %d bytes, not 16", n)
+			}
+			h.CryptoOffset, h.CryptoLength = be.Uint64(b[data:]), be.Uint64(b[data+8:])
 		}
 		off = data + (n+7)&^7
 	}

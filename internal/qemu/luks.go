@@ -1,16 +1,18 @@
 package qemu
 
 import (
-	"crypto/aes"
+	"bytes"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/subtle"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
 
 	"golang.org/x/crypto/pbkdf2"
-	"golang.org/x/crypto/xts"
+
+	"github.com/sendense/capture/internal/xts"
 )
 
 // Encrypted images are created here, in Go, rather than by qemu-img
@@ -111,13 +113,12 @@ func luksHeader(secret []byte) (hdr, material, volumeKey []byte, err error) {
 	if err := afSplit(volumeKey, material[:luksKeyBytes*luksStripes]); err != nil {
 		return nil, nil, nil, err
 	}
-	c, err := xts.NewCipher(aes.NewCipher, pbkdf2.Key(secret, slotSalt, luksIterations, luksKeyBytes, sha256.New))
+	c, err := xts.New(pbkdf2.Key(secret, slotSalt, luksIterations, luksKeyBytes, sha256.New))
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	for s := 0; s*luksSector < len(material); s++ {
-		sec := material[s*luksSector : (s+1)*luksSector]
-		c.Encrypt(sec, sec, uint64(s))
+	if err := c.Encrypt(material, material, 0); err != nil {
+		return nil, nil, nil, err
 	}
 	return hdr, material, volumeKey, nil
 }
@@ -307,4 +308,104 @@ func luksImage(size uint64, backing string, secret []byte) (*luksLayout, error) 
 		l1Offset:  l1Offset,
 		l1Size:    l1Size,
 	}, nil
+}
+
+// luksMaxIterations bounds the PBKDF2 iteration counts UnlockLUKS
+// accepts: a crafted header must not make it spend minutes.
+const luksMaxIterations = 1 << 22
+
+// ErrLUKSUnsupported is a LUKS header UnlockLUKS does not open (another
+// cipher, hash, key size or version, iteration counts past its bounds):
+// open the image with qemu instead.
+var ErrLUKSUnsupported = errors.New("a LUKS header this reader does not open")
+
+// LUKSCipher decrypts the data clusters of an encrypted qcow2 image: it
+// is a qcow2.Decrypter.
+type LUKSCipher struct{ c *xts.Cipher }
+
+// Decrypt decrypts p, whole sectors read at offset host of the image's
+// file (qcow2's LUKS encryption tweaks a sector with its offset in the
+// file).
+func (l *LUKSCipher) Decrypt(p []byte, host uint64) error {
+	if host%luksSector != 0 {
+		return fmt.Errorf("decrypting at offset %d: not a whole sector", host)
+	}
+	return l.c.Decrypt(p, p, host/luksSector)
+}
+
+// UnlockLUKS opens the LUKS1 header hdr (with its key material: the
+// bytes qcow2's encryption header extension points at) with secret, as
+// qemu's LUKS layer does: any active key slot whose key material,
+// decrypted with the key PBKDF2 derives from secret and merged, is the
+// volume key its digest names. Only what sendense and qemu write is
+// read: aes, xts-plain64, sha256, a 64-byte key.
+func UnlockLUKS(hdr, secret []byte) (*LUKSCipher, error) {
+	be := binary.BigEndian
+	cstr := func(b []byte) string {
+		if i := bytes.IndexByte(b, 0); i >= 0 {
+			b = b[:i]
+		}
+		return string(b)
+	}
+	if len(hdr) < luksAlign || string(hdr[:6]) != "LUKS\xba\xbe" {
+		return nil, errors.New("the encryption header is not a LUKS header")
+	}
+	if v := be.Uint16(hdr[6:]); v != 1 || cstr(hdr[8:40]) != "aes" || cstr(hdr[40:72]) != "xts-plain64" ||
+		cstr(hdr[72:104]) != "sha256" || be.Uint32(hdr[108:]) != luksKeyBytes {
+		return nil, fmt.Errorf("%w (version %d, %s-%s, %s, %d-byte key)", ErrLUKSUnsupported, v,
+			cstr(hdr[8:40]), cstr(hdr[40:72]), cstr(hdr[72:104]), be.Uint32(hdr[108:]))
+	}
+	digest, digestSalt, digestIter := hdr[112:132], hdr[132:164], be.Uint32(hdr[164:])
+	if digestIter == 0 || digestIter > luksMaxIterations {
+		return nil, fmt.Errorf("%w (%d digest iterations)", ErrLUKSUnsupported, digestIter)
+	}
+	for i := range luksSlots {
+		slot := hdr[208+48*i:]
+		if be.Uint32(slot) != luksSlotEnabled {
+			continue
+		}
+		iter, salt := be.Uint32(slot[4:]), slot[8:40]
+		off, stripes := uint64(be.Uint32(slot[40:]))*luksSector, uint64(be.Uint32(slot[44:]))
+		if iter == 0 || iter > luksMaxIterations || stripes == 0 || stripes > luksStripes {
+			return nil, fmt.Errorf("%w (key slot %d: %d iterations, %d stripes)", ErrLUKSUnsupported, i, iter, stripes)
+		}
+		n := alignUp(luksKeyBytes*stripes, luksSector)
+		if off < luksAlign || off > uint64(len(hdr)) || n > uint64(len(hdr))-off {
+			return nil, fmt.Errorf("LUKS key slot %d: its key material lies outside the header", i)
+		}
+		material := bytes.Clone(hdr[off : off+n])
+		c, err := xts.New(pbkdf2.Key(secret, salt, int(iter), luksKeyBytes, sha256.New))
+		if err != nil {
+			return nil, err
+		}
+		if err := c.Decrypt(material, material, 0); err != nil {
+			return nil, err
+		}
+		key := afMerge(material[:luksKeyBytes*stripes], luksKeyBytes)
+		if subtle.ConstantTimeCompare(pbkdf2.Key(key, digestSalt, int(digestIter), luksDigestLen, sha256.New), digest) == 1 {
+			vc, err := xts.New(key)
+			clear(key)
+			if err != nil {
+				return nil, err
+			}
+			return &LUKSCipher{vc}, nil
+		}
+	}
+	return nil, errors.New("the image's secret opens none of its LUKS key slots")
+}
+
+// afMerge reverses afSplit: the n-byte key split into len(b)/n stripes.
+func afMerge(b []byte, n int) []byte {
+	d := make([]byte, n)
+	stripes := len(b) / n
+	for i := 0; i < stripes-1; i++ {
+		for j := range d {
+			d[j] ^= b[i*n+j]
+		}
+		afDiffuse(d)
+	}
+	for j := range d {
+		d[j] ^= b[(stripes-1)*n+j]
+	}
+	return d
 }

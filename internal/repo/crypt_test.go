@@ -239,3 +239,19 @@ func TestKeySlots(t *testing.T) {
 	}
 	r3.Close()
 }
+
+// TestEncryptedDirectRead: a local encrypted repository's chains are read
+// and decrypted in process (qcow2.OpenEncrypted, qemu.UnlockLUKS), the
+// images qemu-nbd wrote included: restore and verify need no qemu-nbd.
+func TestEncryptedDirectRead(t *testing.T) {
+	r, b := encryptedChain(t)
+	tools := *r.Tools
+	tools.QemuNBD = "/nonexistent/qemu-nbd"
+	r.Tools = &tools
+	for _, p := range b.Points {
+		restoreEqual(t, r, b, p.ID)
+	}
+	if _, err := r.Verify(context.Background(), repo.VerifyOptions{}); err != nil {
+		t.Fatalf("verify without qemu-nbd: %v", err)
+	}
+}

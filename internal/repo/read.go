@@ -414,14 +414,14 @@ type chainReader interface {
 // alone, as if it had no backing file) for reading, through the layers'
 // names only. A local repository's images are read directly when they
 // use only what sendense writes (qcow2.Chain: no QEMU process, no copy
-// through a socket); others, and a remote repository's, through qemu-nbd
-// with every file pinned; an encrypted repository's always through
-// qemu-nbd (qemu's LUKS layer decrypts them).
+// through a socket; an encrypted repository's images decrypted here,
+// unlockImage); others, and a remote repository's, through qemu-nbd with
+// every file pinned (qemu's LUKS layer decrypts encrypted ones).
 func (r *Repo) openChain(ctx context.Context, layers []layer, alone bool) (chainReader, error) {
 	if alone {
 		layers = layers[:1]
 	}
-	if r.fs.root != nil && r.keys == nil {
+	if r.fs.root != nil {
 		lc, err := r.openLocalChain(layers)
 		if err == nil {
 			return lc, nil
@@ -479,7 +479,10 @@ func (r *Repo) openLocalChain(layers []layer) (*localChain, error) {
 			lc.Close()
 			return nil, fmt.Errorf("%s is not a regular file", l.path)
 		}
-		im, err := qcow2.Open(f)
+		im, err := qcow2.OpenEncrypted(f, r.unlockImage(l.path))
+		if err == nil && r.keys != nil && im.Header().CryptMethod != qcow2.CryptLUKS {
+			err = errors.New("the image is not encrypted, in an encrypted repository")
+		}
 		if err != nil {
 			lc.Close()
 			return nil, fmt.Errorf("%s: %w", l.path, err)
@@ -495,6 +498,26 @@ func (r *Repo) openLocalChain(layers []layer) (*localChain, error) {
 	}
 	lc.m = m
 	return lc, nil
+}
+
+// unlockImage opens the LUKS header of the image at path with its
+// secret, in an encrypted repository (nil in a plain one): its clusters
+// are decrypted with libcrypto (internal/xts), several times faster than
+// qemu's LUKS layer. A header of another kind sends the chain to qemu.
+func (r *Repo) unlockImage(path string) func([]byte) (qcow2.Decrypter, error) {
+	if r.keys == nil {
+		return nil
+	}
+	return func(hdr []byte) (qcow2.Decrypter, error) {
+		c, err := qemu.UnlockLUKS(hdr, r.imageSecretOf(path))
+		if errors.Is(err, qemu.ErrLUKSUnsupported) {
+			return nil, fmt.Errorf("%w: %v", qcow2.ErrUnsupported, err)
+		}
+		if err != nil {
+			return nil, err
+		}
+		return c, nil
+	}
 }
 
 func (c *localChain) workers() int { return localWorkers }
