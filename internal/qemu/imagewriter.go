@@ -367,14 +367,13 @@ func (w *ImageWriter) store(writes []pwrite) error {
 			j++
 		}
 		buf := alignedBuffer(bp, n)
-		at := uint64(0)
-		for _, wr := range writes[i:j] {
-			copy(buf[at:], wr.plain)
-			at += uint64(len(wr.plain))
-		}
 		host := writes[i].host
-		if err := w.cipher.Encrypt(buf, buf, host/luksSector); err != nil {
-			return fmt.Errorf("image %s: %w", w.path, err)
+		at := uint64(0)
+		for _, wr := range writes[i:j] { // encrypted into place, not copied first
+			if err := w.cipher.Encrypt(buf[at:], wr.plain, (host+at)/luksSector); err != nil {
+				return fmt.Errorf("image %s: %w", w.path, err)
+			}
+			at += uint64(len(wr.plain))
 		}
 		f := w.f
 		if w.direct != nil && n%directAlign == 0 {
