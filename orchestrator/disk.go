@@ -128,15 +128,31 @@ func (j *vmJob) progress(p *diskPlan, phase Phase, pr copier.Progress) {
 	j.rep.Disk(dp)
 }
 
+// The copies that read a vSphere disk (backup, replicate) use larger
+// requests than the copy engine's defaults when [copy] requests and
+// request_size are not set: 1 MiB, 16 in flight, the same 16 MiB per
+// connection as 64 of 256 KiB. bench/encryption.sh: a full backup of
+// 2 GiB of data took 3.4 s instead of 3.9 s into a plain repository, 3.6
+// s instead of 4.8 s into an encrypted one (fewer requests through
+// nbdkit, qemu-nbd and the image writer).
+const (
+	diskRequestSize = 1 << 20
+	diskRequests    = 16
+)
+
 // copyOptions are the copy engine's options for p: [copy] tuning, the
 // bandwidth limit, incremental (skip unchanged, hole-only extents) or
 // not, and progress reporting.
 func (j *vmJob) copyOptions(p *diskPlan) copier.Options {
 	cc := j.s.Config.Copy
 	reqSize, _ := cc.RequestSizeBytes()
+	requests := cc.Requests
+	if reqSize == 0 && requests == 0 {
+		reqSize, requests = diskRequestSize, diskRequests
+	}
 	return copier.Options{
 		Connections:      cc.Connections,
-		Requests:         cc.Requests,
+		Requests:         requests,
 		RequestSize:      reqSize,
 		Rate:             j.s.Config.CopyRate(),
 		Limiter:          j.s.Limiter,
