@@ -75,9 +75,11 @@ func NewLimiter(cfg *config.Config) *rate.Limiter {
 	if r <= 0 {
 		return nil
 	}
+	// The burst is the largest request of any copy sharing it: the
+	// limiter charges a larger request only a burst's worth.
 	burst, _ := cfg.Copy.RequestSizeBytes()
 	if burst <= 0 {
-		burst = copier.DefaultRequestSize
+		burst = max(copier.DefaultRequestSize, diskRequestSize)
 	}
 	return rate.NewLimiter(rate.Limit(r), burst)
 }

@@ -459,7 +459,8 @@ func TestBackupFaults(t *testing.T) {
 		{name: "CreateSnapshot fault", setup: inject("CreateSnapshot"), want: "CreateSnapshot"},
 		{name: "RemoveSnapshot fault", setup: inject("RemoveSnapshot"), want: "RemoveSnapshot"},
 		// A QueryChangedDiskAreas fault makes a full copy: TestBackupCBTFault.
-		{name: "nbdkit dies mid-copy", env: []string{"FAKEVDDK_READ_DELAY_US=100000"}, during: func(cmd *exec.Cmd) {
+		// 2 MiB changed: two 1 MiB reads of 0.4 s each.
+		{name: "nbdkit dies mid-copy", env: []string{"FAKEVDDK_READ_DELAY_US=400000"}, during: func(cmd *exec.Cmd) {
 			waitForCopy(t, b, "app", cmd)
 			exec.Command("pkill", "-KILL", "-P", fmt.Sprint(cmd.Process.Pid), "nbdkit").Run()
 		}, want: "nbdkit"},
