@@ -45,8 +45,6 @@ type ImageWriter struct {
 	cipher   *xts.Cipher
 	l1Offset uint64
 	l1Size   uint64
-	refblock uint64 // offset of the first refcount block (luksImage)
-	reftable uint64 // offset of the one-cluster refcount table
 
 	mu      sync.Mutex
 	next    uint64                     // the next free cluster of the file
@@ -114,21 +112,8 @@ func (t *Tools) NewImageWriter(path string, size uint64, backing string) (*Image
 	if err != nil {
 		return nil, fmt.Errorf("create image %s: %w", path, err)
 	}
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	f, err := createLocal(path, l.fileSize, l.parts)
 	if err != nil {
-		return nil, fmt.Errorf("create image %s: %w", path, err)
-	}
-	for _, p := range l.parts {
-		if _, err = f.WriteAt(p.Data, p.Off); err != nil {
-			break
-		}
-	}
-	if err == nil {
-		err = f.Truncate(l.fileSize)
-	}
-	if err != nil {
-		f.Close()
-		os.Remove(path) // ours: O_EXCL created it
 		return nil, fmt.Errorf("create image %s: %w", path, err)
 	}
 	// Data goes around the page cache, as qemu-nbd's --cache=none
@@ -141,7 +126,7 @@ func (t *Tools) NewImageWriter(path string, size uint64, backing string) (*Image
 	}
 	return &ImageWriter{
 		f: f, direct: direct, path: path, size: size, backing: backing != "", cipher: c,
-		l1Offset: l.l1Offset, l1Size: l.l1Size, reftable: qcowCluster, refblock: 2 * qcowCluster,
+		l1Offset: l.l1Offset, l1Size: l.l1Size,
 		next: uint64(l.fileSize) / qcowCluster, l2: map[uint64][]uint64{}, partial: map[uint64]*partialCluster{},
 	}, nil
 }
@@ -513,7 +498,7 @@ func (w *ImageWriter) writeMetadata() error {
 	reftable := make([]byte, 8*blocks)
 	block := make([]byte, qcowCluster)
 	for b := range blocks {
-		host := w.refblock
+		host := uint64(qcowRefblockOff)
 		if b > 0 {
 			host = (w.next + b - 1) * qcowCluster
 		}
@@ -526,7 +511,7 @@ func (w *ImageWriter) writeMetadata() error {
 			return err
 		}
 	}
-	if _, err := w.f.WriteAt(reftable, int64(w.reftable)); err != nil {
+	if _, err := w.f.WriteAt(reftable, qcowReftableOff); err != nil {
 		return err
 	}
 	return w.f.Truncate(int64(total * qcowCluster))

@@ -51,10 +51,12 @@ const (
 	qcowL2Entries   = qcowCluster / 8
 	qcowHeaderLen   = 112 // v3 header with the compression type, padded
 	qcowCryptLUKS   = 2
-	qcowExtBacking  = 0xe2792aca // backing file format name
-	qcowExtCrypto   = 0x0537be77 // full disk encryption header pointer
-	qcowMaxBacking  = 1023       // qemu's limit on the backing file name
-	qcowMaxSize     = 1 << 50    // 1 PiB: an L1 table well under qemu's 32 MiB
+	qcowExtBacking  = 0xe2792aca      // backing file format name
+	qcowExtCrypto   = 0x0537be77      // full disk encryption header pointer
+	qcowMaxBacking  = 1023            // qemu's limit on the backing file name
+	qcowMaxSize     = 1 << 50         // 1 PiB: an L1 table well under qemu's 32 MiB
+	qcowReftableOff = qcowCluster     // the one-cluster refcount table
+	qcowRefblockOff = 2 * qcowCluster // its first refcount block
 )
 
 func alignUp(n, a uint64) uint64 { return (n + a - 1) / a * a }
@@ -183,28 +185,43 @@ type FileCreator interface {
 var _ FileCreator = LocalRunner{}
 
 // CreateFile implements FileCreator.
-func (LocalRunner) CreateFile(path string, size int64, parts []FilePart) (err error) {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+func (LocalRunner) CreateFile(path string, size int64, parts []FilePart) error {
+	f, err := createLocal(path, size, parts)
 	if err != nil {
 		return err
 	}
-	defer func() {
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
-			os.Remove(path) // ours: O_EXCL created it
-		}
-	}()
+	err = f.Sync()
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(path) // ours: O_EXCL created it
+	}
+	return err
+}
+
+// createLocal creates path on this machine, mode 0600, refusing an
+// existing file: size bytes, zero except for parts; it returns the file
+// open for reading and writing. On error it removes the file it created.
+func createLocal(path string, size int64, parts []FilePart) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, err
+	}
 	for _, p := range parts {
-		if _, err := f.WriteAt(p.Data, p.Off); err != nil {
-			return err
+		if _, err = f.WriteAt(p.Data, p.Off); err != nil {
+			break
 		}
 	}
-	if err := f.Truncate(size); err != nil {
-		return err
+	if err == nil {
+		err = f.Truncate(size)
 	}
-	return f.Sync()
+	if err != nil {
+		f.Close()
+		os.Remove(path) // ours: O_EXCL created it
+		return nil, err
+	}
+	return f, nil
 }
 
 // createLUKS creates the encrypted qcow2 image path (luksImage) through
@@ -259,7 +276,7 @@ func luksImage(size uint64, backing string, secret []byte) (*luksLayout, error) 
 	be.PutUint32(head[32:], qcowCryptLUKS)
 	be.PutUint32(head[36:], uint32(l1Size))
 	be.PutUint64(head[40:], l1Offset)
-	be.PutUint64(head[48:], qcowCluster)
+	be.PutUint64(head[48:], qcowReftableOff)
 	be.PutUint32(head[56:], 1)
 	be.PutUint32(head[96:], 4) // refcount order: 16 bits
 	be.PutUint32(head[100:], qcowHeaderLen)
@@ -285,7 +302,7 @@ func luksImage(size uint64, backing string, secret []byte) (*luksLayout, error) 
 		head = head[:len(head)-len(ext)]
 	}
 	reftable := make([]byte, 8)
-	be.PutUint64(reftable, 2*qcowCluster)
+	be.PutUint64(reftable, qcowRefblockOff)
 	refblock := make([]byte, 2*clusters)
 	for i := range clusters {
 		be.PutUint16(refblock[2*i:], 1)
@@ -299,8 +316,8 @@ func luksImage(size uint64, backing string, secret []byte) (*luksLayout, error) 
 		fileSize: int64(clusters * qcowCluster),
 		parts: []FilePart{
 			{0, head},
-			{qcowCluster, reftable},
-			{2 * qcowCluster, refblock},
+			{qcowReftableOff, reftable},
+			{qcowRefblockOff, refblock},
 			{int64(cryptoOffset), hdr},
 			{int64(cryptoOffset + luksAlign), material},
 		},
