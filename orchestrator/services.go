@@ -75,11 +75,9 @@ func NewLimiter(cfg *config.Config) *rate.Limiter {
 	if r <= 0 {
 		return nil
 	}
-	// The burst is the largest request of any copy sharing it: the
-	// limiter charges a larger request only a burst's worth.
 	burst, _ := cfg.Copy.RequestSizeBytes()
 	if burst <= 0 {
-		burst = max(copier.DefaultRequestSize, diskRequestSize)
+		burst = copier.DefaultRequestSize
 	}
 	return rate.NewLimiter(rate.Limit(r), burst)
 }

@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/time/rate"
+
 	"github.com/sendense/capture/internal/extent"
 )
 
@@ -352,6 +354,27 @@ func TestCopyRateAndProgress(t *testing.T) {
 	}
 	if res.MiBps > 3 {
 		t.Fatalf("MiB/s %.1f over the limit", res.MiBps)
+	}
+}
+
+// TestCopySharedLimiterLargeRequests: a shared limiter whose burst is
+// smaller than the requests charges each request in full.
+func TestCopySharedLimiterLargeRequests(t *testing.T) {
+	src := image(12, 1<<20, 0, -1)
+	dst := newMemDest(len(src.data), 0)
+	lim := rate.NewLimiter(2<<20, 64*K)
+	lim.AllowN(time.Now(), 64*K) // an empty bucket
+	start := time.Now()
+	if _, err := Copy(context.Background(), src, dst, Options{RequestSize: 256 * K, Limiter: lim}); err != nil {
+		t.Fatal(err)
+	}
+	// 1 MiB at 2 MiB/s: half a second (an eighth, were each 256 KiB
+	// request charged the 64 KiB burst only).
+	if d := time.Since(start); d < 400*time.Millisecond {
+		t.Fatalf("copy took %v with a 2 MiB/s limiter", d)
+	}
+	if !bytes.Equal(dst.data, src.data) {
+		t.Fatal("destination differs from the source")
 	}
 }
 

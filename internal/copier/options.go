@@ -65,7 +65,8 @@ type Options struct {
 	Rate int64
 	// Limiter, when set, is the token bucket (bytes) the copy shares with
 	// other copies (every disk of a job, every job of the agent): it
-	// replaces Rate. Reads larger than its burst take a burst's worth.
+	// replaces Rate. Reads larger than its burst are charged in full, a
+	// burst at a time.
 	Limiter *rate.Limiter
 
 	// Checksum computes the SHA-256 of the destination's logical content

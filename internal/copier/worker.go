@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+	"golang.org/x/time/rate"
 
 	"github.com/sendense/capture/internal/extent"
 )
@@ -245,13 +246,29 @@ func (w *worker) nextOp(l *lane) (op, bool, error) {
 	}
 	if o.act == actCopy && w.e.lim != nil {
 		now := time.Now()
-		if d := w.e.lim.ReserveN(now, min(int(o.n), w.e.lim.Burst())).DelayFrom(now); d > 0 {
+		if d := reserve(w.e.lim, now, int(o.n)); d > 0 {
 			w.held, w.hasHeld, w.heldUntil = o, true, now.Add(d)
 			w.wait = min(w.wait, d)
 			return op{}, false, nil
 		}
 	}
 	return o, true, nil
+}
+
+// reserve takes n bytes from the limiter, in reservations of at most its
+// burst (which a single reservation cannot exceed), and returns how long
+// to wait until the last of them may be used: a request larger than the
+// burst is charged in full.
+func reserve(lim *rate.Limiter, now time.Time, n int) time.Duration {
+	burst := lim.Burst()
+	if burst <= 0 {
+		return 0 // no bucket to take from: rate.Inf
+	}
+	var d time.Duration
+	for ; n > 0; n -= burst {
+		d = lim.ReserveN(now, min(n, burst)).DelayFrom(now)
+	}
+	return d
 }
 
 // start begins op o in a free slot of lane l.
