@@ -22,14 +22,8 @@ func TestImageWriter(t *testing.T) {
 	requireQemu(t)
 	dir := t.TempDir()
 	base, top := filepath.Join(dir, "base.qcow2"), filepath.Join(dir, "top.qcow2")
-	const size = 70*mib + 3*512 // a short last cluster; two L2 tables... of 512 MiB: one
-	sec := map[string][]byte{}
-	for _, p := range []string{base, top} {
-		b := make([]byte, 32)
-		rand.Read(b)
-		sec[p] = fmt.Appendf(nil, "%x", b)
-	}
-	tools := &Tools{Runner: LocalRunner{}, Secret: func(p string) []byte { return sec[p] }}
+	const size = 70*mib + 3*512 // a short last cluster
+	tools, sec := secretTools(base, top)
 	want := make([]byte, size)
 
 	// The base: 8 MiB of data in 256 KiB requests from 4 goroutines, and

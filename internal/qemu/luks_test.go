@@ -14,6 +14,18 @@ import (
 	"github.com/sendense/capture/internal/nbd"
 )
 
+// secretTools returns tools that encrypt the images at paths, each with
+// a random secret of its own, and the secrets.
+func secretTools(paths ...string) (*Tools, map[string][]byte) {
+	sec := map[string][]byte{}
+	for _, p := range paths {
+		b := make([]byte, 32)
+		rand.Read(b)
+		sec[p] = fmt.Appendf(nil, "%x", b)
+	}
+	return &Tools{Runner: LocalRunner{}, Secret: func(p string) []byte { return sec[p] }}, sec
+}
+
 // TestCreateLUKS creates encrypted images the fast way (createLUKS, with
 // its fixed iteration count) and checks them with plain qemu tools given
 // the secret in a file, as docs/repository.md tells an operator to
@@ -27,13 +39,7 @@ func TestCreateLUKS(t *testing.T) {
 	base := filepath.Join(dir, "base.qcow2")
 	top := filepath.Join(dir, "top.qcow2")
 	const size = 1024*mib + 512 // three L1 entries, not cluster-aligned
-	sec := map[string][]byte{}
-	for _, p := range []string{base, top} {
-		b := make([]byte, 32)
-		rand.Read(b)
-		sec[p] = fmt.Appendf(nil, "%x", b)
-	}
-	tools := &Tools{Runner: LocalRunner{}, Secret: func(p string) []byte { return sec[p] }}
+	tools, sec := secretTools(base, top)
 	if err := tools.CreateImage(ctx, base, size, ""); err != nil {
 		t.Fatal(err)
 	}
