@@ -211,7 +211,7 @@ func (w *ImageWriter) plan(p []byte, off, n uint64) ([]pwrite, error) {
 		entry := w.entry(c)
 		pc := w.partial[c]
 		if pc == nil && k == w.clusterLen(c) {
-			if data == nil && (*entry == 0 || *entry == l2Zero) {
+			if data == nil && hostOf(*entry) == 0 {
 				// Zeroes over a cluster never written.
 				if w.backing {
 					*entry = l2Zero
@@ -285,8 +285,8 @@ func (pc *partialCluster) complete() bool {
 // it, which the copy engine does not make, but a caller may): then its
 // plaintext, read back and decrypted, and every sector counts as written.
 func (w *ImageWriter) readCluster(entry uint64, pc *partialCluster) error {
-	host := entry &^ l2Copied
-	if host == 0 || entry == l2Zero {
+	host := hostOf(entry)
+	if host == 0 {
 		return nil
 	}
 	if _, err := w.f.ReadAt(pc.data, int64(host)); err != nil {
@@ -299,6 +299,15 @@ func (w *ImageWriter) readCluster(entry uint64, pc *partialCluster) error {
 		pc.have[i] = ^uint64(0)
 	}
 	return nil
+}
+
+// hostOf is the offset in the file of the cluster of L2 entry e, 0 when
+// it has none (unallocated, or a zero cluster).
+func hostOf(e uint64) uint64 {
+	if e == l2Zero {
+		return 0
+	}
+	return e &^ l2Copied
 }
 
 // entry is guest cluster c's L2 entry, its table created on first use.
@@ -314,7 +323,7 @@ func (w *ImageWriter) entry(c uint64) *uint64 {
 // place is the file offset of the cluster of entry: its earlier place, or
 // the next free cluster of the file.
 func (w *ImageWriter) place(entry *uint64) uint64 {
-	if host := *entry &^ l2Copied; host != 0 && host != l2Zero {
+	if host := hostOf(*entry); host != 0 {
 		return host
 	}
 	host := w.next * qcowCluster
