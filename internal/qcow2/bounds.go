@@ -34,6 +34,11 @@ func Bounds(f File, hdr *Header, fileSize uint64) error {
 	if err := within("L1 table", hdr.L1TableOffset, 8*need); err != nil {
 		return err
 	}
+	if hdr.CryptMethod != 0 {
+		if err := within("encryption header", hdr.CryptoOffset, hdr.CryptoLength); err != nil {
+			return err
+		}
+	}
 	l1 := make([]byte, 8*need)
 	if err := readFull(f, l1, hdr.L1TableOffset); err != nil {
 		return fmt.Errorf("reading the qcow2 L1 table: %w", err)

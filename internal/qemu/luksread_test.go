@@ -104,4 +104,22 @@ func TestUnlockLUKS(t *testing.T) {
 	if _, err := open(patch("iter.qcow2", 208+4, []byte{0xff, 0xff, 0xff, 0xff}), secret); !errors.Is(err, ErrLUKSUnsupported) {
 		t.Fatal(fmt.Sprint("a huge iteration count: ", err))
 	}
+
+	// An image cut inside its LUKS header: qcow2.Bounds says so.
+	cut := filepath.Join(dir, "cut.qcow2")
+	data, _ := os.ReadFile(ours)
+	os.WriteFile(cut, data[:hdrOff(ours)+4096], 0o600)
+	f, _ := os.Open(cut)
+	defer f.Close()
+	h, err := qcow2.ReadHeader(func(off int64, n int) ([]byte, error) {
+		b := make([]byte, n)
+		k, _ := f.ReadAt(b, off)
+		return b[:k], nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := qcow2.Bounds(f, h, uint64(hdrOff(ours)+4096)); err == nil || !strings.Contains(err.Error(), "encryption header") {
+		t.Fatalf("Bounds of an image cut in its LUKS header: %v", err)
+	}
 }

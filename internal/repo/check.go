@@ -152,7 +152,7 @@ func checkHeader(hdr *qcow2.Header, d *DiskImage, encrypted bool, damage func(ki
 		return damage(ProblemDataFile, "the image keeps its data in another file: a repository image never does; it is not opened", "", hdr.DataFile)
 	case hdr.CryptMethod != 0 && !encrypted:
 		return damage(ProblemImage, "the image is encrypted: sendense does not write such images in a plain repository", "", "")
-	case hdr.CryptMethod != qcow2CryptLUKS && encrypted:
+	case hdr.CryptMethod != qcow2.CryptLUKS && encrypted:
 		return damage(ProblemImage, "the image is not LUKS-encrypted: in an encrypted repository sendense writes only such images", "luks (crypt method 2)", fmt.Sprint(hdr.CryptMethod))
 	case hdr.Corrupt():
 		return damage(ProblemImage, "qcow2 marked the image corrupt (see qemu-img check)", "", "")
@@ -165,9 +165,6 @@ func checkHeader(hdr *qcow2.Header, d *DiskImage, encrypted bool, damage func(ki
 	}
 	return nil
 }
-
-// qcow2CryptLUKS is the qcow2 header's crypt method of LUKS encryption.
-const qcow2CryptLUKS = 2
 
 // chain checks disk key of backup m and every image its content needs,
 // following the manifests, and returns the layers, top first (the last
