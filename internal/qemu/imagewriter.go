@@ -119,8 +119,10 @@ func (t *Tools) NewImageWriter(path string, size uint64, backing string) (*Image
 	// Data goes around the page cache, as qemu-nbd's --cache=none
 	// (qemu.ServeOptions.Cache): a backup's gigabytes would only push
 	// other data out of it, and buffered writes then fsync were about
-	// twice as slow here. The metadata goes through f.
-	direct, err := os.OpenFile(path, os.O_WRONLY|unix.O_DIRECT, 0)
+	// twice as slow here. The metadata goes through f. The file is
+	// opened again through f's descriptor, not its name: whatever is at
+	// the name by then, this is the file just created.
+	direct, err := os.OpenFile(fmt.Sprintf("/proc/self/fd/%d", f.Fd()), os.O_WRONLY|unix.O_DIRECT, 0)
 	if err != nil {
 		direct = nil // tmpfs, for one: buffered
 	}
