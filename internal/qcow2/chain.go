@@ -46,13 +46,23 @@ type Image struct {
 
 // Open reads the header and the L1 table of the image f, which must not
 // be encrypted.
-func Open(f File) (*Image, error) { return OpenEncrypted(f, nil) }
+func Open(f File) (*Image, error) { return openImage(f, nil) }
 
-// OpenEncrypted is Open for an image that may be encrypted with LUKS:
-// unlock gets the encryption header (the bytes the header extension
-// points at) and returns what decrypts the image's clusters. A nil
-// unlock refuses encrypted images (ErrUnsupported).
+// OpenEncrypted is Open for an image that must be encrypted with LUKS
+// (the caller says so, not the image's header): unlock gets the
+// encryption header (the bytes the header extension points at) and
+// returns what decrypts the image's clusters. An image that is not
+// encrypted is refused.
 func OpenEncrypted(f File, unlock func(header []byte) (Decrypter, error)) (*Image, error) {
+	if unlock == nil {
+		return nil, errors.New("qcow2: OpenEncrypted without an unlock function")
+	}
+	return openImage(f, unlock)
+}
+
+// openImage reads the header and the L1 table of the image f: encrypted when
+// unlock is not nil, else not.
+func openImage(f File, unlock func(header []byte) (Decrypter, error)) (*Image, error) {
 	hdr, err := ReadHeader(func(off int64, n int) ([]byte, error) {
 		b := make([]byte, n)
 		k, err := f.ReadAt(b, off)
@@ -67,6 +77,8 @@ func OpenEncrypted(f File, unlock func(header []byte) (Decrypter, error)) (*Imag
 	switch {
 	case hdr.IncompatibleFeatures&^(IncompatDirty|IncompatCorrupt) != 0:
 		return nil, fmt.Errorf("%w (incompatible features %#x)", ErrUnsupported, hdr.IncompatibleFeatures)
+	case hdr.CryptMethod == 0 && unlock != nil:
+		return nil, errors.New("the image is not encrypted")
 	case hdr.CryptMethod != 0 && (unlock == nil || hdr.CryptMethod != CryptLUKS):
 		return nil, fmt.Errorf("%w (encryption)", ErrUnsupported)
 	case hdr.ExternalData():

@@ -105,6 +105,15 @@ func TestUnlockLUKS(t *testing.T) {
 		t.Fatal(fmt.Sprint("a huge iteration count: ", err))
 	}
 
+	// A plain image where an encrypted one is expected: refused.
+	plain := filepath.Join(dir, "plain.qcow2")
+	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", plain, "1M").CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img create: %v: %s", err, out)
+	}
+	if _, err := open(plain, secret); err == nil || !strings.Contains(err.Error(), "not encrypted") {
+		t.Fatalf("a plain image opened as encrypted: %v", err)
+	}
+
 	// An image cut inside its LUKS header: qcow2.Bounds says so.
 	cut := filepath.Join(dir, "cut.qcow2")
 	data, _ := os.ReadFile(ours)

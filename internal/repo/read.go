@@ -479,9 +479,11 @@ func (r *Repo) openLocalChain(layers []layer) (*localChain, error) {
 			lc.Close()
 			return nil, fmt.Errorf("%s is not a regular file", l.path)
 		}
-		im, err := qcow2.OpenEncrypted(f, r.unlockImage(l.path))
-		if err == nil && r.keys != nil && im.Header().CryptMethod != qcow2.CryptLUKS {
-			err = errors.New("the image is not encrypted, in an encrypted repository")
+		var im *qcow2.Image
+		if r.keys != nil {
+			im, err = qcow2.OpenEncrypted(f, r.unlockImage(l.path))
+		} else {
+			im, err = qcow2.Open(f)
 		}
 		if err != nil {
 			lc.Close()
@@ -500,14 +502,11 @@ func (r *Repo) openLocalChain(layers []layer) (*localChain, error) {
 	return lc, nil
 }
 
-// unlockImage opens the LUKS header of the image at path with its
-// secret, in an encrypted repository (nil in a plain one): its clusters
-// are decrypted with libcrypto (internal/xts), several times faster than
-// qemu's LUKS layer. A header of another kind sends the chain to qemu.
+// unlockImage opens the LUKS header of the image at path, in an
+// encrypted repository, with its secret: its clusters are decrypted with
+// libcrypto (internal/xts), several times faster than qemu's LUKS layer.
+// A header of another kind sends the chain to qemu.
 func (r *Repo) unlockImage(path string) func([]byte) (qcow2.Decrypter, error) {
-	if r.keys == nil {
-		return nil
-	}
 	return func(hdr []byte) (qcow2.Decrypter, error) {
 		c, err := qemu.UnlockLUKS(hdr, r.imageSecretOf(path))
 		if errors.Is(err, qemu.ErrLUKSUnsupported) {
