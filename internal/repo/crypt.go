@@ -95,11 +95,9 @@ var Passphrase func(location string) ([]byte, error)
 // KeyCache is how long the key that opened a key slot (scrypt's output
 // for the passphrase) stays in the user's kernel keyring
 // (internal/keyring), so that the commands run meanwhile skip scrypt;
-// 0: not cached. The program sets it ([repository] key_cache).
-var KeyCache = DefaultKeyCache
-
-// DefaultKeyCache is KeyCache's default.
-const DefaultKeyCache = 5 * time.Minute
+// 0: not cached. The program sets it ([repository] key_cache; 5 minutes
+// unless it says).
+var KeyCache = 5 * time.Minute
 
 // EncryptNew makes the repositories OpenOrInit creates encrypted
 // ([repository] encryption = "aes-256").
